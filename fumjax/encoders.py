@@ -7,6 +7,7 @@ are chunked across devices/kernels and can be reproduced bit-for-bit in C++/CUDA
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -61,9 +62,11 @@ def uniform_hash(seed: int | Array, ids: int | Array, step: int | Array) -> Arra
     For a fixed seed the map id -> h is injective at any step and, for fixed (seed, id), step -> h is
     injective, since each stage is a bijection of its input.
     """
-    s = _to_u32(seed)
-    i = _to_u32(ids)
-    t = _to_u32(step)
+    return _hash_u32(_to_u32(seed), _to_u32(ids), _to_u32(step))
+
+
+@jax.jit
+def _hash_u32(s: Array, i: Array, t: Array) -> Array:
     h = s * jnp.uint32(_SEED_MUL) + jnp.uint32(_SEED_ADD)
     h = _lowbias32(h ^ (i * jnp.uint32(_ID_MUL)))
     h = _lowbias32(h ^ (t * jnp.uint32(_STEP_MUL)))
@@ -76,6 +79,7 @@ def intensity_to_rates(x: Array, *, max_rate_hz: float = 100.0) -> Array:
     return jnp.clip(jnp.asarray(x, jnp.float32), 0.0, 1.0) * jnp.float32(max_rate_hz)
 
 
+@functools.partial(jax.jit, static_argnames=("refractory_steps",))
 def _poisson_from_probs(
     p: Array,
     *,
@@ -125,10 +129,15 @@ def poisson_encode(
     rates = jnp.asarray(rates_hz, jnp.float32)
     p = jnp.broadcast_to(_rates_to_probs(rates, dt_ms)[None, :], (n_steps, rates.shape[0]))
     return _poisson_from_probs(
-        p, seed=seed, refractory_steps=refractory_steps, first_step=first_step, channel_offset=channel_offset
+        p,
+        seed=_to_u32(seed),
+        refractory_steps=refractory_steps,
+        first_step=first_step,
+        channel_offset=channel_offset,
     )
 
 
+@functools.partial(jax.jit, static_argnames=("n_steps", "t_min", "t_max", "threshold"))
 def latency_encode(
     x: Array,
     *,
@@ -152,6 +161,7 @@ def latency_encode(
     return ((steps == t_spike[None, :]) & (x > threshold)[None, :]).astype(jnp.uint8)
 
 
+@functools.partial(jax.jit, static_argnames=("n_taps",))
 def lowpass(x: Array, *, n_taps: int = 5) -> Array:
     """Causal moving average of x (T, C) over the last n_taps steps -> (T, C) float32.
 
@@ -190,14 +200,20 @@ def lowpass_poisson_encode(
         rates = jnp.broadcast_to(rates[None, :], (n_steps, rates.shape[0]))
     p = _rates_to_probs(lowpass(rates, n_taps=n_taps), dt_ms)
     return _poisson_from_probs(
-        p, seed=seed, refractory_steps=refractory_steps, first_step=first_step, channel_offset=channel_offset
+        p,
+        seed=_to_u32(seed),
+        refractory_steps=refractory_steps,
+        first_step=first_step,
+        channel_offset=channel_offset,
     )
 
 
+@functools.partial(jax.jit, static_argnames=("n_neurons", "amp_mV"))
 def spikes_to_current(spikes: Array, channel_neuron: Array, n_neurons: int, *, amp_mV: float) -> Array:
     """Input spikes (T, C) uint8 -> current (T, N) float32 [mV per step]; channel c drives channel_neuron[c].
 
-    Several channels targeting the same neuron are summed. Targets outside [0, n_neurons) (e.g. -1) are dropped.
+    Several channels targeting the same neuron are summed. Targets outside [0, n_neurons) (e.g. -1)
+    are dropped.
     """
     tgt = jnp.asarray(channel_neuron, jnp.int32)
     tgt = jnp.where((tgt >= 0) & (tgt < n_neurons), tgt, n_neurons)
@@ -206,6 +222,7 @@ def spikes_to_current(spikes: Array, channel_neuron: Array, n_neurons: int, *, a
     return out.at[:, tgt].add(s, mode="drop")
 
 
+@functools.partial(jax.jit, static_argnames=("n_populations", "dt_ms"))
 def population_rates_hz(spikes: Array, population: Array, n_populations: int, *, dt_ms: float = 1.0) -> Array:
     """Mean firing rate per output population: spikes (T, N) uint8, population (N,) int32 -> (P,) float32 Hz.
 
@@ -224,7 +241,7 @@ def population_rates_hz(spikes: Array, population: Array, n_populations: int, *,
 
 
 def decode(spikes: Array, population: Array, n_populations: int) -> Array:
-    """Decoded class: argmax of population_rates_hz (spikes (T, N), population (N,)) -> int32 scalar; ties -> lowest."""
+    """Decoded class: argmax of population_rates_hz(spikes (T, N), population (N,)) -> int32; ties: lowest."""
     return jnp.argmax(population_rates_hz(spikes, population, n_populations)).astype(jnp.int32)
 
 
@@ -247,18 +264,42 @@ def poisson_background_current(
     dt_ms: float = 1.0,
     neuron_offset: int | Array = 0,
 ) -> Array:
-    """Background drive (n_steps, n_neurons) float32 [mV]: amp_mV * Binomial(n_inputs, rate_hz*dt_ms/1000) counts.
+    """Background drive (n_steps, n_neurons) float32 [mV] = amp_mV * Binomial(n_inputs, rate_hz*dt_ms/1000).
 
     Each neuron gets n_inputs independent Poisson trains at rate_hz. One uniform per neuron per step,
     u = uniform_hash(seed, n + neuron_offset, first_step + t), is inverted through the float32 CDF:
     count = sum_{k=0}^{n_inputs-1} [u >= CDF(k)] with CDF from :func:`binomial_cdf_f32`.
     first_step may be a traced int.
     """
-    ids = jnp.arange(n_neurons, dtype=jnp.int32)[None, :] + jnp.asarray(neuron_offset, jnp.int32)
-    steps = jnp.asarray(first_step, jnp.int32) + jnp.arange(n_steps, dtype=jnp.int32)[:, None]
     if n_inputs <= 0:
         return jnp.zeros((n_steps, n_neurons), jnp.float32)
-    cdf = jnp.asarray(binomial_cdf_f32(n_inputs, rate_hz * dt_ms / 1000.0))
-    u = uniform_hash(seed, ids, steps)
+    return _background_impl(
+        _to_u32(seed),
+        jnp.asarray(first_step, jnp.int32),
+        jnp.asarray(neuron_offset, jnp.int32),
+        n_neurons=n_neurons,
+        n_steps=n_steps,
+        n_inputs=n_inputs,
+        p=float(rate_hz) * float(dt_ms) / 1000.0,
+        amp_mV=float(amp_mV),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("n_neurons", "n_steps", "n_inputs", "p", "amp_mV"))
+def _background_impl(
+    seed: Array,
+    first_step: Array,
+    neuron_offset: Array,
+    *,
+    n_neurons: int,
+    n_steps: int,
+    n_inputs: int,
+    p: float,
+    amp_mV: float,
+) -> Array:
+    ids = jnp.arange(n_neurons, dtype=jnp.int32)[None, :] + neuron_offset
+    steps = first_step + jnp.arange(n_steps, dtype=jnp.int32)[:, None]
+    cdf = jnp.asarray(binomial_cdf_f32(n_inputs, p))
+    u = _hash_u32(seed, _to_u32(ids), _to_u32(steps))
     count = jnp.searchsorted(cdf, u, side="right")  # = #{k : CDF(k) <= u}
     return count.astype(jnp.float32) * jnp.float32(amp_mV)
