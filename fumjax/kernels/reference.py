@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -32,3 +33,27 @@ def lif_step(
     v = jnp.where(spiked, reset, v)
     refrac = jnp.where(spiked, refractory_steps, jnp.maximum(refrac_left - 1, 0)).astype(refrac_left.dtype)
     return v, spiked.astype(jnp.uint8), refrac
+
+
+def propagate(w: Array, spikes: Array, pre: Array, post: Array, n_neurons: int, *, g_syn_mV: float) -> Array:
+    """Synaptic input from this step's spikes: (N,) mV, I_i = g_syn * sum_j w_ij s_j.
+
+    w, pre, post: (E,) in CSR order; spikes: (N,) uint8.
+    """
+    contrib = (g_syn_mV * w.astype(jnp.float32 if w.dtype.itemsize < 4 else w.dtype)) * spikes[pre]
+    return jax.ops.segment_sum(contrib, post, num_segments=n_neurons)
+
+
+def stdp_delta(
+    x_pre: Array, y_post: Array, spikes: Array, pre: Array, post: Array, sign: Array, *, a_plus: float, a_minus: float
+) -> Array:
+    """Pair-STDP weight change of each synapse this step: (E,).
+
+    x_pre, y_post: (N,) traces decayed to this step but not yet incremented by its spikes, so Δt = 0 pairs
+    give nothing. sign: (N,) +1 for excitatory, -1 for inhibitory presynaptic neurons (signs flip).
+    Δw = sign_j * (A+ x_j s_i - A- y_i s_j).
+    """
+    s = spikes.astype(x_pre.dtype)
+    ltp = a_plus * x_pre[pre] * s[post]
+    ltd = a_minus * y_post[post] * s[pre]
+    return sign.astype(x_pre.dtype)[pre] * (ltp - ltd)

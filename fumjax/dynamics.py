@@ -1,0 +1,233 @@
+"""Network dynamics: one step, T-step simulation under `lax.scan`, and the end-of-window update.
+
+Public functions check their inputs at the boundary (shapes, dtypes, finiteness, sizes) before anything
+runs; inside `jax.jit`/`vmap` the value checks (NaN/Inf) cannot run on tracers and are skipped, while shape
+and dtype checks still apply. The jitted cores (`step`, `_simulate`, `_end_window`) do no checking.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from fumjax import plasticity, sie
+from fumjax.config import FumConfig
+from fumjax.encoders import poisson_background_current
+from fumjax.kernels import get_kernel, resolve_backend
+from fumjax.network import Network
+from fumjax.state import State, compute_dtype
+
+__all__ = ["step", "simulate", "end_window", "simulate_window", "run_driven", "background_current", "resolve_mode"]
+
+MODES = ("rstdp", "stdp", "off")
+
+
+def step(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str) -> tuple[State, Array]:
+    """Advance one dt: input, LIF update, spike transmission, STDP. i_ext_mV: (N,). Returns (state, spikes (N,) u8).
+
+    Transmission of this step's spikes uses the weights as they were before this step's plasticity.
+    """
+    nc, cc = cfg.neuron, cfg.connectivity
+    d = net.max_delay
+    slot = state.step % d
+    i_mV = state.ring_mV[slot] + i_ext_mV.astype(state.v_mV.dtype)
+    ring = state.ring_mV.at[slot].set(0.0)
+    v, spikes, refrac = get_kernel("lif_step", backend)(
+        state.v_mV, i_mV, state.tau_ms, state.v_th_mV, state.refrac_left,
+        v_rest_mV=nc.v_rest_mV, v_reset_mV=nc.v_reset_mV, dt_ms=nc.dt_ms, refractory_steps=nc.refractory_steps,
+    )
+    if d == 1:
+        syn = get_kernel("propagate", backend)(state.w, spikes, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV)
+        ring = ring.at[0].add(syn.astype(ring.dtype))
+    else:
+        contrib = (cc.g_syn_mV * state.w.astype(ring.dtype)) * spikes[net.pre].astype(ring.dtype)
+        ring = ring.at[(state.step + net.delay_steps) % d, net.post].add(contrib)
+    w, elig, x, y = state.w, state.elig, state.x_pre, state.y_post
+    if mode != "off":
+        x, y = plasticity.decay_traces(x, y, cfg)
+        dw = get_kernel("stdp_delta", backend)(x, y, spikes, net.pre, net.post, net.sign, a_plus=cfg.stdp.a_plus,
+                             a_minus=cfg.stdp.a_minus)
+        if mode == "stdp":
+            c = cc.w_clip
+            w = jnp.clip(w.astype(dw.dtype) + dw, -c, c).astype(w.dtype)
+        else:
+            elig = (cfg.plasticity.gamma * elig.astype(dw.dtype) + dw).astype(elig.dtype)
+        x, y = plasticity.increment_traces(x, y, spikes)
+    new = state.replace(
+        v_mV=v, refrac_left=refrac, ring_mV=ring, w=w, elig=elig, x_pre=x, y_post=y,
+        window_spikes=state.window_spikes + spikes.astype(jnp.int32), step=state.step + 1,
+    )
+    return new, spikes
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode", "backend"))
+def _simulate(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str):
+    def body(s, i_t):
+        return step(s, net, i_t, cfg, mode, backend)
+
+    return jax.lax.scan(body, state, i_ext_mV)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
+def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
+    n_steps = jnp.maximum(state.step - state.window_start, 1).astype(state.v_mV.dtype)
+    window_rate = state.window_spikes.astype(state.v_mV.dtype) * (1000.0 / (n_steps * cfg.neuron.dt_ms))
+    tau, v_th, rate = plasticity.intrinsic_update(state.tau_ms, state.v_th_mV, state.rate_hz, window_rate, cfg)
+    w = state.w
+    if mode == "rstdp":
+        w = plasticity.apply_reward(w, state.elig, reward, cfg)
+    return state.replace(
+        w=w, tau_ms=tau, v_th_mV=v_th, rate_hz=rate, window_spikes=jnp.zeros_like(state.window_spikes),
+        window_start=state.step,
+    )
+
+
+def background_current(state: State, net: Network, n_steps: int, cfg: FumConfig) -> Array:
+    """The default drive for the next n_steps from state.step on: (T, N) mV, keyed by (seed, neuron, step)."""
+    dc = cfg.drive
+    return poisson_background_current(
+        seed=state.seed, n_neurons=net.n_neurons, first_step=state.step, n_steps=n_steps, n_inputs=dc.n_inputs,
+        rate_hz=dc.rate_hz, amp_mV=dc.amp_mV, dt_ms=cfg.neuron.dt_ms,
+    ).astype(state.v_mV.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("n_windows", "cfg", "mode", "backend", "record_spikes"))
+def _run_driven(state: State, net: Network, n_windows: int, cfg: FumConfig, mode: str, backend: str,
+                record_spikes: bool):
+    t_win = cfg.run.window_steps
+
+    def window(s, _):
+        s, spikes = _simulate(s, net, background_current(s, net, t_win, cfg), cfg, mode, backend)
+        rates = spikes.sum(0, dtype=s.v_mV.dtype) * (1000.0 / (t_win * cfg.neuron.dt_ms))
+        reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
+        s = _end_window(s, reward, cfg, mode)
+        counts = spikes.sum(1, dtype=jnp.int32)
+        return s, (spikes if record_spikes else counts, reward)
+
+    return jax.lax.scan(window, state, None, length=n_windows)
+
+
+def run_driven(
+    state: State,
+    network: Network,
+    n_windows: int,
+    *,
+    config: FumConfig | None = None,
+    plasticity: bool | str | None = None,
+    backend: str | None = None,
+    record_spikes: bool = False,
+) -> tuple[State, Array, Array]:
+    """Run n_windows windows under the default Poisson background drive with SIE self-benefit reward.
+
+    Returns (state, spikes (n_windows, T, N) uint8 if record_spikes else spike counts (n_windows, T) int32,
+    rewards (n_windows,)).
+    """
+    cfg = config or FumConfig()
+    if n_windows <= 0:
+        raise ValueError(f"n_windows = {n_windows}: must be >= 1")
+    mode = resolve_mode(plasticity, cfg)
+    backend = resolve_backend(backend or cfg.run.backend)
+    check_state(state, network, cfg)
+    state, (out, rewards) = _run_driven(state, network, n_windows, cfg, mode, backend, record_spikes)
+    return state, out, rewards
+
+
+def resolve_mode(plasticity_arg: bool | str | None, cfg: FumConfig) -> str:
+    """Plasticity mode from a call argument: None/True -> cfg.plasticity.mode, False -> 'off', or a mode name."""
+    if plasticity_arg is None or plasticity_arg is True:
+        return cfg.plasticity.mode
+    if plasticity_arg is False:
+        return "off"
+    if plasticity_arg not in MODES:
+        raise ValueError(f"plasticity = {plasticity_arg!r}: must be a bool or one of {', '.join(MODES)}")
+    return plasticity_arg
+
+
+def simulate(
+    state: State,
+    network: Network,
+    i_ext_mV: Array,
+    *,
+    config: FumConfig | None = None,
+    plasticity: bool | str | None = None,
+    backend: str | None = None,
+) -> tuple[State, Array]:
+    """Run T steps. i_ext_mV: (T, N) external input in mV per step. Returns (state, spikes (T, N) uint8)."""
+    cfg = config or FumConfig()
+    mode = resolve_mode(plasticity, cfg)
+    backend = resolve_backend(backend or cfg.run.backend)
+    check_state(state, network, cfg)
+    i_ext_mV = jnp.asarray(i_ext_mV)
+    _check_array("i_ext_mV", i_ext_mV, ndim=2, last=network.n_neurons, floating=True)
+    if i_ext_mV.shape[0] == 0:
+        raise ValueError("i_ext_mV has 0 steps: give at least one row (shape (T, N), T >= 1)")
+    return _simulate(state, network, i_ext_mV, cfg, mode, backend)
+
+
+def end_window(
+    state: State, reward: float | Array, *, config: FumConfig | None = None, plasticity: bool | str | None = None
+) -> State:
+    """Close a window: apply reward R to the weights via eligibility (mode rstdp) and intrinsic plasticity."""
+    cfg = config or FumConfig()
+    mode = resolve_mode(plasticity, cfg)
+    reward = jnp.asarray(reward, compute_dtype(cfg))
+    if reward.ndim != 0:
+        raise ValueError(f"reward must be a scalar, got shape {reward.shape}")
+    _check_finite("reward", reward)
+    return _end_window(state, reward, cfg, mode)
+
+
+def simulate_window(
+    state: State,
+    network: Network,
+    i_ext_mV: Array,
+    reward: float | Array,
+    *,
+    config: FumConfig | None = None,
+    plasticity: bool | str | None = None,
+    backend: str | None = None,
+) -> tuple[State, Array]:
+    """One window: simulate T steps, then apply the given reward. Returns (state, spikes (T, N) uint8)."""
+    state, spikes = simulate(state, network, i_ext_mV, config=config, plasticity=plasticity, backend=backend)
+    return end_window(state, reward, config=config, plasticity=plasticity), spikes
+
+
+def check_state(state: State, network: Network, cfg: FumConfig) -> None:
+    """Raise ValueError naming the field if the state does not fit the network or holds NaN/Inf."""
+    n, e = network.n_neurons, network.n_synapses
+    if n <= 0:
+        raise ValueError(f"network has {n} neurons: need at least 1")
+    for name in ("v_mV", "x_pre", "y_post", "tau_ms", "v_th_mV", "rate_hz"):
+        _check_array(f"state.{name}", getattr(state, name), ndim=1, last=n, floating=True)
+    for name in ("refrac_left", "window_spikes"):
+        _check_array(f"state.{name}", getattr(state, name), ndim=1, last=n, floating=False)
+    for name in ("w", "elig"):
+        _check_array(f"state.{name}", getattr(state, name), ndim=1, last=e, floating=True)
+    _check_array("state.ring_mV", state.ring_mV, ndim=2, last=n, floating=True)
+    if state.ring_mV.shape[-2] != network.max_delay:
+        raise ValueError(f"state.ring_mV has {state.ring_mV.shape[-2]} slots, network max delay is {network.max_delay}")
+    if state.v_mV.dtype != compute_dtype(cfg):
+        raise ValueError(f"state.v_mV has dtype {state.v_mV.dtype}, config run.dtype needs {compute_dtype(cfg)}")
+
+
+def _is_concrete(x: Array) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_array(name: str, x: Array, *, ndim: int, last: int, floating: bool) -> None:
+    # Under vmap the tracer shows the unbatched shape, so ndim/last checks still hold.
+    if x.ndim != ndim or x.shape[-1] != last:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: expected {ndim} dims with last dim {last}")
+    if floating != bool(jnp.issubdtype(x.dtype, jnp.floating)):
+        kind = "a floating" if floating else "an integer"
+        raise ValueError(f"{name} has dtype {x.dtype}: expected {kind} dtype")
+    if floating:
+        _check_finite(name, x)
+
+
+def _check_finite(name: str, x: Array) -> None:
+    if _is_concrete(x) and not bool(jnp.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")

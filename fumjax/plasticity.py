@@ -1,0 +1,60 @@
+"""Plasticity as small pure functions: trace decay, eligibility, reward application, intrinsic plasticity."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from fumjax.config import FumConfig
+
+__all__ = ["decay_traces", "increment_traces", "eta_effective", "apply_reward", "intrinsic_update"]
+
+
+def decay_traces(x_pre: Array, y_post: Array, cfg: FumConfig) -> tuple[Array, Array]:
+    """Decay pre/post traces (N,) by exp(-dt/tau+) and exp(-dt/tau-) for one step."""
+    dt = cfg.neuron.dt_ms
+    return (x_pre * math.exp(-dt / cfg.stdp.tau_plus_ms), y_post * math.exp(-dt / cfg.stdp.tau_minus_ms))
+
+
+def increment_traces(x_pre: Array, y_post: Array, spikes: Array) -> tuple[Array, Array]:
+    """Traces (N,) jump by 1 where the neuron spiked this step."""
+    s = spikes.astype(x_pre.dtype)
+    return x_pre + s, y_post + s
+
+
+def eta_effective(reward: Array, eta: float) -> Array:
+    """Reward-modulated learning rate: eta * (1 + (2*sigmoid(R) - 1)) = 2*eta*sigmoid(R)."""
+    return eta * (1.0 + (2.0 * jax.nn.sigmoid(reward) - 1.0))
+
+
+def apply_reward(w: Array, elig: Array, reward: Array, cfg: FumConfig) -> Array:
+    """End-of-window weight update: w = clip(w + eta_eff(R) * R * e, -w_clip, w_clip); (E,) -> (E,)."""
+    ct = jnp.promote_types(w.dtype, jnp.float32)
+    reward = jnp.asarray(reward, ct)
+    new = w.astype(ct) + eta_effective(reward, cfg.plasticity.eta) * reward * elig.astype(ct)
+    c = cfg.connectivity.w_clip
+    return jnp.clip(new, -c, c).astype(w.dtype)
+
+
+def intrinsic_update(
+    tau_ms: Array, v_th_mV: Array, rate_hz: Array, window_rate_hz: Array, cfg: FumConfig
+) -> tuple[Array, Array, Array]:
+    """Per-window intrinsic plasticity from a running rate estimate; all arrays (N,).
+
+    rate_hz <- (1-a) rate_hz + a window_rate (the first window sets it). Above the target band:
+    v_th += step, tau -= step; below it: v_th -= step, tau += step; both clamped to their ranges.
+    Returns (tau_ms, v_th_mV, rate_hz).
+    """
+    ip, nc = cfg.intrinsic, cfg.neuron
+    a = ip.rate_ema
+    rate = jnp.where(rate_hz < 0, window_rate_hz, (1.0 - a) * rate_hz + a * window_rate_hz)
+    if not ip.enabled:
+        return tau_ms, v_th_mV, rate
+    above = (rate > ip.target_rate_max_hz).astype(tau_ms.dtype)
+    below = (rate < ip.target_rate_min_hz).astype(tau_ms.dtype)
+    v_th = jnp.clip(v_th_mV + ip.v_th_step_mV * (above - below), nc.v_th_min_mV, nc.v_th_max_mV)
+    tau = jnp.clip(tau_ms + ip.tau_step_ms * (below - above), nc.tau_min_ms, nc.tau_max_ms)
+    return tau, v_th, rate

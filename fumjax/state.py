@@ -1,0 +1,92 @@
+"""The dynamic state of a network: a frozen pytree that every step function consumes and returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from fumjax.config import FumConfig
+from fumjax.network import Network
+
+__all__ = ["State", "init_state", "compute_dtype", "weight_dtype"]
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """Dynamic variables of N neurons and E synapses (CSR order of the Network).
+
+    v_mV: (N,) membrane potential.            refrac_left: (N,) int32 refractory steps left.
+    x_pre: (N,) presynaptic STDP trace.       y_post: (N,) postsynaptic STDP trace.
+    ring_mV: (D, N) synaptic input due in the next D steps (slot step % D is due now), mV.
+    w: (E,) weights.                          elig: (E,) eligibility traces.
+    tau_ms, v_th_mV: (N,) adaptive membrane time constant and threshold (intrinsic plasticity).
+    window_spikes: (N,) int32 spikes since the window began.   rate_hz: (N,) running rate estimate
+    (negative until the first window ends).   step: () int32 steps done.   window_start: () int32.
+    seed: () uint32 seed of the counter-based random streams.
+    """
+
+    v_mV: Array
+    refrac_left: Array
+    x_pre: Array
+    y_post: Array
+    ring_mV: Array
+    w: Array
+    elig: Array
+    tau_ms: Array
+    v_th_mV: Array
+    window_spikes: Array
+    rate_hz: Array
+    step: Array
+    window_start: Array
+    seed: Array
+
+    def replace(self, **changes: Array) -> State:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.v_mV.shape[-1]
+
+
+jax.tree_util.register_dataclass(
+    State, data_fields=[f.name for f in dataclasses.fields(State)], meta_fields=[]
+)
+
+
+def compute_dtype(cfg: FumConfig) -> jnp.dtype:
+    """Neuron-state dtype: float64 when the run asks for it (needs jax x64), else float32."""
+    return jnp.dtype(jnp.float64 if cfg.run.dtype == "float64" else jnp.float32)
+
+
+def weight_dtype(cfg: FumConfig) -> jnp.dtype:
+    """Storage dtype of weights and eligibility (float32, float64, float16 or bfloat16)."""
+    return jnp.dtype(cfg.run.dtype)
+
+
+def init_state(network: Network, cfg: FumConfig | None = None) -> State:
+    """Resting state for `network`: V = v_rest, zero traces and eligibility, w = network.w0."""
+    cfg = cfg or FumConfig()
+    if cfg.run.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("run.dtype = 'float64' needs jax x64: jax.config.update('jax_enable_x64', True)")
+    n, dt = network.n_neurons, compute_dtype(cfg)
+    zeros = jnp.zeros((n,), dt)
+    return State(
+        v_mV=jnp.full((n,), cfg.neuron.v_rest_mV, dt),
+        refrac_left=jnp.zeros((n,), jnp.int32),
+        x_pre=zeros,
+        y_post=zeros,
+        ring_mV=jnp.zeros((network.max_delay, n), dt),
+        w=jnp.asarray(network.w0, weight_dtype(cfg)),
+        elig=jnp.zeros((network.n_synapses,), weight_dtype(cfg)),
+        tau_ms=jnp.asarray(network.tau_ms, dt),
+        v_th_mV=jnp.asarray(network.v_th_mV, dt),
+        window_spikes=jnp.zeros((n,), jnp.int32),
+        rate_hz=jnp.full((n,), -1.0, dt),
+        step=jnp.zeros((), jnp.int32),
+        window_start=jnp.zeros((), jnp.int32),
+        seed=jnp.asarray(cfg.run.seed, jnp.uint32),
+    )
