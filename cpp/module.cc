@@ -1,0 +1,31 @@
+// nanobind module fumjax._core: exposes registrations() -> {target name: PyCapsule}.
+#include <type_traits>
+
+#include <nanobind/nanobind.h>
+
+#include "xla/ffi/api/api.h"
+#include "xla/ffi/api/c_api.h"
+
+namespace nb = nanobind;
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
+
+namespace {
+
+template <typename T>
+nb::capsule EncapsulateFfiHandler(T* fn) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
+                "Encapsulated function must be an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "fumjax CPU XLA FFI handlers";
+  m.def("registrations", []() {
+    nb::dict d;
+    d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepCpu);
+    return d;
+  });
+}
