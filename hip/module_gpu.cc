@@ -1,0 +1,37 @@
+// nanobind module fumjax._core_gpu: registrations() -> {target name: PyCapsule} and
+// platform() -> the jax.ffi platform name ("CUDA" or "ROCM") to register them under.
+#include <type_traits>
+
+#include <nanobind/nanobind.h>
+
+#include "xla/ffi/api/api.h"
+#include "xla/ffi/api/c_api.h"
+
+#ifndef FUMJAX_GPU_PLATFORM
+#define FUMJAX_GPU_PLATFORM "CUDA"
+#endif
+
+namespace nb = nanobind;
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepGpu);
+
+namespace {
+
+template <typename T>
+nb::capsule EncapsulateFfiHandler(T* fn) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>,
+                "Encapsulated function must be an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+}  // namespace
+
+NB_MODULE(_core_gpu, m) {
+  m.doc() = "fumjax GPU XLA FFI handlers";
+  m.def("registrations", []() {
+    nb::dict d;
+    d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepGpu);
+    return d;
+  });
+  m.def("platform", []() { return FUMJAX_GPU_PLATFORM; });
+}
