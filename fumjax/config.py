@@ -100,7 +100,9 @@ class SIEConfig:
     habituation_threshold: float = _p(0.9, 0.0, 1.0)
     habituation_increment: float = _p(0.1, 0.0, 1.0)
     habituation_decay: float = _p(0.95, 0.0, 1.0)
-    target_rate_var: float = _p(0.05, 1e-12, INF, doc="target variance of firing rates, Hz^2")
+    # FUM's 0.05 Hz^2 belongs with its 0.1-0.5 Hz band; at the default 2-20 Hz band an active network's
+    # running rates vary by ~5 Hz across neurons, so the default target is 25 Hz^2.
+    target_rate_var: float = _p(25.0, 1e-12, INF, doc="target variance of running firing rates, Hz^2")
     smoothing_windows: int = _p(5, 1, 10_000)
 
 

@@ -71,11 +71,17 @@ def _simulate(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode:
     return jax.lax.scan(body, state, i_ext_mV)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
-def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
+def running_rate_hz(state: State, cfg: FumConfig) -> Array:
+    """The running rate estimate (N,) Hz including the current window's spikes."""
     n_steps = jnp.maximum(state.step - state.window_start, 1).astype(state.v_mV.dtype)
     window_rate = state.window_spikes.astype(state.v_mV.dtype) * (1000.0 / (n_steps * cfg.neuron.dt_ms))
-    tau, v_th, rate = plasticity.intrinsic_update(state.tau_ms, state.v_th_mV, state.rate_hz, window_rate, cfg)
+    return plasticity.update_rate_estimate(state.rate_hz, window_rate, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
+def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
+    rate = running_rate_hz(state, cfg)
+    tau, v_th = plasticity.intrinsic_update(state.tau_ms, state.v_th_mV, rate, cfg)
     w = state.w
     if mode == "rstdp":
         w = plasticity.apply_reward(w, state.elig, reward, cfg)
@@ -101,7 +107,7 @@ def _run_driven(state: State, net: Network, n_windows: int, cfg: FumConfig, mode
 
     def window(s, _):
         s, spikes = _simulate(s, net, background_current(s, net, t_win, cfg), cfg, mode, backend)
-        rates = spikes.sum(0, dtype=s.v_mV.dtype) * (1000.0 / (t_win * cfg.neuron.dt_ms))
+        rates = running_rate_hz(s, cfg)
         reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
         s = _end_window(s, reward, cfg, mode)
         counts = spikes.sum(1, dtype=jnp.int32)

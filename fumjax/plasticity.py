@@ -10,7 +10,9 @@ from jax import Array
 
 from fumjax.config import FumConfig
 
-__all__ = ["decay_traces", "increment_traces", "eta_effective", "apply_reward", "intrinsic_update"]
+__all__ = [
+    "decay_traces", "increment_traces", "eta_effective", "apply_reward", "update_rate_estimate", "intrinsic_update"
+]
 
 
 def decay_traces(x_pre: Array, y_post: Array, cfg: FumConfig) -> tuple[Array, Array]:
@@ -39,22 +41,24 @@ def apply_reward(w: Array, elig: Array, reward: Array, cfg: FumConfig) -> Array:
     return jnp.clip(new, -c, c).astype(w.dtype)
 
 
-def intrinsic_update(
-    tau_ms: Array, v_th_mV: Array, rate_hz: Array, window_rate_hz: Array, cfg: FumConfig
-) -> tuple[Array, Array, Array]:
-    """Per-window intrinsic plasticity from a running rate estimate; all arrays (N,).
+def update_rate_estimate(rate_hz: Array, window_rate_hz: Array, cfg: FumConfig) -> Array:
+    """Running rate (N,) Hz: (1-a) rate + a window_rate, a = intrinsic.rate_ema; a negative rate (none yet) is replaced."""
+    a = cfg.intrinsic.rate_ema
+    return jnp.where(rate_hz < 0, window_rate_hz, (1.0 - a) * rate_hz + a * window_rate_hz)
 
-    rate_hz <- (1-a) rate_hz + a window_rate (the first window sets it). Above the target band:
-    v_th += step, tau -= step; below it: v_th -= step, tau += step; both clamped to their ranges.
-    Returns (tau_ms, v_th_mV, rate_hz).
+
+def intrinsic_update(tau_ms: Array, v_th_mV: Array, rate_hz: Array, cfg: FumConfig) -> tuple[Array, Array]:
+    """Per-window intrinsic plasticity from the running rate estimate rate_hz; all arrays (N,).
+
+    Above the target band: v_th += step, tau -= step; below it: v_th -= step, tau += step; both clamped
+    to their ranges. Returns (tau_ms, v_th_mV).
     """
     ip, nc = cfg.intrinsic, cfg.neuron
-    a = ip.rate_ema
-    rate = jnp.where(rate_hz < 0, window_rate_hz, (1.0 - a) * rate_hz + a * window_rate_hz)
+    rate = rate_hz
     if not ip.enabled:
-        return tau_ms, v_th_mV, rate
+        return tau_ms, v_th_mV
     above = (rate > ip.target_rate_max_hz).astype(tau_ms.dtype)
     below = (rate < ip.target_rate_min_hz).astype(tau_ms.dtype)
     v_th = jnp.clip(v_th_mV + ip.v_th_step_mV * (above - below), nc.v_th_min_mV, nc.v_th_max_mV)
     tau = jnp.clip(tau_ms + ip.tau_step_ms * (below - above), nc.tau_min_ms, nc.tau_max_ms)
-    return tau, v_th, rate
+    return tau, v_th
