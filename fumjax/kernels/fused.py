@@ -66,12 +66,14 @@ def _load(name: str) -> ModuleType | None:
     try:
         module = importlib.import_module(f"fumjax.{name}")
     except ImportError as err:
+        _errors[name] = str(err)
         try:
             module = _load_installed_copy(name)
-        except ImportError as err2:  # pragma: no cover - broken installation
-            module, err = None, err2
-        if module is None:
-            _errors[name] = str(err)
+        except ImportError as err2:  # pragma: no cover - broken installed copy
+            module = None
+            _errors[name] = str(err2)
+        if module is not None:
+            del _errors[name]
     _modules[name] = module
     return module
 
