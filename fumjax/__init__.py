@@ -27,9 +27,20 @@ def build_network(cfg: FumConfig | None = None) -> Network:
     cfg = cfg or FumConfig()
     nc, cc = cfg.neuron, cfg.connectivity
     return Network.distance_biased(
-        nc.n_neurons, k_per_neuron=cfg.k_per_neuron, sigma_grid=cc.sigma_grid,
-        excitatory_fraction=nc.excitatory_fraction, w_exc_max=cc.w_exc_max, w_inh_min=cc.w_inh_min,
-        tau_mean_ms=nc.tau_mean_ms, tau_std_ms=nc.tau_std_ms, tau_min_ms=nc.tau_min_ms, tau_max_ms=nc.tau_max_ms,
-        v_th_mean_mV=nc.v_th_mean_mV, v_th_std_mV=nc.v_th_std_mV, v_th_min_mV=nc.v_th_min_mV,
-        v_th_max_mV=nc.v_th_max_mV, delay_steps=cc.delay_steps, seed=cfg.run.seed,
+        nc.n_neurons,
+        k_per_neuron=cfg.k_per_neuron,
+        sigma_grid=cc.sigma_grid,
+        excitatory_fraction=nc.excitatory_fraction,
+        w_exc_max=cc.w_exc_max,
+        w_inh_min=cc.w_inh_min,
+        tau_mean_ms=nc.tau_mean_ms,
+        tau_std_ms=nc.tau_std_ms,
+        tau_min_ms=nc.tau_min_ms,
+        tau_max_ms=nc.tau_max_ms,
+        v_th_mean_mV=nc.v_th_mean_mV,
+        v_th_std_mV=nc.v_th_std_mV,
+        v_th_min_mV=nc.v_th_min_mV,
+        v_th_max_mV=nc.v_th_max_mV,
+        delay_steps=cc.delay_steps,
+        seed=cfg.run.seed,
     )

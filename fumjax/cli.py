@@ -14,13 +14,19 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fumjax", description="FUM spiking networks in JAX")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("simulate", help="simulate a distance-biased FUM network under Poisson background drive")
+    s = sub.add_parser(
+        "simulate", help="simulate a distance-biased FUM network under Poisson background drive"
+    )
     s.add_argument("--config", help="TOML file of FumConfig sections (command-line flags override it)")
     s.add_argument("--neurons", type=int, help="number of neurons (default 1000)")
     s.add_argument("--steps", type=int, default=10_000, help="steps of dt = 1 ms (default 10000 = 10 s)")
     s.add_argument("--backend", choices=("reference", "fused"), help="kernel backend (default: config/env)")
-    s.add_argument("--plasticity", action=argparse.BooleanOptionalAction, default=True,
-                   help="STDP + eligibility + reward + intrinsic plasticity (default on)")
+    s.add_argument(
+        "--plasticity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="STDP + eligibility + reward + intrinsic plasticity (default on)",
+    )
     s.add_argument("--seed", type=int, help="seed of network and input streams (default 0)")
     s.add_argument("--json", action="store_true", help="print only a JSON summary line")
     return p
@@ -56,7 +62,7 @@ def _simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     import fumjax
-    from fumjax.dynamics import resolve_mode, run_driven, simulate, background_current
+    from fumjax.dynamics import background_current, resolve_mode, run_driven, simulate
 
     mode = resolve_mode(args.plasticity, cfg)
     t0 = time.perf_counter()
@@ -106,11 +112,15 @@ def _simulate(args: argparse.Namespace) -> int:
         "platform": jax.devices()[0].platform,
     }
     if not args.json:
-        print(f"fumjax simulate: {n} neurons, {net.n_synapses} synapses, {args.steps} steps, "
-              f"backend {cfg.run.backend}, plasticity {mode}")
-        print(f"  {spike_count} spikes, mean rate {summary['mean_rate_hz']:.2f} Hz, "
-              f"mean |dw| {summary['mean_abs_dw']:.4g}, wall {wall_s:.3f} s (build {build_s:.2f} s, "
-              f"compile+first run {compile_s:.2f} s)")
+        print(
+            f"fumjax simulate: {n} neurons, {net.n_synapses} synapses, {args.steps} steps, "
+            f"backend {cfg.run.backend}, plasticity {mode}"
+        )
+        print(
+            f"  {spike_count} spikes, mean rate {summary['mean_rate_hz']:.2f} Hz, "
+            f"mean |dw| {summary['mean_abs_dw']:.4g}, wall {wall_s:.3f} s (build {build_s:.2f} s, "
+            f"compile+first run {compile_s:.2f} s)"
+        )
     print(json.dumps(summary))
     return 0
 

@@ -259,8 +259,12 @@ def _check_pairs(cfg: FumConfig) -> None:
     for lo_key, hi_key, lo, hi in (
         ("neuron.tau_min_ms", "neuron.tau_max_ms", n.tau_min_ms, n.tau_max_ms),
         ("neuron.v_th_min_mV", "neuron.v_th_max_mV", n.v_th_min_mV, n.v_th_max_mV),
-        ("intrinsic.target_rate_min_hz", "intrinsic.target_rate_max_hz", ip.target_rate_min_hz,
-         ip.target_rate_max_hz),
+        (
+            "intrinsic.target_rate_min_hz",
+            "intrinsic.target_rate_max_hz",
+            ip.target_rate_min_hz,
+            ip.target_rate_max_hz,
+        ),
     ):
         if lo > hi:
             raise ConfigError(f"{lo_key} = {lo} must be <= {hi_key} = {hi}")

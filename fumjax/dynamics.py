@@ -20,13 +20,23 @@ from fumjax.kernels import get_kernel, resolve_backend
 from fumjax.network import Network
 from fumjax.state import State, compute_dtype
 
-__all__ = ["step", "simulate", "end_window", "simulate_window", "run_driven", "background_current", "resolve_mode"]
+__all__ = [
+    "step",
+    "simulate",
+    "end_window",
+    "simulate_window",
+    "run_driven",
+    "background_current",
+    "resolve_mode",
+]
 
 MODES = ("rstdp", "stdp", "off")
 
 
-def step(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str) -> tuple[State, Array]:
-    """Advance one dt: input, LIF update, spike transmission, STDP. i_ext_mV: (N,). Returns (state, spikes (N,) u8).
+def step(
+    state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str
+) -> tuple[State, Array]:
+    """Advance one dt: input, LIF, transmission, STDP. i_ext_mV: (N,) mV. Returns (state, spikes (N,) uint8).
 
     Transmission of this step's spikes uses the weights as they were before this step's plasticity.
     """
@@ -36,11 +46,20 @@ def step(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str,
     i_mV = state.ring_mV[slot] + i_ext_mV.astype(state.v_mV.dtype)
     ring = state.ring_mV.at[slot].set(0.0)
     v, spikes, refrac = get_kernel("lif_step", backend)(
-        state.v_mV, i_mV, state.tau_ms, state.v_th_mV, state.refrac_left,
-        v_rest_mV=nc.v_rest_mV, v_reset_mV=nc.v_reset_mV, dt_ms=nc.dt_ms, refractory_steps=nc.refractory_steps,
+        state.v_mV,
+        i_mV,
+        state.tau_ms,
+        state.v_th_mV,
+        state.refrac_left,
+        v_rest_mV=nc.v_rest_mV,
+        v_reset_mV=nc.v_reset_mV,
+        dt_ms=nc.dt_ms,
+        refractory_steps=nc.refractory_steps,
     )
     if d == 1:
-        syn = get_kernel("propagate", backend)(state.w, spikes, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV)
+        syn = get_kernel("propagate", backend)(
+            state.w, spikes, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV
+        )
         ring = ring.at[0].add(syn.astype(ring.dtype))
     else:
         contrib = (cc.g_syn_mV * state.w.astype(ring.dtype)) * spikes[net.pre].astype(ring.dtype)
@@ -48,8 +67,9 @@ def step(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str,
     w, elig, x, y = state.w, state.elig, state.x_pre, state.y_post
     if mode != "off":
         x, y = plasticity.decay_traces(x, y, cfg)
-        dw = get_kernel("stdp_delta", backend)(x, y, spikes, net.pre, net.post, net.sign, a_plus=cfg.stdp.a_plus,
-                             a_minus=cfg.stdp.a_minus)
+        dw = get_kernel("stdp_delta", backend)(
+            x, y, spikes, net.pre, net.post, net.sign, a_plus=cfg.stdp.a_plus, a_minus=cfg.stdp.a_minus
+        )
         if mode == "stdp":
             c = cc.w_clip
             w = jnp.clip(w.astype(dw.dtype) + dw, -c, c).astype(w.dtype)
@@ -57,8 +77,15 @@ def step(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str,
             elig = (cfg.plasticity.gamma * elig.astype(dw.dtype) + dw).astype(elig.dtype)
         x, y = plasticity.increment_traces(x, y, spikes)
     new = state.replace(
-        v_mV=v, refrac_left=refrac, ring_mV=ring, w=w, elig=elig, x_pre=x, y_post=y,
-        window_spikes=state.window_spikes + spikes.astype(jnp.int32), step=state.step + 1,
+        v_mV=v,
+        refrac_left=refrac,
+        ring_mV=ring,
+        w=w,
+        elig=elig,
+        x_pre=x,
+        y_post=y,
+        window_spikes=state.window_spikes + spikes.astype(jnp.int32),
+        step=state.step + 1,
     )
     return new, spikes
 
@@ -86,7 +113,11 @@ def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State
     if mode == "rstdp":
         w = plasticity.apply_reward(w, state.elig, reward, cfg)
     return state.replace(
-        w=w, tau_ms=tau, v_th_mV=v_th, rate_hz=rate, window_spikes=jnp.zeros_like(state.window_spikes),
+        w=w,
+        tau_ms=tau,
+        v_th_mV=v_th,
+        rate_hz=rate,
+        window_spikes=jnp.zeros_like(state.window_spikes),
         window_start=state.step,
     )
 
@@ -95,14 +126,21 @@ def background_current(state: State, net: Network, n_steps: int, cfg: FumConfig)
     """The default drive for the next n_steps from state.step on: (T, N) mV, keyed by (seed, neuron, step)."""
     dc = cfg.drive
     return poisson_background_current(
-        seed=state.seed, n_neurons=net.n_neurons, first_step=state.step, n_steps=n_steps, n_inputs=dc.n_inputs,
-        rate_hz=dc.rate_hz, amp_mV=dc.amp_mV, dt_ms=cfg.neuron.dt_ms,
+        seed=state.seed,
+        n_neurons=net.n_neurons,
+        first_step=state.step,
+        n_steps=n_steps,
+        n_inputs=dc.n_inputs,
+        rate_hz=dc.rate_hz,
+        amp_mV=dc.amp_mV,
+        dt_ms=cfg.neuron.dt_ms,
     ).astype(state.v_mV.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("n_windows", "cfg", "mode", "backend", "record_spikes"))
-def _run_driven(state: State, net: Network, n_windows: int, cfg: FumConfig, mode: str, backend: str,
-                record_spikes: bool):
+def _run_driven(
+    state: State, net: Network, n_windows: int, cfg: FumConfig, mode: str, backend: str, record_spikes: bool
+):
     t_win = cfg.run.window_steps
 
     def window(s, _):
@@ -142,7 +180,7 @@ def run_driven(
 
 
 def resolve_mode(plasticity_arg: bool | str | None, cfg: FumConfig) -> str:
-    """Plasticity mode from a call argument: None/True -> cfg.plasticity.mode, False -> 'off', or a mode name."""
+    """Plasticity mode of a call: None/True -> cfg.plasticity.mode, False -> 'off', or a mode name."""
     if plasticity_arg is None or plasticity_arg is True:
         return cfg.plasticity.mode
     if plasticity_arg is False:
@@ -174,7 +212,11 @@ def simulate(
 
 
 def end_window(
-    state: State, reward: float | Array, *, config: FumConfig | None = None, plasticity: bool | str | None = None
+    state: State,
+    reward: float | Array,
+    *,
+    config: FumConfig | None = None,
+    plasticity: bool | str | None = None,
 ) -> State:
     """Close a window: apply reward R to the weights via eligibility (mode rstdp) and intrinsic plasticity."""
     cfg = config or FumConfig()
@@ -214,9 +256,13 @@ def check_state(state: State, network: Network, cfg: FumConfig) -> None:
         _check_array(f"state.{name}", getattr(state, name), ndim=1, last=e, floating=True)
     _check_array("state.ring_mV", state.ring_mV, ndim=2, last=n, floating=True)
     if state.ring_mV.shape[-2] != network.max_delay:
-        raise ValueError(f"state.ring_mV has {state.ring_mV.shape[-2]} slots, network max delay is {network.max_delay}")
+        raise ValueError(
+            f"state.ring_mV has {state.ring_mV.shape[-2]} slots, network max delay is {network.max_delay}"
+        )
     if state.v_mV.dtype != compute_dtype(cfg):
-        raise ValueError(f"state.v_mV has dtype {state.v_mV.dtype}, config run.dtype needs {compute_dtype(cfg)}")
+        raise ValueError(
+            f"state.v_mV has dtype {state.v_mV.dtype}, config run.dtype needs {compute_dtype(cfg)}"
+        )
 
 
 def _is_concrete(x: Array) -> bool:

@@ -11,7 +11,12 @@ from jax import Array
 from fumjax.config import FumConfig
 
 __all__ = [
-    "decay_traces", "increment_traces", "eta_effective", "apply_reward", "update_rate_estimate", "intrinsic_update"
+    "decay_traces",
+    "increment_traces",
+    "eta_effective",
+    "apply_reward",
+    "update_rate_estimate",
+    "intrinsic_update",
 ]
 
 
@@ -42,7 +47,7 @@ def apply_reward(w: Array, elig: Array, reward: Array, cfg: FumConfig) -> Array:
 
 
 def update_rate_estimate(rate_hz: Array, window_rate_hz: Array, cfg: FumConfig) -> Array:
-    """Running rate (N,) Hz: (1-a) rate + a window_rate, a = intrinsic.rate_ema; a negative rate (none yet) is replaced."""
+    """Running rate (N,) Hz: (1-a) rate + a window_rate, a = intrinsic.rate_ema; negative (none) -> window."""
     a = cfg.intrinsic.rate_ema
     return jnp.where(rate_hz < 0, window_rate_hz, (1.0 - a) * rate_hz + a * window_rate_hz)
 

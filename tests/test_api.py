@@ -20,7 +20,9 @@ def small():
 
 def test_vmap_over_independent_states_matches_separate_runs(small):
     net, state = small
-    drives = jnp.stack([background_current(state.replace(seed=jnp.uint32(s)), net, 100, SMALL) for s in (1, 2, 3)])
+    drives = jnp.stack(
+        [background_current(state.replace(seed=jnp.uint32(s)), net, 100, SMALL) for s in (1, 2, 3)]
+    )
     states = jax.tree.map(lambda x: jnp.stack([x] * 3), state)
 
     def run(st, i_ext):

@@ -21,7 +21,9 @@ def resolve_backend(backend: str | None = None) -> str:
     """The backend name to use: the argument, else $FUMJAX_BACKEND, else 'reference'."""
     name = backend or os.environ.get("FUMJAX_BACKEND") or "reference"
     if name not in BACKENDS:
-        raise ValueError(f"backend = {name!r}: must be one of {', '.join(BACKENDS)} (argument or FUMJAX_BACKEND)")
+        raise ValueError(
+            f"backend = {name!r}: must be one of {', '.join(BACKENDS)} (argument or FUMJAX_BACKEND)"
+        )
     return name
 
 
@@ -47,5 +49,7 @@ def _fused_module() -> ModuleType:
     from fumjax.kernels import fused
 
     if not fused.available():
-        raise RuntimeError("backend 'fused' needs the compiled extension fumjax._core; reinstall with `pip install .`")
+        raise RuntimeError(
+            "backend 'fused' needs the compiled extension fumjax._core; reinstall with `pip install .`"
+        )
     return fused

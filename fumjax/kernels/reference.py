@@ -45,7 +45,15 @@ def propagate(w: Array, spikes: Array, pre: Array, post: Array, n_neurons: int, 
 
 
 def stdp_delta(
-    x_pre: Array, y_post: Array, spikes: Array, pre: Array, post: Array, sign: Array, *, a_plus: float, a_minus: float
+    x_pre: Array,
+    y_post: Array,
+    spikes: Array,
+    pre: Array,
+    post: Array,
+    sign: Array,
+    *,
+    a_plus: float,
+    a_minus: float,
 ) -> Array:
     """Pair-STDP weight change of each synapse this step: (E,).
 
