@@ -131,12 +131,19 @@ def _propose(
 
 def _first_occurrence(a: np.ndarray) -> np.ndarray:
     """Row-wise mask of first occurrences (in column order) of each value of a: (A, L) -> (A, L) bool."""
-    order = np.argsort(a, axis=1, kind="stable")
-    s = np.take_along_axis(a, order, axis=1)
-    first = np.ones(s.shape, dtype=bool)
-    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    n_col = a.shape[1]
+    sh = max(1, (n_col - 1).bit_length())
+    key = np.left_shift(
+        a, sh, dtype=np.int64
+    )  # (value, column) packed: one SIMD sort, stable by construction
+    key |= np.arange(n_col, dtype=np.int64)
+    key.sort(axis=1)
+    v = key >> sh
+    first = np.ones(key.shape, dtype=bool)
+    np.not_equal(v[:, 1:], v[:, :-1], out=first[:, 1:])
+    del v
     keep = np.empty_like(first)
-    np.put_along_axis(keep, order, first, axis=1)
+    keep[np.arange(a.shape[0])[:, None], key & ((1 << sh) - 1)] = first
     return keep
 
 
@@ -283,8 +290,13 @@ def _post_major_to_csr(pre_pm: np.ndarray, n: int, k: int) -> tuple[np.ndarray, 
     for p0 in range(0, n, posts_per_slice):
         p1 = min(p0 + posts_per_slice, n)
         seg = pre_pm[p0 * k : p1 * k]
-        order = np.argsort(seg, kind="stable")
-        ps = seg[order]
+        sh = max(1, (seg.shape[0] - 1).bit_length())
+        key = np.left_shift(seg, sh, dtype=np.int64)  # (pre, edge position) packed: stable sort by pre
+        key |= np.arange(seg.shape[0], dtype=np.int64)
+        key.sort()
+        order = key & ((1 << sh) - 1)
+        ps = (key >> sh).astype(np.int32)
+        del key
         start = np.empty(ps.shape[0], dtype=bool)
         start[0] = True
         np.not_equal(ps[1:], ps[:-1], out=start[1:])
