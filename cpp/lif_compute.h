@@ -25,11 +25,13 @@ inline void LifStep(int64_t n, const T* __restrict v, const T* __restrict i, con
     T vn = vk + drive;
     vn = vn + i[k];
     const int32_t r = refrac[k];
-    const bool refractory = r > 0;
-    vn = refractory ? v_reset : vn;
-    const bool spiked = (vn >= v_th[k]) & !refractory;
-    vn = spiked ? v_reset : vn;
-    v_out[k] = vn;
+    const bool free = r <= 0;  // not refractory: may spike
+    const bool ge = vn >= v_th[k];
+    const bool spiked = ge & free;
+    // Refractory or spiking -> v_reset. One select (two chained float selects defeat GCC's
+    // if-conversion); same result as the reference's two jnp.where, NaN included.
+    const bool keep = free & !ge;
+    v_out[k] = keep ? vn : v_reset;
     spikes[k] = static_cast<uint8_t>(spiked);
     // Wrapping decrement (like jnp int32 arithmetic), then max(., 0).
     const int32_t dec = static_cast<int32_t>(static_cast<uint32_t>(r) - 1u);
