@@ -81,7 +81,7 @@ class PlasticityConfig:
     """How STDP reaches the weights: `rstdp` (eligibility + reward per window) or `stdp` (direct)."""
 
     mode: str = _p("rstdp", choices=("rstdp", "stdp", "off"))
-    gamma: float = _p(0.95, 0.0, 1.0, doc="eligibility decay per step")
+    gamma: float = _p(0.95, 1e-3, 1.0, doc="eligibility decay per step")
     eta: float = _p(0.01, 0.0, INF, doc="base learning rate of the reward update")
 
 

@@ -64,7 +64,7 @@ def step(
     else:
         contrib = (cc.g_syn_mV * state.w.astype(ring.dtype)) * spikes[net.pre].astype(ring.dtype)
         ring = ring.at[(state.step + net.delay_steps) % d, net.post].add(contrib)
-    w, elig, x, y = state.w, state.elig, state.x_pre, state.y_post
+    w, elig, t0, x, y = state.w, state.elig, state.elig_t0, state.x_pre, state.y_post
     if mode != "off":
         x, y = plasticity.decay_traces(x, y, cfg)
         dw = get_kernel("stdp_delta", backend)(
@@ -74,7 +74,7 @@ def step(
             c = cc.w_clip
             w = jnp.clip(w.astype(dw.dtype) + dw, -c, c).astype(w.dtype)
         else:
-            elig = (cfg.plasticity.gamma * elig.astype(dw.dtype) + dw).astype(elig.dtype)
+            elig, t0 = _add_eligibility(elig, t0, dw, state.step, cfg)
         x, y = plasticity.increment_traces(x, y, spikes)
     new = state.replace(
         v_mV=v,
@@ -82,12 +82,27 @@ def step(
         ring_mV=ring,
         w=w,
         elig=elig,
+        elig_t0=t0,
         x_pre=x,
         y_post=y,
         window_spikes=state.window_spikes + spikes.astype(jnp.int32),
         step=state.step + 1,
     )
     return new, spikes
+
+
+def _add_eligibility(
+    elig: Array, t0: Array, dw: Array, step_now: Array, cfg: FumConfig
+) -> tuple[Array, Array]:
+    """e_hat += dw * gamma^-(step+1-t0), renormalizing first (dense) once step - t0 reaches K."""
+    gamma_pow, inv_pow = plasticity.elig_tables(cfg)
+    k_max = gamma_pow.shape[0] - 1
+    renorm = step_now - t0 >= k_max
+    scale = jnp.asarray(gamma_pow, elig.dtype)[jnp.minimum(step_now - t0, k_max)]
+    elig = jax.lax.cond(renorm, lambda e: e * scale, lambda e: e, elig)
+    t0 = jnp.where(renorm, step_now, t0)
+    inv = jnp.asarray(inv_pow, dw.dtype)[step_now + 1 - t0]
+    return (elig.astype(dw.dtype) + dw * inv).astype(elig.dtype), t0
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mode", "backend"))
@@ -109,11 +124,14 @@ def running_rate_hz(state: State, cfg: FumConfig) -> Array:
 def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
     rate = running_rate_hz(state, cfg)
     tau, v_th = plasticity.intrinsic_update(state.tau_ms, state.v_th_mV, rate, cfg)
-    w = state.w
+    w, elig = state.w, state.elig
     if mode == "rstdp":
-        w = plasticity.apply_reward(w, state.elig, reward, cfg)
+        elig = plasticity.eligibility(elig, state.step - state.elig_t0, cfg)
+        w = plasticity.apply_reward(w, elig, reward, cfg)
     return state.replace(
         w=w,
+        elig=elig,
+        elig_t0=state.step,
         tau_ms=tau,
         v_th_mV=v_th,
         rate_hz=rate,

@@ -401,6 +401,8 @@ class Network:
     tau_ms: Array  # (N,) float32, initial membrane time constants (ms)
     v_th_mV: Array  # (N,) float32, initial thresholds (mV)
     input_order: Array  # (E,) int32: CSR slot of the caller's k-th edge (arange for built graphs)
+    in_ptr: Array  # (N+1,) int: incoming synapses of post neuron i are in_syn[in_ptr[i]:in_ptr[i+1]]
+    in_syn: Array  # (E,) int32 CSR slots grouped by post neuron, ascending pre within each group
     n_neurons: int  # static
     max_delay: int  # static, max(delay_steps) (1 if E == 0)
 
@@ -450,6 +452,11 @@ class Network:
         row_ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=row_ptr[1:])
         row_ptr = row_ptr.astype(np.int64 if e >= 2**31 else np.int32)
+        in_counts = np.bincount(post, minlength=n) if e else np.zeros(n, dtype=np.int64)
+        in_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(in_counts, out=in_ptr[1:])
+        # CSR slots ascend with pre, so a stable sort by post keeps pre ascending within each post group
+        in_syn = np.argsort(post, kind="stable").astype(np.int64 if e >= 2**31 else np.int32)
         return cls(
             row_ptr=jnp.asarray(row_ptr),
             pre=jnp.asarray(pre.astype(np.int32, copy=False)),
@@ -460,6 +467,8 @@ class Network:
             tau_ms=jnp.asarray(tau_ms.astype(np.float32, copy=False)),
             v_th_mV=jnp.asarray(v_th_mV.astype(np.float32, copy=False)),
             input_order=jnp.asarray(input_order),
+            in_ptr=jnp.asarray(in_ptr.astype(row_ptr.dtype)),
+            in_syn=jnp.asarray(in_syn),
             n_neurons=n,
             max_delay=int(delay_steps.max()) if e else 1,
         )
@@ -580,10 +589,30 @@ class Network:
             seed=seed,
         )
         w0 = initial_weights(pre, exc, w_exc_max=w_exc_max, w_inh_min=w_inh_min, seed=seed)
-        e = pre.shape[0]
-        d = np.full(e, int(delay_steps), dtype=np.int32)
-        input_order = np.arange(e, dtype=np.int64 if e >= 2**31 else np.int32)
-        return cls._from_csr_numpy(pre, post, w0, d, exc, tau, v_th, input_order)
+        e = int(pre.shape[0])
+        row_ptr = np.zeros(n_neurons + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pre, minlength=n_neurons), out=row_ptr[1:])
+        idx_dtype = np.int64 if e >= 2**31 else np.int32
+        # Convert one array at a time and drop the numpy copy, so peak memory stays ~ numpy + one array.
+        pre_j = jnp.asarray(pre)
+        del pre
+        post_j = jnp.asarray(post)
+        del post
+        w0_j = jnp.asarray(w0)
+        del w0
+        return cls(
+            row_ptr=jnp.asarray(row_ptr.astype(idx_dtype)),
+            pre=pre_j,
+            post=post_j,
+            delay_steps=jnp.full(e, int(delay_steps), dtype=jnp.int32),
+            w0=w0_j,
+            excitatory=jnp.asarray(exc),
+            tau_ms=jnp.asarray(tau),
+            v_th_mV=jnp.asarray(v_th),
+            input_order=jnp.arange(e, dtype=idx_dtype),
+            n_neurons=int(n_neurons),
+            max_delay=int(delay_steps),
+        )
 
 
 _DATA_FIELDS = (
@@ -596,6 +625,8 @@ _DATA_FIELDS = (
     "tau_ms",
     "v_th_mV",
     "input_order",
+    "in_ptr",
+    "in_syn",
 )
 jax.tree_util.register_dataclass(
     Network, data_fields=list(_DATA_FIELDS), meta_fields=["n_neurons", "max_delay"]

@@ -11,7 +11,7 @@ from jax import Array
 from fumjax.config import FumConfig
 from fumjax.network import Network
 
-__all__ = ["State", "init_state", "compute_dtype", "weight_dtype"]
+__all__ = ["State", "init_state", "eligibility", "compute_dtype", "weight_dtype"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +21,8 @@ class State:
     v_mV: (N,) membrane potential.            refrac_left: (N,) int32 refractory steps left.
     x_pre: (N,) presynaptic STDP trace.       y_post: (N,) postsynaptic STDP trace.
     ring_mV: (D, N) synaptic input due in the next D steps (slot step % D is due now), mV.
-    w: (E,) weights.                          elig: (E,) eligibility traces.
+    w: (E,) weights.                          elig: (E,) eligibility, stored scaled by gamma^-(step - elig_t0)
+    (`eligibility(state, cfg)` gives the true values; see plasticity.elig_tables).   elig_t0: () int32.
     tau_ms, v_th_mV: (N,) adaptive membrane time constant and threshold (intrinsic plasticity).
     window_spikes: (N,) int32 spikes since the window began.   rate_hz: (N,) running rate estimate
     (negative until the first window ends).   step: () int32 steps done.   window_start: () int32.
@@ -35,6 +36,7 @@ class State:
     ring_mV: Array
     w: Array
     elig: Array
+    elig_t0: Array
     tau_ms: Array
     v_th_mV: Array
     window_spikes: Array
@@ -82,6 +84,7 @@ def init_state(network: Network, cfg: FumConfig | None = None) -> State:
         ring_mV=jnp.zeros((network.max_delay, n), dt),
         w=jnp.asarray(network.w0, weight_dtype(cfg)),
         elig=jnp.zeros((network.n_synapses,), weight_dtype(cfg)),
+        elig_t0=jnp.zeros((), jnp.int32),
         tau_ms=jnp.asarray(network.tau_ms, dt),
         v_th_mV=jnp.asarray(network.v_th_mV, dt),
         window_spikes=jnp.zeros((n,), jnp.int32),
@@ -90,3 +93,10 @@ def init_state(network: Network, cfg: FumConfig | None = None) -> State:
         window_start=jnp.zeros((), jnp.int32),
         seed=jnp.asarray(cfg.run.seed, jnp.uint32),
     )
+
+
+def eligibility(state: State, cfg: FumConfig | None = None) -> Array:
+    """The true eligibility traces (E,) of `state` (it stores them scaled)."""
+    from fumjax.plasticity import eligibility as unscale
+
+    return unscale(state.elig, state.step - state.elig_t0, cfg or FumConfig())

@@ -71,13 +71,14 @@ def test_stdp_pair(excitatory, dt_ms):
     assert float(state.w[0]) - w0 == pytest.approx(sign * expected, abs=1e-6)
 
 
-def test_eligibility_decays_by_gamma_per_step_and_reward_uses_eta_eff():
+@pytest.mark.parametrize("k", [12, 120])  # 120 crosses the dense renormalizations at steps 50 and 100
+def test_eligibility_decays_by_gamma_per_step_and_reward_uses_eta_eff(k):
     net = _pair_net(0.5, True)
     state = fumjax.init_state(net, CFG_NO_COUPLING)
-    k = 12  # post spike at step 15, then 12 more steps of decay
+    # post spike at step 15, then k more steps of decay
     state, _ = fumjax.simulate(state, net, _pulses(15 + 1 + k, {0: 10, 1: 15}), config=CFG_NO_COUPLING)
     e_expected = A_PLUS * math.exp(-5 / 20) * 0.95**k
-    assert float(state.elig[0]) == pytest.approx(e_expected, rel=1e-5)
+    assert float(fumjax.state.eligibility(state, CFG_NO_COUPLING)[0]) == pytest.approx(e_expected, rel=1e-5)
     assert float(state.w[0]) == 0.5  # rstdp: nothing reaches w before the reward
     state = fumjax.end_window(state, 1.0, config=CFG_NO_COUPLING)
     eta_eff = 0.01 * (1 + (2 / (1 + math.exp(-1.0)) - 1))  # 0.0146212

@@ -59,9 +59,11 @@ def stdp_delta(
 
     x_pre, y_post: (N,) traces decayed to this step but not yet incremented by its spikes, so Δt = 0 pairs
     give nothing. sign: (N,) +1 for excitatory, -1 for inhibitory presynaptic neurons (signs flip).
-    Δw = sign_j * (A+ x_j s_i - A- y_i s_j).
+    Δw = sign_j * (A+ x_j [i spiked] - A- y_i [j spiked]); selects rather than products with the spike
+    flags keep every float operation the same whether or not a compiler fuses multiply-adds.
     """
-    s = spikes.astype(x_pre.dtype)
-    ltp = a_plus * x_pre[pre] * s[post]
-    ltd = a_minus * y_post[post] * s[pre]
+    fired = spikes.astype(bool)
+    zero = jnp.zeros((), x_pre.dtype)
+    ltp = jnp.where(fired[post], a_plus * x_pre[pre], zero)
+    ltd = jnp.where(fired[pre], a_minus * y_post[post], zero)
     return sign.astype(x_pre.dtype)[pre] * (ltp - ltd)
