@@ -251,6 +251,14 @@ def sample_distance_graph(
     Edges are sorted by pre, then post. Result depends only on (n_neurons, k_per_neuron, sigma_grid, seed);
     n_workers (threads) only changes speed.
     """
+    pre, post, _ = _distance_graph(n_neurons, k_per_neuron, sigma_grid, seed, n_workers, with_in_syn=False)
+    return pre, post
+
+
+def _distance_graph(
+    n_neurons: int, k_per_neuron: int, sigma_grid: float, seed: int, n_workers: int, *, with_in_syn: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """sample_distance_graph, optionally also returning in_syn (see _post_major_to_csr)."""
     _check_k(n_neurons, k_per_neuron)
     if not (np.isfinite(sigma_grid) and sigma_grid > 0):
         raise ValueError(f"sigma_grid must be finite and > 0, got {sigma_grid}")
@@ -273,11 +281,17 @@ def sample_distance_graph(
     else:
         for ci in range(n_chunks):
             work(ci)
-    return _post_major_to_csr(pre_pm, n, k)
+    return _post_major_to_csr(pre_pm, n, k, with_in_syn=with_in_syn)
 
 
-def _post_major_to_csr(pre_pm: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable counting sort of post-major edges (post p owns pre_pm[p*k:(p+1)*k]) by pre: (pre, post)."""
+def _post_major_to_csr(
+    pre_pm: np.ndarray, n: int, k: int, *, with_in_syn: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Stable counting sort of post-major edges (post p owns pre_pm[p*k:(p+1)*k]) by pre.
+
+    Returns (pre, post) (E,) int32 in CSR order and, if with_in_syn, in_syn (E,): the CSR slots of each post
+    neuron's K incoming synapses, ascending (= ascending pre), post-major.
+    """
     e = pre_pm.shape[0]
     counts = np.zeros(n, dtype=np.int64)
     step = 1 << 24
@@ -286,6 +300,7 @@ def _post_major_to_csr(pre_pm: np.ndarray, n: int, k: int) -> tuple[np.ndarray, 
     fill = np.zeros(n, dtype=np.int64)
     np.cumsum(counts[:-1], out=fill[1:])
     post = np.empty(e, dtype=np.int32)
+    in_syn = np.empty(e, dtype=np.int64 if e >= 2**31 else np.int32) if with_in_syn else None
     posts_per_slice = max(1, step // k)
     for p0 in range(0, n, posts_per_slice):
         p1 = min(p0 + posts_per_slice, n)
@@ -302,12 +317,19 @@ def _post_major_to_csr(pre_pm: np.ndarray, n: int, k: int) -> tuple[np.ndarray, 
         np.not_equal(ps[1:], ps[:-1], out=start[1:])
         pos = np.arange(ps.shape[0], dtype=np.int64)
         first = np.maximum.accumulate(np.where(start, pos, 0))
-        post[fill[ps] + (pos - first)] = (p0 + order // k).astype(np.int32)
+        slot = fill[ps] + (pos - first)
+        post[slot] = (p0 + order // k).astype(np.int32)
+        if in_syn is not None:
+            local = np.empty(seg.shape[0], dtype=in_syn.dtype)
+            local[order] = slot
+            local = local.reshape(p1 - p0, k)
+            local.sort(axis=1)
+            in_syn[p0 * k : p1 * k] = local.ravel()
         heads = np.flatnonzero(start)
         fill[ps[heads]] += np.diff(np.append(heads, ps.shape[0]))
     del pre_pm
     pre = np.repeat(np.arange(n, dtype=np.int32), counts)
-    return pre, post
+    return pre, post, in_syn
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -574,7 +596,7 @@ class Network:
         _check_k(n_neurons, k)
         if int(delay_steps) != delay_steps or delay_steps < 1:
             raise ValueError(f"delay_steps must be an integer >= 1, got {delay_steps}")
-        pre, post = sample_distance_graph(n_neurons, k, sigma_grid=sigma_grid, seed=seed, n_workers=n_workers)
+        pre, post, in_syn = _distance_graph(n_neurons, k, sigma_grid, seed, n_workers, with_in_syn=True)
         exc, tau, v_th = neuron_parameters(
             n_neurons,
             excitatory_fraction=excitatory_fraction,
@@ -600,6 +622,8 @@ class Network:
         del post
         w0_j = jnp.asarray(w0)
         del w0
+        in_syn_j = jnp.asarray(in_syn)
+        del in_syn
         return cls(
             row_ptr=jnp.asarray(row_ptr.astype(idx_dtype)),
             pre=pre_j,
@@ -610,6 +634,8 @@ class Network:
             tau_ms=jnp.asarray(tau),
             v_th_mV=jnp.asarray(v_th),
             input_order=jnp.arange(e, dtype=idx_dtype),
+            in_ptr=jnp.arange(0, e + 1, k, dtype=idx_dtype),  # in-degree is exactly K
+            in_syn=in_syn_j,
             n_neurons=int(n_neurons),
             max_delay=int(delay_steps),
         )

@@ -252,3 +252,15 @@ def test_from_arrays_rejects_bad_input(name: str, mutate: object) -> None:
     mutate(a)  # type: ignore[operator]
     with pytest.raises(ValueError, match=name):
         Network.from_arrays(**a)
+
+
+def test_incoming_index_matches_generic_path() -> None:
+    """distance_biased in_ptr/in_syn (streamed) equal the from_arrays (argsort) ones."""
+    n = nw.GRAPH_CHUNK_NEURONS + 500
+    net = Network.distance_biased(n, k_per_neuron=7, seed=2)
+    ref = Network.from_arrays(net.pre, net.post, net.w0, net.tau_ms, net.v_th_mV, net.excitatory)
+    np.testing.assert_array_equal(np.asarray(net.in_ptr), np.asarray(ref.in_ptr))
+    np.testing.assert_array_equal(np.asarray(net.in_syn), np.asarray(ref.in_syn))
+    in_syn, post, pre = np.asarray(net.in_syn), np.asarray(net.post), np.asarray(net.pre)
+    np.testing.assert_array_equal(post[in_syn], np.repeat(np.arange(n), 7))
+    assert np.all(np.diff(pre[in_syn].reshape(n, 7), axis=1) > 0)
