@@ -31,7 +31,7 @@ def test_toml_round_trip(tmp_path):
         ({"intrinsic": {"enabled": 1}}, "intrinsic.enabled: expected bool, got int"),
         ({"stdp": {"a_plus": -1.0}}, "stdp.a_plus = -1.0: must be in [0.0, inf]"),
         ({"neuron": {"n_neurons": 0}}, "neuron.n_neurons = 0: must be in [1, "),
-        ({"plasticity": {"gamma": 1.5}}, "plasticity.gamma = 1.5: must be in [0.0, 1.0]"),
+        ({"plasticity": {"gamma": 1.5}}, "plasticity.gamma = 1.5: must be in [0.001, 1.0]"),
         ({"plasticity": {"mode": "hebb"}}, "plasticity.mode = 'hebb': must be one of 'rstdp', 'stdp', 'off'"),
         ({"run": {"dtype": "int8"}}, "run.dtype = 'int8': must be one of"),
         ({"neuron": {"tau_min_ms": 30.0}}, "neuron.tau_min_ms = 30.0 must be <= neuron.tau_max_ms = 25.0"),
