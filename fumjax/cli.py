@@ -79,10 +79,10 @@ def _simulate(args: argparse.Namespace) -> int:
         spikes = 0
         if n_windows:
             st, counts, _ = run_driven(st, net, n_windows, config=cfg, plasticity=mode)
-            spikes += counts.sum()
+            spikes += int(np.asarray(counts).sum(dtype=np.int64))
         if rest:
             st, sp = simulate(st, net, background_current(st, net, rest, cfg), config=cfg, plasticity=mode)
-            spikes += sp.sum(dtype=np.int64)
+            spikes += int(np.asarray(sp).sum(dtype=np.int64))
         return jax.block_until_ready(st), int(spikes)
 
     t0 = time.perf_counter()
