@@ -8,6 +8,7 @@ and dtype checks still apply. The jitted cores (`step`, `_simulate`, `_end_windo
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +35,19 @@ MODES = ("rstdp", "stdp", "off")
 
 
 def step(
-    state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str
+    state: State,
+    net: Network,
+    i_ext_mV: Array,
+    cfg: FumConfig,
+    mode: str,
+    backend: str,
+    exchange: Callable[[Array], Array] | None = None,
 ) -> tuple[State, Array]:
     """Advance one dt: input, LIF, transmission, STDP. i_ext_mV: (N,) mV. Returns (state, spikes (N,) uint8).
 
     Transmission of this step's spikes uses the weights as they were before this step's plasticity.
+    `exchange` maps this part's spikes (N,) to the spikes of every neuron `net.pre` names (N_pre,) when the
+    network is one part of a partition (collectives or MPI); None for a whole network.
     """
     nc, cc = cfg.neuron, cfg.connectivity
     d = net.max_delay
@@ -56,26 +65,35 @@ def step(
         dt_ms=nc.dt_ms,
         refractory_steps=nc.refractory_steps,
     )
+    spikes_pre = spikes if exchange is None else exchange(spikes)
     if d == 1:
         syn = get_kernel("propagate", backend)(
-            state.w, spikes, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV
+            state.w, spikes_pre, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV
         )
         ring = ring.at[0].add(syn.astype(ring.dtype))
     else:
-        contrib = (cc.g_syn_mV * state.w.astype(ring.dtype)) * spikes[net.pre].astype(ring.dtype)
+        contrib = (cc.g_syn_mV * state.w.astype(ring.dtype)) * spikes_pre[net.pre].astype(ring.dtype)
         ring = ring.at[(state.step + net.delay_steps) % d, net.post].add(contrib)
     w, elig, t0, x, y = state.w, state.elig, state.elig_t0, state.x_pre, state.y_post
     if mode != "off":
         x, y = plasticity.decay_traces(x, y, cfg)
         dw = get_kernel("stdp_delta", backend)(
-            x, y, spikes, net.pre, net.post, net.sign, a_plus=cfg.stdp.a_plus, a_minus=cfg.stdp.a_minus
+            x,
+            y,
+            spikes_pre,
+            spikes,
+            net.pre,
+            net.post,
+            net.sign,
+            a_plus=cfg.stdp.a_plus,
+            a_minus=cfg.stdp.a_minus,
         )
         if mode == "stdp":
             c = cc.w_clip
             w = jnp.clip(w.astype(dw.dtype) + dw, -c, c).astype(w.dtype)
         else:
             elig, t0 = _add_eligibility(elig, t0, dw, state.step, cfg)
-        x, y = plasticity.increment_traces(x, y, spikes)
+        x, y = plasticity.increment_traces(x, y, spikes_pre, spikes)
     new = state.replace(
         v_mV=v,
         refrac_left=refrac,
@@ -266,8 +284,9 @@ def check_state(state: State, network: Network, cfg: FumConfig) -> None:
     n, e = network.n_neurons, network.n_synapses
     if n <= 0:
         raise ValueError(f"network has {n} neurons: need at least 1")
-    for name in ("v_mV", "x_pre", "y_post", "tau_ms", "v_th_mV", "rate_hz"):
+    for name in ("v_mV", "y_post", "tau_ms", "v_th_mV", "rate_hz"):
         _check_array(f"state.{name}", getattr(state, name), ndim=1, last=n, floating=True)
+    _check_array("state.x_pre", state.x_pre, ndim=1, last=network.n_pre, floating=True)
     for name in ("refrac_left", "window_spikes"):
         _check_array(f"state.{name}", getattr(state, name), ndim=1, last=n, floating=False)
     for name in ("w", "elig"):

@@ -425,6 +425,7 @@ class Network:
     input_order: Array  # (E,) int32: CSR slot of the caller's k-th edge (arange for built graphs)
     in_ptr: Array  # (N+1,) int: incoming synapses of post neuron i are in_syn[in_ptr[i]:in_ptr[i+1]]
     in_syn: Array  # (E,) int32 CSR slots grouped by post neuron, ascending pre within each group
+    excitatory_pre: Array  # (N_pre,) bool types of all neurons pre may name (= excitatory unless a part)
     n_neurons: int  # static
     max_delay: int  # static, max(delay_steps) (1 if E == 0)
 
@@ -442,8 +443,13 @@ class Network:
 
     @property
     def sign(self) -> Array:
-        """Per-neuron sign (N,) float32: +1 excitatory, -1 inhibitory."""
-        return jnp.where(self.excitatory, 1.0, -1.0).astype(jnp.float32)
+        """Sign (N_pre,) float32 of each neuron pre may name: +1 excitatory, -1 inhibitory."""
+        return jnp.where(self.excitatory_pre, 1.0, -1.0).astype(jnp.float32)
+
+    @property
+    def n_pre(self) -> int:
+        """Number of neurons `pre` ids range over: N for a whole network, all N_global for one part of it."""
+        return int(self.excitatory_pre.shape[0])
 
     @property
     def nbytes(self) -> dict[str, int]:
@@ -467,11 +473,15 @@ class Network:
         tau_ms: np.ndarray,
         v_th_mV: np.ndarray,
         input_order: np.ndarray,
+        excitatory_pre: np.ndarray | None = None,
     ) -> Network:
+        """excitatory_pre: (N_pre,) types of the neurons pre names when this is one part of a larger network
+        (pre then holds global ids and row_ptr has N_pre + 1 entries); default: the network itself."""
         n = int(tau_ms.shape[0])
+        n_pre = n if excitatory_pre is None else int(excitatory_pre.shape[0])
         e = int(pre.shape[0])
-        counts = np.bincount(pre, minlength=n) if e else np.zeros(n, dtype=np.int64)
-        row_ptr = np.zeros(n + 1, dtype=np.int64)
+        counts = np.bincount(pre, minlength=n_pre) if e else np.zeros(n_pre, dtype=np.int64)
+        row_ptr = np.zeros(n_pre + 1, dtype=np.int64)
         np.cumsum(counts, out=row_ptr[1:])
         row_ptr = row_ptr.astype(np.int64 if e >= 2**31 else np.int32)
         in_counts = np.bincount(post, minlength=n) if e else np.zeros(n, dtype=np.int64)
@@ -479,18 +489,22 @@ class Network:
         np.cumsum(in_counts, out=in_ptr[1:])
         # CSR slots ascend with pre, so a stable sort by post keeps pre ascending within each post group
         in_syn = np.argsort(post, kind="stable").astype(np.int64 if e >= 2**31 else np.int32)
+        exc_j = jnp.asarray(excitatory.astype(bool, copy=False))
         return cls(
             row_ptr=jnp.asarray(row_ptr),
             pre=jnp.asarray(pre.astype(np.int32, copy=False)),
             post=jnp.asarray(post.astype(np.int32, copy=False)),
             delay_steps=jnp.asarray(delay_steps.astype(np.int32, copy=False)),
             w0=jnp.asarray(w0.astype(np.float32, copy=False)),
-            excitatory=jnp.asarray(excitatory.astype(bool, copy=False)),
+            excitatory=exc_j,
             tau_ms=jnp.asarray(tau_ms.astype(np.float32, copy=False)),
             v_th_mV=jnp.asarray(v_th_mV.astype(np.float32, copy=False)),
             input_order=jnp.asarray(input_order),
             in_ptr=jnp.asarray(in_ptr.astype(row_ptr.dtype)),
             in_syn=jnp.asarray(in_syn),
+            excitatory_pre=exc_j
+            if excitatory_pre is None
+            else jnp.asarray(excitatory_pre.astype(bool, copy=False)),
             n_neurons=n,
             max_delay=int(delay_steps.max()) if e else 1,
         )
@@ -630,12 +644,13 @@ class Network:
             post=post_j,
             delay_steps=jnp.full(e, int(delay_steps), dtype=jnp.int32),
             w0=w0_j,
-            excitatory=jnp.asarray(exc),
+            excitatory=(exc_j := jnp.asarray(exc)),
             tau_ms=jnp.asarray(tau),
             v_th_mV=jnp.asarray(v_th),
             input_order=jnp.arange(e, dtype=idx_dtype),
             in_ptr=jnp.arange(0, e + 1, k, dtype=idx_dtype),  # in-degree is exactly K
             in_syn=in_syn_j,
+            excitatory_pre=exc_j,
             n_neurons=int(n_neurons),
             max_delay=int(delay_steps),
         )
@@ -653,6 +668,7 @@ _DATA_FIELDS = (
     "input_order",
     "in_ptr",
     "in_syn",
+    "excitatory_pre",
 )
 jax.tree_util.register_dataclass(
     Network, data_fields=list(_DATA_FIELDS), meta_fields=["n_neurons", "max_delay"]

@@ -53,10 +53,11 @@ def decay_traces(x_pre: Array, y_post: Array, cfg: FumConfig) -> tuple[Array, Ar
     return (x_pre * math.exp(-dt / cfg.stdp.tau_plus_ms), y_post * math.exp(-dt / cfg.stdp.tau_minus_ms))
 
 
-def increment_traces(x_pre: Array, y_post: Array, spikes: Array) -> tuple[Array, Array]:
-    """Traces (N,) jump by 1 where the neuron spiked this step."""
-    s = spikes.astype(x_pre.dtype)
-    return x_pre + s, y_post + s
+def increment_traces(
+    x_pre: Array, y_post: Array, spikes_pre: Array, spikes_post: Array
+) -> tuple[Array, Array]:
+    """Traces jump by 1 on a spike: x_pre (N_pre,) by spikes_pre, y_post (N,) by spikes_post."""
+    return x_pre + spikes_pre.astype(x_pre.dtype), y_post + spikes_post.astype(y_post.dtype)
 
 
 def eta_effective(reward: Array, eta: float) -> Array:

@@ -19,7 +19,8 @@ class State:
     """Dynamic variables of N neurons and E synapses (CSR order of the Network).
 
     v_mV: (N,) membrane potential.            refrac_left: (N,) int32 refractory steps left.
-    x_pre: (N,) presynaptic STDP trace.       y_post: (N,) postsynaptic STDP trace.
+    x_pre: (N_pre,) presynaptic STDP trace of every neuron net.pre names (N_pre = N unless a part).
+    y_post: (N,) postsynaptic STDP trace.
     ring_mV: (D, N) synaptic input due in the next D steps (slot step % D is due now), mV.
     w: (E,) weights.                          elig: (E,) eligibility, stored scaled by gamma^-(step - elig_t0)
     (`eligibility(state, cfg)` gives the true values; see plasticity.elig_tables).   elig_t0: () int32.
@@ -79,7 +80,7 @@ def init_state(network: Network, cfg: FumConfig | None = None) -> State:
     return State(
         v_mV=jnp.full((n,), cfg.neuron.v_rest_mV, dt),
         refrac_left=jnp.zeros((n,), jnp.int32),
-        x_pre=zeros,
+        x_pre=jnp.zeros((network.n_pre,), dt),
         y_post=zeros,
         ring_mV=jnp.zeros((network.max_delay, n), dt),
         w=jnp.asarray(network.w0, weight_dtype(cfg)),

@@ -35,19 +35,22 @@ def lif_step(
     return v, spiked.astype(jnp.uint8), refrac
 
 
-def propagate(w: Array, spikes: Array, pre: Array, post: Array, n_neurons: int, *, g_syn_mV: float) -> Array:
+def propagate(
+    w: Array, spikes_pre: Array, pre: Array, post: Array, n_neurons: int, *, g_syn_mV: float
+) -> Array:
     """Synaptic input from this step's spikes: (N,) mV, I_i = g_syn * sum_j w_ij s_j.
 
-    w, pre, post: (E,) in CSR order; spikes: (N,) uint8.
+    w, pre, post: (E,) in CSR order; spikes_pre: (N_pre,) uint8 spikes of the neurons `pre` names.
     """
-    contrib = (g_syn_mV * w.astype(jnp.float32 if w.dtype.itemsize < 4 else w.dtype)) * spikes[pre]
+    contrib = (g_syn_mV * w.astype(jnp.float32 if w.dtype.itemsize < 4 else w.dtype)) * spikes_pre[pre]
     return jax.ops.segment_sum(contrib, post, num_segments=n_neurons)
 
 
 def stdp_delta(
     x_pre: Array,
     y_post: Array,
-    spikes: Array,
+    spikes_pre: Array,
+    spikes_post: Array,
     pre: Array,
     post: Array,
     sign: Array,
@@ -57,13 +60,13 @@ def stdp_delta(
 ) -> Array:
     """Pair-STDP weight change of each synapse this step: (E,).
 
-    x_pre, y_post: (N,) traces decayed to this step but not yet incremented by its spikes, so Δt = 0 pairs
-    give nothing. sign: (N,) +1 for excitatory, -1 for inhibitory presynaptic neurons (signs flip).
+    x_pre: (N_pre,) and y_post: (N,) traces decayed to this step but not yet incremented by its spikes, so
+    Δt = 0 pairs give nothing. spikes_pre: (N_pre,), spikes_post: (N,) uint8. sign: (N_pre,) +1 for
+    excitatory, -1 for inhibitory presynaptic neurons (signs flip).
     Δw = sign_j * (A+ x_j [i spiked] - A- y_i [j spiked]); selects rather than products with the spike
     flags keep every float operation the same whether or not a compiler fuses multiply-adds.
     """
-    fired = spikes.astype(bool)
     zero = jnp.zeros((), x_pre.dtype)
-    ltp = jnp.where(fired[post], a_plus * x_pre[pre], zero)
-    ltd = jnp.where(fired[pre], a_minus * y_post[post], zero)
+    ltp = jnp.where(spikes_post.astype(bool)[post], a_plus * x_pre[pre], zero)
+    ltd = jnp.where(spikes_pre.astype(bool)[pre], a_minus * y_post[post], zero)
     return sign.astype(x_pre.dtype)[pre] * (ltp - ltd)
