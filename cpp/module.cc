@@ -9,6 +9,7 @@
 namespace nb = nanobind;
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
 
 namespace {
 
@@ -26,6 +27,7 @@ NB_MODULE(_core, m) {
   m.def("registrations", []() {
     nb::dict d;
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepCpu);
+    d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsCpu);
     return d;
   });
 }

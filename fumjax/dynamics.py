@@ -17,7 +17,7 @@ from jax import Array
 from fumjax import plasticity, sie
 from fumjax.config import FumConfig
 from fumjax.encoders import poisson_background_current
-from fumjax.kernels import get_kernel, resolve_backend
+from fumjax.kernels import fused_ops, get_kernel, resolve_backend
 from fumjax.network import Network
 from fumjax.state import State, compute_dtype
 
@@ -125,6 +125,12 @@ def _add_eligibility(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mode", "backend"))
 def _simulate(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str):
+    if backend == "fused" and "run_steps" in fused_ops():
+        from fumjax.kernels import fused
+
+        if fused.run_steps_supported(state, net):  # whole network, f32/f64, CPU: all T steps in one call
+            return get_kernel("run_steps", backend)(state, net, i_ext_mV, cfg, mode)
+
     def body(s, i_t):
         return step(s, net, i_t, cfg, mode, backend)
 

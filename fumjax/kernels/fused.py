@@ -1,6 +1,8 @@
-"""Fused backend: the LIF step as one XLA FFI custom call (C++ on CPU, CUDA/HIP on GPU).
+"""Fused backend: XLA FFI custom calls (C++ on CPU, CUDA/HIP on GPU).
 
-Same signature and bit-exact semantics as :func:`fumjax.kernels.reference.lif_step`.
+`lif_step`: the LIF step, same signature and bit-exact semantics as :func:`fumjax.kernels.reference.lif_step`.
+`run_steps`: T whole steps of `fumjax.dynamics._simulate` (LIF, delayed transmission, STDP/eligibility) in
+one CPU call, bit-identical to the jitted reference backend.
 The native handlers live in the compiled extensions ``fumjax._core`` (CPU) and, when built
 with a GPU toolkit, ``fumjax._core_gpu`` (CUDA or ROCm). Targets are registered lazily,
 once per process, on first use.
@@ -9,6 +11,7 @@ once per process, on first use.
 from __future__ import annotations
 
 import importlib.machinery
+import math
 import importlib.util
 import os
 import sys
@@ -20,11 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-__all__ = ["OPS", "TARGET", "available", "gpu_available", "lif_step"]
+__all__ = ["OPS", "TARGET", "RUN_STEPS_TARGET", "available", "gpu_available", "lif_step", "run_steps",
+           "run_steps_supported"]
 
 TARGET = "fumjax_lif_step"
+RUN_STEPS_TARGET = "fumjax_run_steps"
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
-OPS = ("lif_step",)
+OPS = ("lif_step", "run_steps")
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType | None] = {}
@@ -184,3 +189,94 @@ def lif_step(
         refractory_steps=np.int32(refractory_steps),
     )
     return v_new, spikes, refrac_new
+
+
+_MODE_IDS = {"off": 0, "stdp": 1, "rstdp": 2}
+# State fields the kernel updates in place, in operand/result order (operand k aliases result k).
+_STATE_FIELDS = ("v_mV", "refrac_left", "x_pre", "y_post", "ring_mV", "w", "elig", "elig_t0", "window_spikes",
+                 "step")
+
+
+def run_steps_supported(state, net) -> bool:
+    """True when `run_steps` handles this (state, network): a whole network (not one part of a partition),
+    float32 or float64 state with weights and eligibility in the same dtype, int32 indexing (E < 2^31),
+    CPU, and the compiled extension present. Otherwise use the step-by-step path."""
+    if not available() or jax.default_backend() != "cpu":
+        return False
+    dtype = jnp.dtype(state.v_mV.dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        return False
+    if jnp.dtype(state.w.dtype) != dtype or jnp.dtype(state.elig.dtype) != dtype:
+        return False
+    if net.n_pre != net.n_neurons or state.x_pre.shape[-1] != net.n_neurons:
+        return False
+    return net.n_synapses < 2**31 - 1 and net.n_neurons < 2**31 - 1
+
+
+def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
+    """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
+
+    Bit-identical to the jitted reference backend (see cpp/run_steps_compute.h for the FMA placements).
+    i_ext_mV: (T, N). cfg and mode are static. Works under jit, lax.scan and vmap (sequential); the state
+    arrays are updated in place (input_output_aliases), so inside a scan or with donated buffers no
+    E-sized copy is made. Needs run_steps_supported(state, net).
+    """
+    from fumjax import plasticity  # lazy: fumjax.plasticity imports the config, not the kernels
+
+    if not run_steps_supported(state, net):
+        raise ValueError(
+            "fused.run_steps: unsupported state/network (needs the compiled extension on CPU, a whole "
+            "network, float32/float64 state with w and elig in the same dtype); use the reference backend"
+        )
+    if mode not in _MODE_IDS:
+        raise ValueError(f"fused.run_steps: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
+    dtype = state.v_mV.dtype
+    n = net.n_neurons
+    i_ext = jnp.asarray(i_ext_mV).astype(dtype)
+    if i_ext.ndim != 2 or i_ext.shape[1] != n:
+        raise ValueError(f"fused.run_steps: i_ext_mV has shape {i_ext.shape}, expected (T, {n})")
+    t_steps = i_ext.shape[0]
+    nc, cc, sc = cfg.neuron, cfg.connectivity, cfg.stdp
+    gamma_pow, inv_pow = plasticity.elig_tables(cfg)
+    idx = jnp.int32
+    operands = tuple(getattr(state, f) for f in _STATE_FIELDS) + (
+        state.tau_ms,
+        state.v_th_mV,
+        i_ext,
+        net.row_ptr.astype(idx),
+        net.pre.astype(idx),
+        net.post.astype(idx),
+        net.delay_steps.astype(idx),
+        net.in_ptr.astype(idx),
+        net.in_syn.astype(idx),
+        net.excitatory_pre.astype(jnp.uint8),
+        jnp.asarray(gamma_pow, dtype),
+        jnp.asarray(inv_pow, dtype),
+    )
+    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_STATE_FIELDS)]) + (
+        jax.ShapeDtypeStruct((t_steps, n), jnp.uint8),
+    )
+    call = jax.ffi.ffi_call(
+        RUN_STEPS_TARGET,
+        out_types,
+        vmap_method="sequential",
+        input_output_aliases={k: k for k in range(len(_STATE_FIELDS))},
+    )
+    dt = nc.dt_ms
+    results = call(
+        *operands,
+        v_rest_mV=np.float64(nc.v_rest_mV),
+        v_reset_mV=np.float64(nc.v_reset_mV),
+        dt_ms=np.float64(dt),
+        g_syn_mV=np.float64(cc.g_syn_mV),
+        a_plus=np.float64(sc.a_plus),
+        a_minus=np.float64(sc.a_minus),
+        w_clip=np.float64(cc.w_clip),
+        # The reference's decay factors: Python math.exp in float64, rounded to the dtype by jnp.
+        decay_x=np.float64(math.exp(-dt / sc.tau_plus_ms)),
+        decay_y=np.float64(math.exp(-dt / sc.tau_minus_ms)),
+        refractory_steps=np.int32(nc.refractory_steps),
+        mode=np.int32(_MODE_IDS[mode]),
+    )
+    new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
+    return new, results[-1]
