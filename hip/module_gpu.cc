@@ -14,6 +14,7 @@
 namespace nb = nanobind;
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepGpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsGpu);
 
 namespace {
 
@@ -31,6 +32,7 @@ NB_MODULE(_core_gpu, m) {
   m.def("registrations", []() {
     nb::dict d;
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepGpu);
+    d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsGpu);
     return d;
   });
   m.def("platform", []() { return FUMJAX_GPU_PLATFORM; });

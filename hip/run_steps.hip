@@ -1,0 +1,790 @@
+// GPU XLA FFI handler `fumjax_run_steps`: T whole simulation steps (dynamics._simulate) in one call,
+// CUDA (through hip_compat.h) or ROCm. Same operands, attributes, results and in-place aliasing as the
+// CPU handler in cpp/run_steps.cc; semantics and FMA placements follow cpp/run_steps_compute.h:
+//   LIF:          v' = fma(dt/tau, v_rest - v, v) + I          (I = ring[slot] + i_ext, rounded first)
+//   traces:       x' = fma(x, decay_x, spiked) ; y' = fma(y, decay_y, spiked)
+//   eligibility:  e_hat' = fma(dw, inv_pow[step + 1 - t0], e_hat)
+//   everything else one rounding per operation (explicit _rn intrinsics, built with --fmad=false).
+//
+// Two execution paths, chosen per call from N, D and the dtype (FUMJAX_GPU_RUN_PATH=block|multi forces one):
+//
+// * block: ONE persistent thread block of 1024 threads runs all T steps. Each thread owns R consecutive
+//   neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring, spike flags and the
+//   spike list live in shared memory. Per step: (A) input + LIF + pending trace update of the previous
+//   step, (B) block-wide prefix sum -> ascending spike list, (C) one warp per spiking neuron: its outgoing
+//   row (transmission by shared-memory atomicAdd into the ring, then STDP on the same synapse with the
+//   weight read before it) and its incoming list (STDP of synapses whose pre did not spike). Each synapse is
+//   updated by exactly one thread. 3 __syncthreads per step; no launches, no host round trips.
+// * multi: for large networks, per step a neuron kernel (grid over N; also the dense eligibility
+//   renormalization when due) and a synapse kernel (each warp takes 32 neurons, ballots the spiking ones and
+//   walks their outgoing rows and incoming lists together; global atomicAdd into the ring), then one
+//   finalize kernel. Everything is enqueued on XLA's stream: no host synchronization, no allocation, so the
+//   handler is CUDA-graph (command buffer) compatible.
+//
+// Trace bookkeeping: the reference uses xd = x*decay (rounded) inside STDP and stores fma(x, decay, spike).
+// Both paths keep x (pre-decay) during step t's STDP, compute xd on the fly, and apply fma(x, decay, spike_t)
+// at the start of step t+1 (or at the end of the call): the same operations on the same values.
+//
+// The eligibility clock is a closed form of (step, elig_t0) at the call's start, so no kernel needs a value
+// another kernel of the same step writes: renormalizations happen at r1, r1+K, r1+2K, ... with
+// r1 = step0 if step0 - t0 >= K else t0 + K.
+//
+// Rounding difference vs the CPU: several spikes reaching one neuron in one step are summed by atomicAdd,
+// in whatever order the threads arrive, while the CPU adds them in ascending synapse order. With two
+// addends (into a zeroed slot) the result is the same either way (0 + a + b is commutative); from three on
+// the sum may differ by an ulp, which can flip a spike that sits exactly at threshold. Rasters therefore
+// match the CPU exactly in most runs, not all (tests/test_fused_gpu.py measures how often).
+// Index arrays are bounds-guarded on the device (out-of-range entries are skipped), not reported as errors
+// as on the CPU: reporting would need a host synchronization.
+
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "hip_compat.h"
+#include "xla/ffi/api/ffi.h"
+
+#if !defined(FUMJAX_USE_HIP)
+#define hipMemcpyAsync cudaMemcpyAsync
+#define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+#define hipFuncSetAttribute cudaFuncSetAttribute
+#define hipFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
+#define hipGetDevice cudaGetDevice
+#define hipDeviceGetAttribute cudaDeviceGetAttribute
+#define hipDevAttrMaxSharedMemoryPerBlockOptin cudaDevAttrMaxSharedMemoryPerBlockOptin
+#define hipDevAttrMultiProcessorCount cudaDevAttrMultiProcessorCount
+#define FUMJAX_FULL_MASK 0xffffffffu
+#define FUMJAX_WARP 32
+#else
+#define hipDevAttrMaxSharedMemoryPerBlockOptin hipDeviceAttributeSharedMemPerBlockOptin
+#define hipDevAttrMultiProcessorCount hipDeviceAttributeMultiprocessorCount
+#define FUMJAX_FULL_MASK 0xffffffffffffffffull
+#define FUMJAX_WARP 64
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace fumjax {
+namespace {
+
+// ---------------------------------------------------------------- arithmetic (one rounding each)
+__device__ __forceinline__ float Div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ float Mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float Add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float Sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float Fma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double Div(double a, double b) { return __ddiv_rn(a, b); }
+__device__ __forceinline__ double Mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double Add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double Sub(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double Fma(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+template <typename T>
+struct GpuArgs {
+  int32_t n = 0, e = 0, d = 1, t_steps = 0, k_max = 0, mode = 0, refractory_steps = 0;
+  T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
+  // State (result buffers, updated in place).
+  T* v;
+  int32_t* refrac;
+  T* x;
+  T* y;
+  T* ring;
+  T* w;
+  T* elig;
+  int32_t* elig_t0;
+  int32_t* window_spikes;
+  int32_t* step;
+  uint8_t* spikes;  // (T, N)
+  // Read-only.
+  const T* tau;
+  const T* v_th;
+  const T* i_ext;
+  const int32_t* row_ptr;
+  const int32_t* pre;
+  const int32_t* post;
+  const int32_t* delay;
+  const int32_t* in_ptr;
+  const int32_t* in_syn;
+  const uint8_t* excitatory;
+  const T* gamma_pow;
+  const T* inv_pow;
+};
+
+__device__ __forceinline__ int32_t FloorMod(int32_t a, int32_t m) {
+  int32_t r = a % m;
+  return (r != 0 && ((r < 0) != (m < 0))) ? r + m : r;
+}
+
+// jnp indexing of a length-`len` table with a traced index: negative wraps once, then clamps.
+__device__ __forceinline__ int32_t JnpIndex(int64_t i, int32_t len) {
+  if (i < 0) i += len;
+  if (i < 0) i = 0;
+  if (i > len - 1) i = len - 1;
+  return static_cast<int32_t>(i);
+}
+
+// Eligibility clock at step s (s >= s0) of a call that started at (s0, t0_init): whether step s
+// renormalizes, with which table index, and the origin t0 in effect for s's additions.
+struct EligClock {
+  bool renorm;
+  int32_t scale_idx;
+  int32_t t0;
+};
+__device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_t k, int32_t s) {
+  EligClock c{false, 0, t0_init};
+  const int32_t since0 = s0 - t0_init;
+  const int32_t r1 = since0 >= k ? s0 : t0_init + k;
+  if (s < r1) return c;
+  const int32_t m = (s - r1) / k;
+  c.t0 = r1 + m * k;
+  c.renorm = (s == c.t0);
+  const int32_t since = (s == r1) ? s - t0_init : k;
+  c.scale_idx = JnpIndex(since < k ? since : k, k + 1);
+  return c;
+}
+
+// STDP on synapse k (pre j -> post i) given both spike flags; xj, yi are the traces before this step's
+// decay. Exactly one thread calls this for each synapse touched in a step.
+template <typename T>
+__device__ __forceinline__ void StdpSynapse(const GpuArgs<T>& a, int32_t k, T xj, T yi, bool spk_i, bool spk_j,
+                                            bool positive, bool rstdp, T inv, T wk) {
+  const T zero = T(0);
+  const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
+  const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
+  const T diff = Sub(ltp, ltd);
+  const T dw = positive ? diff : -diff;
+  if (rstdp) {
+    a.elig[k] = Fma(dw, inv, a.elig[k]);
+  } else {
+    const T nw = Add(wk, dw);
+    const T lo = nw < -a.w_clip ? -a.w_clip : nw;
+    a.w[k] = lo > a.w_clip ? a.w_clip : lo;
+  }
+}
+
+// LIF for one neuron; returns whether it spiked.
+template <typename T>
+__device__ __forceinline__ bool Lif(const GpuArgs<T>& a, T& v, int32_t& r, T ratio, T v_th, T cur) {
+  const T vn = Add(Fma(ratio, Sub(a.v_rest, v), v), cur);
+  const bool free = r <= 0;
+  const bool ge = vn >= v_th;
+  const bool spiked = ge & free;
+  const bool keep = free & !ge;
+  v = keep ? vn : a.v_reset;
+  const int32_t dec = static_cast<int32_t>(static_cast<uint32_t>(r) - 1u);
+  const int32_t held = dec > 0 ? dec : 0;
+  r = spiked ? a.refractory_steps : held;
+  return spiked;
+}
+
+// =====================================================================================================
+// Block path: one persistent block.
+// =====================================================================================================
+constexpr int kBlockThreads = 1024;
+constexpr int kWarps = kBlockThreads / FUMJAX_WARP;
+
+template <typename T>
+size_t BlockSharedBytes(int64_t n, int64_t d) {
+  // x, y: T (N); ring: T (D*N); spike list: int32 (N); spike flags: uint8 (N, padded).
+  return static_cast<size_t>(n) * (2 * sizeof(T) + sizeof(int32_t)) + static_cast<size_t>(d * n) * sizeof(T) +
+         static_cast<size_t>((n + 15) / 16 * 16);
+}
+
+template <typename T, int R>
+__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<T> a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int32_t n = a.n, d = a.d, e = a.e;
+  T* x_sh = reinterpret_cast<T*>(smem);
+  T* y_sh = x_sh + n;
+  T* ring_sh = y_sh + n;
+  int32_t* list = reinterpret_cast<int32_t*>(ring_sh + static_cast<int64_t>(d) * n);
+  uint8_t* spk_sh = reinterpret_cast<uint8_t*>(list + n);
+  __shared__ int32_t warp_off[kWarps];
+  __shared__ int32_t n_spk;
+
+  const int tid = threadIdx.x;
+  const int lane = tid % FUMJAX_WARP;
+  const int warp = tid / FUMJAX_WARP;
+  const bool plastic = a.mode != 0;
+  const bool rstdp = a.mode == 2;
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;
+
+  for (int32_t i = tid; i < n; i += kBlockThreads) {
+    x_sh[i] = a.x[i];
+    y_sh[i] = a.y[i];
+  }
+  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kBlockThreads) ring_sh[q] = a.ring[q];
+
+  // Owned neurons [base, base + R).
+  const int32_t base = tid * R;
+  T v[R], ratio[R], vth[R], cur_next[R];
+  int32_t rf[R], ws[R];
+  uint32_t prev_bits = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int32_t i = base + r;
+    if (i < n) {
+      v[r] = a.v[i];
+      ratio[r] = Div(a.dt, a.tau[i]);
+      vth[r] = a.v_th[i];
+      rf[r] = a.refrac[i];
+      ws[r] = a.window_spikes[i];
+      cur_next[r] = a.t_steps > 0 ? a.i_ext[i] : T(0);
+    } else {
+      v[r] = ratio[r] = vth[r] = cur_next[r] = T(0);
+      rf[r] = ws[r] = 0;
+    }
+  }
+  __syncthreads();
+
+  for (int32_t t = 0; t < a.t_steps; ++t) {
+    const int32_t s = s0 + t;
+    const int32_t slot = FloorMod(s, d);
+    T* ring_now = ring_sh + static_cast<int64_t>(slot) * n;
+    T inv = T(1);
+    if (rstdp) {
+      const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
+      if (c.renorm) {
+        const T scale = a.gamma_pow[c.scale_idx];
+        for (int32_t k = tid; k < e; k += kBlockThreads) a.elig[k] = Mul(a.elig[k], scale);
+      }
+      inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
+    }
+
+    // (A) pending trace update of step t-1, input, LIF.
+    T cur[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) cur[r] = cur_next[r];
+    uint32_t bits = 0;
+    int cnt = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int32_t i = base + r;
+      if (i < n) {
+        if (plastic && t > 0) {
+          const T sp = static_cast<T>((prev_bits >> r) & 1u);
+          x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
+          y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
+        }
+        const T in = Add(ring_now[i], cur[r]);
+        ring_now[i] = T(0);
+        const bool spiked = Lif(a, v[r], rf[r], ratio[r], vth[r], in);
+        spk_sh[i] = static_cast<uint8_t>(spiked);
+        a.spikes[static_cast<int64_t>(t) * n + i] = static_cast<uint8_t>(spiked);
+        ws[r] += spiked;
+        bits |= static_cast<uint32_t>(spiked) << r;
+        cnt += spiked;
+      }
+    }
+    // Prefetch the next step's external input (latency hidden behind the scan and the synapses).
+    if (t + 1 < a.t_steps) {
+      const T* nxt = a.i_ext + static_cast<int64_t>(t + 1) * n;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (base + r < n) cur_next[r] = nxt[base + r];
+      }
+    }
+
+    // (B) block prefix sum of spike counts -> ascending spike list.
+    int incl = cnt;
+#pragma unroll
+    for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
+      const int up = __shfl_up_sync(FUMJAX_FULL_MASK, incl, o);
+      if (lane >= o) incl += up;
+    }
+    if (lane == FUMJAX_WARP - 1) warp_off[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      const int tot = lane < kWarps ? warp_off[lane] : 0;
+      int sc = tot;
+#pragma unroll
+      for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
+        const int up = __shfl_up_sync(FUMJAX_FULL_MASK, sc, o);
+        if (lane >= o) sc += up;
+      }
+      if (lane < kWarps) warp_off[lane] = sc - tot;
+      if (lane == FUMJAX_WARP - 1) n_spk = sc;
+    }
+    __syncthreads();
+    {
+      int off = warp_off[warp] + incl - cnt;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if ((bits >> r) & 1u) list[off++] = base + r;
+      }
+    }
+    __syncthreads();
+
+    // (C) one warp per spiking neuron: outgoing row (transmission + STDP), then incoming list (STDP).
+    const int32_t ns = n_spk;
+    for (int32_t q = warp; q < ns; q += kWarps) {
+      const int32_t j = list[q];
+      const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
+      const T xj = x_sh[j];
+      const bool pos = __ldg(a.excitatory + j) != 0;
+      for (int32_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
+        if (k < 0 || k >= e) break;
+        const int32_t i = __ldg(a.post + k);
+        if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+        const T wk = a.w[k];
+        int32_t rs = slot;
+        if (d > 1) {
+          const int32_t dk = __ldg(a.delay + k);
+          if (dk < 1 || dk > d) continue;
+          rs = slot + dk;
+          if (rs >= d) rs -= d;
+        }
+        atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, wk));
+        if (plastic) StdpSynapse(a, k, xj, y_sh[i], spk_sh[i] != 0, true, pos, rstdp, inv, wk);
+      }
+      if (plastic) {
+        const int32_t i = j;  // as a post neuron
+        const int32_t p0 = __ldg(a.in_ptr + i), p1 = __ldg(a.in_ptr + i + 1);
+        const T yi = y_sh[i];
+        for (int32_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
+          if (p < 0 || p >= e) break;
+          const int32_t k = __ldg(a.in_syn + p);
+          if (static_cast<uint32_t>(k) >= static_cast<uint32_t>(e)) continue;
+          const int32_t jj = __ldg(a.pre + k);
+          if (static_cast<uint32_t>(jj) >= static_cast<uint32_t>(n) || spk_sh[jj]) continue;
+          StdpSynapse(a, k, x_sh[jj], yi, true, false, __ldg(a.excitatory + jj) != 0, rstdp, inv,
+                      rstdp ? T(0) : a.w[k]);
+        }
+      }
+    }
+    __syncthreads();
+    prev_bits = bits;
+  }
+
+  // Last pending trace update, write back.
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int32_t i = base + r;
+    if (i < n) {
+      if (plastic && a.t_steps > 0) {
+        const T sp = static_cast<T>((prev_bits >> r) & 1u);
+        x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
+        y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
+      }
+      a.v[i] = v[r];
+      a.refrac[i] = rf[r];
+      a.window_spikes[i] = ws[r];
+    }
+  }
+  __syncthreads();
+  for (int32_t i = tid; i < n; i += kBlockThreads) {
+    a.x[i] = x_sh[i];
+    a.y[i] = y_sh[i];
+  }
+  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kBlockThreads) a.ring[q] = ring_sh[q];
+  if (tid == 0) {
+    *a.step = s0 + a.t_steps;
+    if (rstdp && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
+  }
+}
+
+// =====================================================================================================
+// Multi-kernel path.
+// =====================================================================================================
+constexpr int kMultiThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T> a, int32_t t) {
+  const int32_t n = a.n;
+  const int32_t s0 = *a.step;
+  const int32_t s = s0 + t;
+  const int32_t slot = FloorMod(s, a.d);
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (a.mode == 2) {
+    const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
+    if (c.renorm) {
+      const T scale = a.gamma_pow[c.scale_idx];
+      for (int64_t k = gid; k < a.e; k += stride) a.elig[k] = Mul(a.elig[k], scale);
+    }
+  }
+  T* ring_now = a.ring + static_cast<int64_t>(slot) * n;
+  const T* iext = a.i_ext + static_cast<int64_t>(t) * n;
+  uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
+  for (int64_t i = gid; i < n; i += stride) {
+    if (a.mode != 0 && t > 0) {
+      const T sp = static_cast<T>(a.spikes[static_cast<int64_t>(t - 1) * n + i]);
+      a.x[i] = Fma(a.x[i], a.decay_x, sp);
+      a.y[i] = Fma(a.y[i], a.decay_y, sp);
+    }
+    const T cur = Add(ring_now[i], iext[i]);
+    ring_now[i] = T(0);
+    T v = a.v[i];
+    int32_t r = a.refrac[i];
+    const bool spiked = Lif(a, v, r, Div(a.dt, a.tau[i]), a.v_th[i], cur);
+    a.v[i] = v;
+    a.refrac[i] = r;
+    spk[i] = static_cast<uint8_t>(spiked);
+    a.window_spikes[i] += spiked;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int32_t t) {
+  const int32_t n = a.n, d = a.d, e = a.e;
+  const int32_t s0 = *a.step;
+  const int32_t s = s0 + t;
+  const int32_t slot = FloorMod(s, d);
+  const bool plastic = a.mode != 0;
+  const bool rstdp = a.mode == 2;
+  T inv = T(1);
+  if (rstdp) {
+    const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
+    inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
+  }
+  const uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
+  const int lane = threadIdx.x % FUMJAX_WARP;
+  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / FUMJAX_WARP);
+  for (int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
+       g * FUMJAX_WARP < n; g += warps_total) {
+    const int64_t i_lane = g * FUMJAX_WARP + lane;
+    const bool mine = i_lane < n && spk[i_lane] != 0;
+    auto ballot = __ballot_sync(FUMJAX_FULL_MASK, mine);
+    while (ballot) {
+      const int b = __ffsll(static_cast<unsigned long long>(ballot)) - 1;
+      ballot &= ballot - 1;
+      const int32_t j = static_cast<int32_t>(g * FUMJAX_WARP + b);
+      const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
+      const T xj = a.x[j];
+      const bool pos = __ldg(a.excitatory + j) != 0;
+      for (int32_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
+        if (k < 0 || k >= e) break;
+        const int32_t i = __ldg(a.post + k);
+        if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+        const T wk = a.w[k];
+        int32_t rs = slot;
+        if (d > 1) {
+          const int32_t dk = __ldg(a.delay + k);
+          if (dk < 1 || dk > d) continue;
+          rs = slot + dk;
+          if (rs >= d) rs -= d;
+        }
+        atomicAdd(a.ring + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, wk));
+        if (plastic) StdpSynapse(a, k, xj, a.y[i], spk[i] != 0, true, pos, rstdp, inv, wk);
+      }
+      if (plastic) {
+        const int32_t p0 = __ldg(a.in_ptr + j), p1 = __ldg(a.in_ptr + j + 1);
+        const T yi = a.y[j];
+        for (int32_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
+          if (p < 0 || p >= e) break;
+          const int32_t k = __ldg(a.in_syn + p);
+          if (static_cast<uint32_t>(k) >= static_cast<uint32_t>(e)) continue;
+          const int32_t jj = __ldg(a.pre + k);
+          if (static_cast<uint32_t>(jj) >= static_cast<uint32_t>(n) || spk[jj]) continue;
+          StdpSynapse(a, k, a.x[jj], yi, true, false, __ldg(a.excitatory + jj) != 0, rstdp, inv,
+                      rstdp ? T(0) : a.w[k]);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kMultiThreads) FinalizeKernel(GpuArgs<T> a) {
+  const int32_t n = a.n, t_last = a.t_steps - 1;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (a.mode != 0 && a.t_steps > 0) {
+    for (int64_t i = gid; i < n; i += stride) {
+      const T sp = static_cast<T>(a.spikes[static_cast<int64_t>(t_last) * n + i]);
+      a.x[i] = Fma(a.x[i], a.decay_x, sp);
+      a.y[i] = Fma(a.y[i], a.decay_y, sp);
+    }
+  }
+  if (gid == 0) {
+    const int32_t s0 = *a.step;
+    *a.step = s0 + a.t_steps;
+    if (a.mode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, *a.elig_t0, a.k_max, s0 + t_last).t0;
+  }
+}
+
+// =====================================================================================================
+// Host side.
+// =====================================================================================================
+struct DeviceInfo {
+  int max_shared_optin = 0;
+  int sm_count = 0;
+};
+
+DeviceInfo GetDeviceInfo() {
+  // Per-device cache (host queries only, no stream work): safe during graph capture.
+  static DeviceInfo cache[64];
+  static bool have[64] = {};
+  int dev = 0;
+  if (hipGetDevice(&dev) != hipSuccess || dev < 0 || dev >= 64) return DeviceInfo{48 * 1024, 1};
+  if (!have[dev]) {
+    DeviceInfo info;
+    hipDeviceGetAttribute(&info.max_shared_optin, hipDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    hipDeviceGetAttribute(&info.sm_count, hipDevAttrMultiProcessorCount, dev);
+    cache[dev] = info;
+    have[dev] = true;
+  }
+  return cache[dev];
+}
+
+template <typename T, int R>
+hipError_t LaunchBlock(const GpuArgs<T>& a, size_t shared, hipStream_t stream) {
+  // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
+  static size_t allowed = 48 * 1024;
+  if (shared > allowed) {
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, R>),
+                                               hipFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(shared));
+    if (err != hipSuccess) return err;
+    allowed = shared;
+  }
+  RunStepsBlockKernel<T, R><<<1, kBlockThreads, shared, stream>>>(a);
+  return hipGetLastError();
+}
+
+template <typename T>
+int BlockR(int64_t n) {
+  for (int r : {1, 2, 4, 8}) {
+    if (sizeof(T) == 8 && r > 4) break;  // register budget (64 per thread at 1024 threads)
+    if (static_cast<int64_t>(r) * kBlockThreads >= n) return r;
+  }
+  return 0;
+}
+
+template <typename T>
+hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
+  const DeviceInfo info = GetDeviceInfo();
+  const size_t shared = BlockSharedBytes<T>(a.n, a.d);
+  const int r = BlockR<T>(a.n);
+  bool use_block = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
+  if (const char* force = std::getenv("FUMJAX_GPU_RUN_PATH")) {
+    if (std::strcmp(force, "multi") == 0) use_block = false;
+    if (std::strcmp(force, "block") == 0 && r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin)) {
+      use_block = true;
+    }
+  }
+  if (use_block) {
+    switch (r) {
+      case 1: return LaunchBlock<T, 1>(a, shared, stream);
+      case 2: return LaunchBlock<T, 2>(a, shared, stream);
+      case 4: return LaunchBlock<T, 4>(a, shared, stream);
+      default: return LaunchBlock<T, 8>(a, shared, stream);
+    }
+  }
+  const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
+  int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
+  int64_t grid_n_min = sm * 8;  // enough threads for the dense renormalization pass
+  const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(
+      std::max(grid_n, a.mode == 2 ? grid_n_min : int64_t{1}), 65535)));
+  const int64_t warps_needed = (static_cast<int64_t>(a.n) + FUMJAX_WARP - 1) / FUMJAX_WARP;
+  const int64_t warps_per_block = kMultiThreads / FUMJAX_WARP;
+  const unsigned grid_syn = static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>((warps_needed + warps_per_block - 1) / warps_per_block, 65535)));
+  for (int32_t t = 0; t < a.t_steps; ++t) {
+    NeuronKernel<T><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
+    SynapseKernel<T><<<grid_syn, kMultiThreads, 0, stream>>>(a, t);
+  }
+  const unsigned grid_fin = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
+  FinalizeKernel<T><<<grid_fin, kMultiThreads, 0, stream>>>(a);
+  return hipGetLastError();
+}
+
+bool Dims(const ffi::AnyBuffer& b, std::initializer_list<int64_t> want) {
+  auto dims = b.dimensions();
+  if (dims.size() != want.size()) return false;
+  size_t k = 0;
+  for (int64_t w : want) {
+    if (dims[k++] != w) return false;
+  }
+  return true;
+}
+
+// Result `out` starts as a copy of operand `in` (nothing to do when XLA aliased them).
+template <typename U>
+U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream_t stream, hipError_t* err) {
+  U* dst = out->typed_data<U>();
+  const U* src = in.typed_data<U>();
+  if (dst != src && in.size_bytes() > 0 && *err == hipSuccess) {
+    *err = hipMemcpyAsync(dst, src, in.size_bytes(), hipMemcpyDeviceToDevice, stream);
+  }
+  return dst;
+}
+
+ffi::Error RunStepsGpuDispatch(
+    hipStream_t stream, ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuffer x, ffi::AnyBuffer y,
+    ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer elig_t0,
+    ffi::AnyBuffer window_spikes, ffi::AnyBuffer step, ffi::AnyBuffer tau, ffi::AnyBuffer v_th,
+    ffi::AnyBuffer i_ext, ffi::AnyBuffer row_ptr, ffi::AnyBuffer pre, ffi::AnyBuffer post, ffi::AnyBuffer delay,
+    ffi::AnyBuffer in_ptr, ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow,
+    ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn, double a_plus,
+    double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps, int32_t mode,
+    ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
+    ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
+    ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
+    ffi::Result<ffi::AnyBuffer> window_spikes_out, ffi::Result<ffi::AnyBuffer> step_out,
+    ffi::Result<ffi::AnyBuffer> spikes) {
+  const ffi::DataType dt_f = v.element_type();
+  if (dt_f != ffi::DataType::F32 && dt_f != ffi::DataType::F64) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: v_mV must be float32 or float64");
+  }
+  if (v.dimensions().size() != 1 || ring.dimensions().size() != 2 || i_ext.dimensions().size() != 2 ||
+      w.dimensions().size() != 1) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: expected v (N,), ring (D, N), i_ext (T, N) and w (E,)");
+  }
+  const int64_t n = v.dimensions()[0];
+  const int64_t e = w.dimensions()[0];
+  const int64_t d = ring.dimensions()[0];
+  const int64_t t = i_ext.dimensions()[0];
+  const int64_t k1 = static_cast<int64_t>(gamma_pow.element_count());
+  if (d < 1 || d > INT32_MAX || n >= INT32_MAX || e >= INT32_MAX || t >= INT32_MAX || k1 < 1) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: need D >= 1, N, E and T below 2^31 and a non-empty eligibility table");
+  }
+  if (mode < 0 || mode > 2) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: mode must be 0 (off), 1 (stdp) or 2 (rstdp)");
+  }
+  const ffi::AnyBuffer* float_bufs[] = {&v, &x, &y, &ring, &w, &elig, &tau, &v_th, &i_ext, &gamma_pow, &inv_pow};
+  for (const ffi::AnyBuffer* b : float_bufs) {
+    if (b->element_type() != dt_f) {
+      return ffi::Error::InvalidArgument(
+          "fumjax_run_steps: v, x, y, ring, w, elig, tau, v_th, i_ext and the eligibility tables must "
+          "share one float dtype (float32 or float64)");
+    }
+  }
+  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &row_ptr,
+                                      &pre,    &post,    &delay,         &in_ptr, &in_syn};
+  for (const ffi::AnyBuffer* b : int_bufs) {
+    if (b->element_type() != ffi::DataType::S32) {
+      return ffi::Error::InvalidArgument(
+          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step and the network index arrays must be "
+          "int32");
+    }
+  }
+  if (excitatory.element_type() != ffi::DataType::U8 || spikes->element_type() != ffi::DataType::U8) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: excitatory and the spikes output must be uint8");
+  }
+  const bool shapes_ok =
+      Dims(v, {n}) && Dims(refrac, {n}) && Dims(x, {n}) && Dims(y, {n}) && Dims(ring, {d, n}) && Dims(w, {e}) &&
+      Dims(elig, {e}) && Dims(elig_t0, {}) && Dims(window_spikes, {n}) && Dims(step, {}) && Dims(tau, {n}) &&
+      Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre, {e}) && Dims(post, {e}) &&
+      Dims(delay, {e}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) && Dims(excitatory, {n}) &&
+      Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n});
+  if (!shapes_ok) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); ring (D, N); "
+        "w, elig, pre, post, delay, in_syn (E,); row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes "
+        "(T, N); gamma_pow, inv_pow (K+1,)");
+  }
+
+  hipError_t err = hipSuccess;
+  auto fill = [&](auto* a) {
+    using T = std::remove_pointer_t<decltype(a->v)>;
+    a->n = static_cast<int32_t>(n);
+    a->e = static_cast<int32_t>(e);
+    a->d = static_cast<int32_t>(d);
+    a->t_steps = static_cast<int32_t>(t);
+    a->k_max = static_cast<int32_t>(k1 - 1);
+    a->mode = mode;
+    a->refractory_steps = refractory_steps;
+    a->v_rest = static_cast<T>(v_rest);
+    a->v_reset = static_cast<T>(v_reset);
+    a->dt = static_cast<T>(dt);
+    a->g_syn = static_cast<T>(g_syn);
+    a->a_plus = static_cast<T>(a_plus);
+    a->a_minus = static_cast<T>(a_minus);
+    a->w_clip = static_cast<T>(w_clip);
+    a->decay_x = static_cast<T>(decay_x);
+    a->decay_y = static_cast<T>(decay_y);
+    a->v = InPlace<T>(v, v_out, stream, &err);
+    a->refrac = InPlace<int32_t>(refrac, refrac_out, stream, &err);
+    a->x = InPlace<T>(x, x_out, stream, &err);
+    a->y = InPlace<T>(y, y_out, stream, &err);
+    a->ring = InPlace<T>(ring, ring_out, stream, &err);
+    a->w = InPlace<T>(w, w_out, stream, &err);
+    a->elig = InPlace<T>(elig, elig_out, stream, &err);
+    a->elig_t0 = InPlace<int32_t>(elig_t0, elig_t0_out, stream, &err);
+    a->window_spikes = InPlace<int32_t>(window_spikes, window_spikes_out, stream, &err);
+    a->step = InPlace<int32_t>(step, step_out, stream, &err);
+    a->spikes = spikes->typed_data<uint8_t>();
+    a->tau = tau.typed_data<T>();
+    a->v_th = v_th.typed_data<T>();
+    a->i_ext = i_ext.typed_data<T>();
+    a->row_ptr = row_ptr.typed_data<int32_t>();
+    a->pre = pre.typed_data<int32_t>();
+    a->post = post.typed_data<int32_t>();
+    a->delay = delay.typed_data<int32_t>();
+    a->in_ptr = in_ptr.typed_data<int32_t>();
+    a->in_syn = in_syn.typed_data<int32_t>();
+    a->excitatory = excitatory.typed_data<uint8_t>();
+    a->gamma_pow = gamma_pow.typed_data<T>();
+    a->inv_pow = inv_pow.typed_data<T>();
+  };
+  if (dt_f == ffi::DataType::F32) {
+    GpuArgs<float> a;
+    fill(&a);
+    if (err == hipSuccess) err = Launch<float>(a, stream);
+  } else {
+    GpuArgs<double> a;
+    fill(&a);
+    if (err == hipSuccess) err = Launch<double>(a, stream);
+  }
+  if (err != hipSuccess) {
+    return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace fumjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<hipStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // v_mV            (aliased to result 0)
+                                  .Arg<ffi::AnyBuffer>()  // refrac_left     (1)
+                                  .Arg<ffi::AnyBuffer>()  // x_pre           (2)
+                                  .Arg<ffi::AnyBuffer>()  // y_post          (3)
+                                  .Arg<ffi::AnyBuffer>()  // ring_mV         (4)
+                                  .Arg<ffi::AnyBuffer>()  // w               (5)
+                                  .Arg<ffi::AnyBuffer>()  // elig            (6)
+                                  .Arg<ffi::AnyBuffer>()  // elig_t0         (7)
+                                  .Arg<ffi::AnyBuffer>()  // window_spikes   (8)
+                                  .Arg<ffi::AnyBuffer>()  // step            (9)
+                                  .Arg<ffi::AnyBuffer>()  // tau_ms
+                                  .Arg<ffi::AnyBuffer>()  // v_th_mV
+                                  .Arg<ffi::AnyBuffer>()  // i_ext_mV (T, N)
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr
+                                  .Arg<ffi::AnyBuffer>()  // pre
+                                  .Arg<ffi::AnyBuffer>()  // post
+                                  .Arg<ffi::AnyBuffer>()  // delay_steps
+                                  .Arg<ffi::AnyBuffer>()  // in_ptr
+                                  .Arg<ffi::AnyBuffer>()  // in_syn
+                                  .Arg<ffi::AnyBuffer>()  // excitatory (uint8)
+                                  .Arg<ffi::AnyBuffer>()  // gamma_pow
+                                  .Arg<ffi::AnyBuffer>()  // inv_pow
+                                  .Attr<double>("v_rest_mV")
+                                  .Attr<double>("v_reset_mV")
+                                  .Attr<double>("dt_ms")
+                                  .Attr<double>("g_syn_mV")
+                                  .Attr<double>("a_plus")
+                                  .Attr<double>("a_minus")
+                                  .Attr<double>("w_clip")
+                                  .Attr<double>("decay_x")
+                                  .Attr<double>("decay_y")
+                                  .Attr<int32_t>("refractory_steps")
+                                  .Attr<int32_t>("mode")
+                                  .Ret<ffi::AnyBuffer>()   // v_mV
+                                  .Ret<ffi::AnyBuffer>()   // refrac_left
+                                  .Ret<ffi::AnyBuffer>()   // x_pre
+                                  .Ret<ffi::AnyBuffer>()   // y_post
+                                  .Ret<ffi::AnyBuffer>()   // ring_mV
+                                  .Ret<ffi::AnyBuffer>()   // w
+                                  .Ret<ffi::AnyBuffer>()   // elig
+                                  .Ret<ffi::AnyBuffer>()   // elig_t0
+                                  .Ret<ffi::AnyBuffer>()   // window_spikes
+                                  .Ret<ffi::AnyBuffer>()   // step
+                                  .Ret<ffi::AnyBuffer>(),  // spikes (T, N)
+                              {xla::ffi::Traits::kCmdBufferCompatible});
