@@ -11,7 +11,10 @@ from jax import Array
 
 from fumjax.config import FumConfig
 
+DISABLED_V_TH_MV = 1.0e9  # a threshold at or above this marks a disabled (dead) neuron slot
+
 __all__ = [
+    "DISABLED_V_TH_MV",
     "elig_tables",
     "eligibility",
     "decay_traces",
@@ -84,7 +87,8 @@ def intrinsic_update(tau_ms: Array, v_th_mV: Array, rate_hz: Array, cfg: FumConf
     """Per-window intrinsic plasticity from the running rate estimate rate_hz; all arrays (N,).
 
     Above the target band: v_th += step, tau -= step; below it: v_th -= step, tau += step; both clamped
-    to their ranges. Returns (tau_ms, v_th_mV).
+    to their ranges; disabled neuron slots (v_th >= DISABLED_V_TH_MV) keep their threshold.
+    Returns (tau_ms, v_th_mV).
     """
     ip, nc = cfg.intrinsic, cfg.neuron
     rate = rate_hz
@@ -93,5 +97,6 @@ def intrinsic_update(tau_ms: Array, v_th_mV: Array, rate_hz: Array, cfg: FumConf
     above = (rate > ip.target_rate_max_hz).astype(tau_ms.dtype)
     below = (rate < ip.target_rate_min_hz).astype(tau_ms.dtype)
     v_th = jnp.clip(v_th_mV + ip.v_th_step_mV * (above - below), nc.v_th_min_mV, nc.v_th_max_mV)
+    v_th = jnp.where(v_th_mV >= DISABLED_V_TH_MV, v_th_mV, v_th)  # disabled slots stay disabled
     tau = jnp.clip(tau_ms + ip.tau_step_ms * (below - above), nc.tau_min_ms, nc.tau_max_ms)
     return tau, v_th
