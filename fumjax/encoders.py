@@ -263,20 +263,27 @@ def poisson_background_current(
     amp_mV: float = 2.25,
     dt_ms: float = 1.0,
     neuron_offset: int | Array = 0,
+    neuron_ids: Array | None = None,
 ) -> Array:
     """Background drive (n_steps, n_neurons) float32 [mV] = amp_mV * Binomial(n_inputs, rate_hz*dt_ms/1000).
 
     Each neuron gets n_inputs independent Poisson trains at rate_hz. One uniform per neuron per step,
-    u = uniform_hash(seed, n + neuron_offset, first_step + t), is inverted through the float32 CDF:
+    u = uniform_hash(seed, id_n, first_step + t), is inverted through the float32 CDF:
     count = sum_{k=0}^{n_inputs-1} [u >= CDF(k)] with CDF from :func:`binomial_cdf_f32`.
-    first_step may be a traced int.
+    id_n = neuron_ids[n] if neuron_ids (n_neurons,) int is given (e.g. the global ids of one part's
+    neurons), else n + neuron_offset. first_step and neuron_ids may be traced.
     """
+    if neuron_ids is not None and tuple(jnp.shape(neuron_ids)) != (n_neurons,):
+        raise ValueError(f"neuron_ids has shape {jnp.shape(neuron_ids)}, expected ({n_neurons},)")
     if n_inputs <= 0:
         return jnp.zeros((n_steps, n_neurons), jnp.float32)
+    offset = jnp.asarray(neuron_offset, jnp.int32)
     return _background_impl(
         _to_u32(seed),
         jnp.asarray(first_step, jnp.int32),
-        jnp.asarray(neuron_offset, jnp.int32),
+        jnp.arange(n_neurons, dtype=jnp.int32) + offset
+        if neuron_ids is None
+        else jnp.asarray(neuron_ids, jnp.int32),
         n_neurons=n_neurons,
         n_steps=n_steps,
         n_inputs=n_inputs,
@@ -289,7 +296,7 @@ def poisson_background_current(
 def _background_impl(
     seed: Array,
     first_step: Array,
-    neuron_offset: Array,
+    ids: Array,
     *,
     n_neurons: int,
     n_steps: int,
@@ -297,7 +304,7 @@ def _background_impl(
     p: float,
     amp_mV: float,
 ) -> Array:
-    ids = jnp.arange(n_neurons, dtype=jnp.int32)[None, :] + neuron_offset
+    ids = ids[None, :]
     steps = first_step + jnp.arange(n_steps, dtype=jnp.int32)[:, None]
     cdf = jnp.asarray(binomial_cdf_f32(n_inputs, p))
     u = _hash_u32(seed, _to_u32(ids), _to_u32(steps))
