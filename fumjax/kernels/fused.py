@@ -11,8 +11,8 @@ once per process, on first use.
 from __future__ import annotations
 
 import importlib.machinery
-import math
 import importlib.util
+import math
 import os
 import sys
 import threading
@@ -23,8 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-__all__ = ["OPS", "TARGET", "RUN_STEPS_TARGET", "available", "gpu_available", "lif_step", "run_steps",
-           "run_steps_supported"]
+__all__ = [
+    "OPS",
+    "TARGET",
+    "RUN_STEPS_TARGET",
+    "available",
+    "gpu_available",
+    "lif_step",
+    "run_steps",
+    "run_steps_supported",
+]
 
 TARGET = "fumjax_lif_step"
 RUN_STEPS_TARGET = "fumjax_run_steps"
@@ -193,15 +201,28 @@ def lif_step(
 
 _MODE_IDS = {"off": 0, "stdp": 1, "rstdp": 2}
 # State fields the kernel updates in place, in operand/result order (operand k aliases result k).
-_STATE_FIELDS = ("v_mV", "refrac_left", "x_pre", "y_post", "ring_mV", "w", "elig", "elig_t0", "window_spikes",
-                 "step")
+_STATE_FIELDS = (
+    "v_mV",
+    "refrac_left",
+    "x_pre",
+    "y_post",
+    "ring_mV",
+    "w",
+    "elig",
+    "elig_t0",
+    "window_spikes",
+    "step",
+)
 
 
 def run_steps_supported(state, net) -> bool:
     """True when `run_steps` handles this (state, network): a whole network (not one part of a partition),
     float32 or float64 state with weights and eligibility in the same dtype, int32 indexing (E < 2^31),
-    CPU, and the compiled extension present. Otherwise use the step-by-step path."""
-    if not available() or jax.default_backend() != "cpu":
+    CPU or a GPU with fumjax._core_gpu built (hip/run_steps.hip), and the compiled extension present.
+    Otherwise use the step-by-step path."""
+    if not available():
+        return False
+    if jax.default_backend() != "cpu" and not gpu_available():  # GPU: hip/run_steps.hip, same target
         return False
     dtype = jnp.dtype(state.v_mV.dtype)
     if dtype not in (jnp.float32, jnp.float64):

@@ -1,0 +1,247 @@
+"""Golden test of the whole-run fused kernel (`fused.run_steps`, FFI target `fumjax_run_steps`).
+
+`dynamics._simulate` with backend="fused" runs all T steps in one C++ call; with backend="reference" it is
+the jitted jnp scan. The two must agree exactly: identical spike rasters and every state field equal
+(value equality, i.e. np.array_equal; the kernel reproduces XLA:CPU's FMA contractions, see
+cpp/run_steps_compute.h). The one representational difference allowed by value equality is the sign of a
+zero: the reference adds +-0 to every untouched eligibility entry each step, the kernel skips them, so an
+entry that is exactly -0.0 may read +0.0 in one and -0.0 in the other.
+
+Every case runs a fixed seed and a fresh random one; the fresh seed is printed in the failure message
+(rerun with FUMJAX_GOLDEN_SEED=<seed> to reproduce).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import fumjax
+from fumjax import FumConfig, Network
+from fumjax.dynamics import _simulate, background_current
+from fumjax.kernels import fused, fused_ops
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="fumjax._core not built")
+
+FIXED_SEED = 20240611
+FIELDS = [f.name for f in dataclasses.fields(fumjax.State)]
+
+
+def _fresh_seed() -> int:
+    env = os.environ.get("FUMJAX_GOLDEN_SEED")
+    return int(env) if env else int(np.random.SeedSequence().entropy % (2**32))
+
+
+def _x64():
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # jax < 0.7
+
+    return enable_x64()
+
+
+def _network(n: int, exc: float, delays: str, seed: int) -> Network:
+    """Distance-biased network; 'mixed' delays rebuild it through from_arrays with random delays 1..4 plus
+    5% extra random edges (self-connections and duplicates allowed)."""
+    net = Network.distance_biased(n, excitatory_fraction=exc, seed=seed % 2**31)
+    if delays == "one":
+        return net
+    rng = np.random.default_rng(seed)
+    pre, post, w = (np.asarray(a) for a in (net.pre, net.post, net.w0))
+    excitatory = np.asarray(net.excitatory)
+    m = max(1, pre.shape[0] // 20)
+    pre_x = rng.integers(0, n, m)
+    post_x = rng.integers(0, n, m)
+    w_x = np.where(excitatory[pre_x], rng.uniform(0, 0.3, m), rng.uniform(-0.3, 0, m))
+    pre, post, w = np.concatenate([pre, pre_x]), np.concatenate([post, post_x]), np.concatenate([w, w_x])
+    d = rng.integers(1, 5, pre.shape[0])
+    d[0] = 4  # max_delay is static: keep it 4 for every seed (no recompiles)
+    return Network.from_arrays(
+        pre, post, w, np.asarray(net.tau_ms), np.asarray(net.v_th_mV), excitatory, delay_steps=d
+    )
+
+
+def _drive(n: int, t: int, seed: int, dtype, scale: float = 1.0) -> jax.Array:
+    """Poisson input, per-neuron rate spread so firing rates span ~0-50 Hz: (T, N) mV."""
+    rng = np.random.default_rng(seed + 1)
+    lam = rng.uniform(0.08, 0.35, n) * scale
+    return jnp.asarray(2.25 * rng.poisson(lam, (t, n)), dtype)
+
+
+def _assert_same(ref, got, spikes_ref, spikes_got, msg: str) -> None:
+    s_ref, s_got = np.asarray(spikes_ref), np.asarray(spikes_got)
+    assert s_ref.dtype == s_got.dtype == np.uint8 and s_ref.shape == s_got.shape, msg
+    if not np.array_equal(s_ref, s_got):
+        t_bad = np.nonzero((s_ref != s_got).reshape(s_ref.shape[0], -1).any(1))[0]
+        pytest.fail(f"{msg}: spike rasters differ first at step {t_bad[0]} ({t_bad.size} steps differ)")
+    for name in FIELDS:
+        a, b = np.asarray(getattr(ref, name)), np.asarray(getattr(got, name))
+        assert a.dtype == b.dtype and a.shape == b.shape, (msg, name, a.dtype, b.dtype, a.shape, b.shape)
+        if not np.array_equal(a, b):
+            bad = np.flatnonzero(a.ravel() != b.ravel())
+            pytest.fail(
+                f"{msg}: state.{name} differs in {bad.size} entries, e.g. [{bad[0]}] "
+                f"ref={a.ravel()[bad[0]]!r} fused={b.ravel()[bad[0]]!r}"
+            )
+
+
+def _rate_hz(spikes, dt_ms: float = 1.0) -> float:
+    return float(np.asarray(spikes).mean() * 1000.0 / dt_ms)
+
+
+def _run_both(net, cfg, mode, i_ext, state=None):
+    state = fumjax.init_state(net, cfg) if state is None else state
+    ref = _simulate(state, net, i_ext, cfg, mode, "reference")
+    got = _simulate(state, net, i_ext, cfg, mode, "fused")
+    return ref, got
+
+
+def test_registered():
+    assert "run_steps" in fused.OPS and "run_steps" in fused_ops()
+    fused._register()
+    assert fused.RUN_STEPS_TARGET == "fumjax_run_steps"
+
+
+# (n, excitatory fraction, delays, modes, refractory steps, gamma, T, drive scale)
+CASES = [
+    (50, 0.8, "one", ("off", "stdp", "rstdp"), 0, 0.95, 400, 1.0),
+    (300, 0.5, "mixed", ("off", "stdp", "rstdp"), 0, 0.95, 300, 1.0),
+    (1000, 1.0, "one", ("stdp", "rstdp"), 0, 0.95, 200, 0.85),  # all excitatory: runaway above ~0.95
+    (300, 0.8, "mixed", ("rstdp",), 3, 0.8, 300, 1.0),  # refractory; K = 41 < T: renormalizes mid-call
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"n{c[0]}-exc{c[1]}-{c[2]}-ref{c[4]}-g{c[5]}")
+def test_golden_float32(case):
+    n, exc, delays, modes, refractory, gamma, t, scale = case
+    cfg = FumConfig().replace(
+        neuron={"n_neurons": n, "refractory_steps": refractory}, plasticity={"gamma": gamma}
+    )
+    for seed in (FIXED_SEED, _fresh_seed()):
+        net = _network(n, exc, delays, seed)
+        i_ext = _drive(n, t, seed, jnp.float32, scale)
+        for mode in modes:
+            msg = f"n={n} exc={exc} delays={delays} refractory={refractory} mode={mode} seed={seed}"
+            (ref, s_ref), (got, s_got) = _run_both(net, cfg, mode, i_ext)
+            assert 2.0 < _rate_hz(s_ref) < 60.0, (msg, _rate_hz(s_ref))
+            _assert_same(ref, got, s_ref, s_got, msg)
+
+
+@pytest.mark.parametrize("mode", ["stdp", "rstdp"])
+def test_golden_float64(mode):
+    with _x64():
+        cfg = FumConfig().replace(neuron={"n_neurons": 300}, run={"dtype": "float64"})
+        for seed in (FIXED_SEED, _fresh_seed()):
+            net = _network(300, 0.8, "mixed", seed)
+            i_ext = _drive(300, 300, seed, jnp.float64)
+            (ref, s_ref), (got, s_got) = _run_both(net, cfg, mode, i_ext)
+            assert got.v_mV.dtype == jnp.float64 and got.w.dtype == jnp.float64
+            _assert_same(ref, got, s_ref, s_got, f"float64 mode={mode} seed={seed}")
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode", "backend", "n_windows"))
+def _windows(state, net, cfg, mode, backend, n_windows):
+    """n_windows windows under lax.scan: simulate (background drive) then end_window(reward 0.5)."""
+
+    def window(s, _):
+        i_ext = background_current(s, net, cfg.run.window_steps, cfg)
+        s, spikes = fumjax.simulate(s, net, i_ext, config=cfg, plasticity=mode, backend=backend)
+        s = fumjax.end_window(s, 0.5, config=cfg, plasticity=mode)
+        return s, spikes
+
+    return lax.scan(window, state, None, length=n_windows)
+
+
+def test_long_rstdp_windows_n1000():
+    """FUM default network (N=1000, 50k synapses), 10,000 steps = 200 windows of 50, rstdp + reward."""
+    cfg = FumConfig()
+    net = fumjax.build_network(cfg)
+    state = fumjax.init_state(net, cfg)
+    ref, s_ref = _windows(state, net, cfg, "rstdp", "reference", 200)
+    got, s_got = _windows(state, net, cfg, "rstdp", "fused", 200)
+    assert s_ref.shape == (200, 50, 1000)
+    assert 2.0 < _rate_hz(s_ref) < 60.0
+    _assert_same(ref, got, s_ref, s_got, "N=1000 rstdp 200 windows")
+    assert not np.array_equal(np.asarray(got.w), np.asarray(net.w0))  # the reward did change weights
+
+
+def test_python_loop_windows_stdp_and_rstdp():
+    """Eager public API: simulate / end_window called from Python between windows."""
+    seed = _fresh_seed()
+    cfg = FumConfig().replace(neuron={"n_neurons": 300})
+    net = _network(300, 0.8, "mixed", seed)
+    for mode in ("stdp", "rstdp"):
+        a = b = fumjax.init_state(net, cfg)
+        for win in range(4):
+            i_ext = _drive(300, 50, seed + win, jnp.float32)
+            a, s_a = fumjax.simulate(a, net, i_ext, config=cfg, plasticity=mode, backend="reference")
+            b, s_b = fumjax.simulate(b, net, i_ext, config=cfg, plasticity=mode, backend="fused")
+            _assert_same(a, b, s_a, s_b, f"python loop mode={mode} window={win} seed={seed}")
+            a = fumjax.end_window(a, 0.5, config=cfg, plasticity=mode)
+            b = fumjax.end_window(b, 0.5, config=cfg, plasticity=mode)
+
+
+def test_vmap_sequential():
+    seed = _fresh_seed()
+    cfg = FumConfig().replace(neuron={"n_neurons": 100})
+    net = _network(100, 0.8, "mixed", seed)
+    base = fumjax.init_state(net, cfg)
+    rng = np.random.default_rng(seed)
+    v0 = jnp.asarray(rng.uniform(-70.0, -56.0, (3, 100)), jnp.float32)
+    states = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (3,) + x.shape), base).replace(v_mV=v0)
+    i_ext = jnp.stack([_drive(100, 120, seed + k, jnp.float32) for k in range(3)])
+
+    def run(backend):
+        f = lambda s, i: _simulate(s, net, i, cfg, "rstdp", backend)  # noqa: E731
+        return jax.jit(jax.vmap(f))(states, i_ext)
+
+    (ref, s_ref), (got, s_got) = run("reference"), run("fused")
+    _assert_same(ref, got, s_ref, s_got, f"vmap seed={seed}")
+
+
+def test_jit_direct_aliasing_keeps_inputs_and_donation():
+    """run_steps updates in place through input_output_aliases: an undonated input must stay intact,
+    a donated one may be consumed; both give the reference result."""
+    seed = _fresh_seed()
+    cfg = FumConfig().replace(neuron={"n_neurons": 200})
+    net = _network(200, 0.8, "one", seed)
+    state = fumjax.init_state(net, cfg)
+    i_ext = _drive(200, 150, seed, jnp.float32)
+    ref, s_ref = _simulate(state, net, i_ext, cfg, "stdp", "reference")
+    keep = jax.tree_util.tree_map(np.array, state)
+    f = jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, "stdp"))
+    got, s_got = f(state, i_ext)
+    _assert_same(ref, got, s_ref, s_got, f"jit seed={seed}")
+    for name in FIELDS:  # the caller's buffers are untouched
+        np.testing.assert_array_equal(np.asarray(getattr(state, name)), getattr(keep, name), err_msg=name)
+    again, _ = f(state, i_ext)
+    np.testing.assert_array_equal(np.asarray(again.w), np.asarray(got.w))
+    donating = jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, "stdp"), donate_argnums=0)
+    fresh = jax.tree_util.tree_map(jnp.array, keep)
+    got2, s_got2 = donating(fresh, i_ext)
+    _assert_same(ref, got2, s_ref, s_got2, f"donated seed={seed}")
+
+
+def test_unsupported_falls_back_and_bad_index_is_an_error():
+    cfg16 = FumConfig().replace(neuron={"n_neurons": 50}, run={"dtype": "float16"})
+    net = _network(50, 0.8, "one", FIXED_SEED)
+    state = fumjax.init_state(net, cfg16)
+    assert not fused.run_steps_supported(state, net)  # float16 weights: step-by-step path
+    i_ext = _drive(50, 60, FIXED_SEED, jnp.float32)
+    (ref, s_ref), (got, s_got) = _run_both(net, cfg16, "stdp", i_ext, state)
+    _assert_same(ref, got, s_ref, s_got, "float16 fallback")
+
+    cfg = FumConfig().replace(neuron={"n_neurons": 50})
+    state = fumjax.init_state(net, cfg)
+    bad = dataclasses.replace(net, post=jnp.full_like(net.post, 10_000))
+    with pytest.raises(Exception, match="out of range"):
+        jax.block_until_ready(fused.run_steps(state, bad, i_ext * 4.0, cfg, "stdp"))
+    with pytest.raises(ValueError, match="mode"):
+        fused.run_steps(state, net, i_ext, cfg, "bogus")
