@@ -11,9 +11,9 @@
 // * block: ONE persistent thread block of 1024 threads runs all T steps. Each thread owns R consecutive
 //   neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring, spike flags and the
 //   spike list live in shared memory. Per step: (A) input + LIF + pending trace update of the previous
-//   step, (B) block-wide prefix sum -> ascending spike list, (C) one warp per spiking neuron: its outgoing
-//   row (transmission by shared-memory atomicAdd into the ring, then STDP on the same synapse with the
-//   weight read before it) and its incoming list (STDP of synapses whose pre did not spike). Each synapse is
+//   step, (B) block-wide prefix sum -> ascending spike list, (C) warp tasks: the outgoing row of each
+//   spiking neuron (transmission by shared-memory atomicAdd into the ring, then STDP on the same synapse with
+//   the weight read before it) and its incoming list (STDP of synapses whose pre did not spike). Each synapse is
 //   updated by exactly one thread. 3 __syncthreads per step; no launches, no host round trips.
 // * multi: for large networks, per step a neuron kernel (grid over N; also the dense eligibility
 //   renormalization when due) and a synapse kernel (each warp takes 32 neurons, ballots the spiking ones and
@@ -318,40 +318,69 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
     }
     __syncthreads();
 
-    // (C) one warp per spiking neuron: outgoing row (transmission + STDP), then incoming list (STDP).
+    // (C) 2*ns warp tasks spread over all warps: task u < ns walks the outgoing row of list[u]
+    // (transmission + STDP), task u >= ns the incoming list of list[u - ns] (STDP, pre silent). A lane
+    // loads two synapses' operands before it touches shared memory, to overlap the global latencies.
     const int32_t ns = n_spk;
-    for (int32_t q = warp; q < ns; q += kWarps) {
-      const int32_t j = list[q];
-      const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
-      const T xj = x_sh[j];
-      const bool pos = __ldg(a.excitatory + j) != 0;
-      for (int32_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
-        if (k < 0 || k >= e) break;
-        const int32_t i = __ldg(a.post + k);
-        if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-        const T wk = a.w[k];
-        int32_t rs = slot;
-        if (d > 1) {
-          const int32_t dk = __ldg(a.delay + k);
-          if (dk < 1 || dk > d) continue;
-          rs = slot + dk;
-          if (rs >= d) rs -= d;
+    const int32_t n_tasks = plastic ? 2 * ns : ns;
+    for (int32_t u = warp; u < n_tasks; u += kWarps) {
+      if (u < ns) {
+        const int32_t j = list[u];
+        const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
+        if (k0 < 0 || k1 > e) continue;
+        const T xj = x_sh[j];
+        const bool pos = __ldg(a.excitatory + j) != 0;
+        for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int32_t kk[2], ii[2], rr[2];
+          T ww[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            kk[h] = kb + h * FUMJAX_WARP + lane;
+            ii[h] = -1;
+            if (kk[h] < k1) {
+              ii[h] = __ldg(a.post + kk[h]);
+              ww[h] = a.w[kk[h]];
+              rr[h] = d > 1 ? __ldg(a.delay + kk[h]) : 1;
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t i = ii[h];
+            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+            int32_t rs = slot;
+            if (d > 1) {
+              const int32_t dk = rr[h];
+              if (dk < 1 || dk > d) continue;
+              rs = slot + dk;
+              if (rs >= d) rs -= d;
+            }
+            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
+            if (plastic) StdpSynapse(a, kk[h], xj, y_sh[i], spk_sh[i] != 0, true, pos, rstdp, inv, ww[h]);
+          }
         }
-        atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, wk));
-        if (plastic) StdpSynapse(a, k, xj, y_sh[i], spk_sh[i] != 0, true, pos, rstdp, inv, wk);
-      }
-      if (plastic) {
-        const int32_t i = j;  // as a post neuron
+      } else {
+        const int32_t i = list[u - ns];  // as a post neuron
         const int32_t p0 = __ldg(a.in_ptr + i), p1 = __ldg(a.in_ptr + i + 1);
+        if (p0 < 0 || p1 > e) continue;
         const T yi = y_sh[i];
-        for (int32_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
-          if (p < 0 || p >= e) break;
-          const int32_t k = __ldg(a.in_syn + p);
-          if (static_cast<uint32_t>(k) >= static_cast<uint32_t>(e)) continue;
-          const int32_t jj = __ldg(a.pre + k);
-          if (static_cast<uint32_t>(jj) >= static_cast<uint32_t>(n) || spk_sh[jj]) continue;
-          StdpSynapse(a, k, x_sh[jj], yi, true, false, __ldg(a.excitatory + jj) != 0, rstdp, inv,
-                      rstdp ? T(0) : a.w[k]);
+        for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+          int32_t kk[2], jj[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t p = pb + h * FUMJAX_WARP + lane;
+            kk[h] = p < p1 ? __ldg(a.in_syn + p) : -1;
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            jj[h] = static_cast<uint32_t>(kk[h]) < static_cast<uint32_t>(e) ? __ldg(a.pre + kk[h]) : -1;
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t j = jj[h];
+            if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n) || spk_sh[j]) continue;
+            StdpSynapse(a, kk[h], x_sh[j], yi, true, false, __ldg(a.excitatory + j) != 0, rstdp, inv,
+                        rstdp ? T(0) : a.w[kk[h]]);
+          }
         }
       }
     }

@@ -43,15 +43,9 @@ GPU = jax.devices("gpu")[0]
 
 
 def _gpu_run_steps(state, net, i_ext, cfg, mode):
-    """fused.run_steps on GPU arrays (the wrapper's platform check may still say CPU only)."""
-    supported = fused.run_steps_supported
-    fused.run_steps_supported = lambda s, n: True
-    try:
-        return jax.jit(fused.run_steps, static_argnames=("cfg", "mode"))(
-            state, net, i_ext, cfg=cfg, mode=mode
-        )
-    finally:
-        fused.run_steps_supported = supported
+    """fused.run_steps on GPU arrays: the GPU handler of the same FFI target."""
+    assert fused.run_steps_supported(state, net)
+    return jax.jit(fused.run_steps, static_argnames=("cfg", "mode"))(state, net, i_ext, cfg=cfg, mode=mode)
 
 
 def make_case(n: int, k: int, delays: str, seed: int, t_steps: int, drive_mV: float = 2.4):
