@@ -96,6 +96,8 @@ struct Scalars {
   int32_t refractory_steps, mode;
 };
 
+constexpr int64_t kInPreMinSteps = 1000;
+
 template <typename T>
 ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   RunStepsArgs<T> a;
@@ -147,6 +149,20 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   std::vector<int32_t> spike_list(static_cast<size_t>(a.n));
   a.ratio = ratio.data();
   a.spike_list = spike_list.data();
+  // Long plastic runs: pre of each in-list entry, so the incoming-synapse STDP pass reads it sequentially
+  // instead of through a dependent random load (~10% faster; building it costs ~E random loads).
+  std::vector<int32_t> in_pre;
+  if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
+    in_pre.resize(static_cast<size_t>(a.e));
+    for (int64_t p = 0; p < a.e; ++p) {
+      const int32_t k = a.in_syn[p];
+      if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) {
+        return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
+      }
+      in_pre[static_cast<size_t>(p)] = a.pre[k];
+    }
+    a.in_pre = in_pre.data();
+  }
 
   switch (RunStepsHost<T>(a)) {
     case 0:

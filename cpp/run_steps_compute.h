@@ -61,6 +61,7 @@ struct RunStepsArgs {
   const T* i_ext = nullptr;        // (T, N)
   const int32_t* row_ptr = nullptr;  // (N+1,)
   const int32_t* pre = nullptr;    // (E,)
+  const int32_t* in_pre = nullptr;  // optional (E,): pre[in_syn[p]] (saves a dependent random load); or null
   const int32_t* post = nullptr;   // (E,)
   const int32_t* delay = nullptr;  // (E,)
   const int32_t* in_ptr = nullptr;   // (N+1,)
@@ -137,12 +138,11 @@ FUMJAX_ALWAYS_INLINE void DecayIncrement(int64_t n, T* __restrict z, T decay, co
   for (int64_t i = 0; i < n; ++i) z[i] = MulAdd<kFma>(z[i], decay, static_cast<T>(spk[i]));
 }
 
-// Runs a.t_steps steps. Returns 0 on success, or a negative code when an index read from the network
-// arrays is out of range (-1: post/pre/in_syn, -2: delay, -3: row_ptr/in_ptr); checked only where used.
-template <bool kFma, typename T>
-FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
+// The step loop, specialized on the plasticity mode and on D == 1 so the inner loops carry no mode tests.
+template <bool kFma, PlasticityMode kMode, bool kD1, typename T>
+FUMJAX_ALWAYS_INLINE int RunStepsImpl(const RunStepsArgs<T>& a) {
   const int64_t n = a.n;
-  const int32_t d = a.d;
+  const int32_t d = kD1 ? 1 : a.d;
   T* __restrict v = a.v;
   int32_t* __restrict refrac = a.refrac;
   T* __restrict x = a.x;
@@ -156,6 +156,7 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
   int32_t* __restrict spike_list = a.spike_list;
   const int32_t* __restrict row_ptr = a.row_ptr;
   const int32_t* __restrict pre = a.pre;
+  const int32_t* __restrict in_pre = a.in_pre;
   const int32_t* __restrict post = a.post;
   const int32_t* __restrict delay = a.delay;
   const int32_t* __restrict in_ptr = a.in_ptr;
@@ -167,8 +168,8 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
   const T dx = a.decay_x, dy = a.decay_y;
   const int32_t rs = a.refractory_steps;
   const T zero = T(0);
-  const bool plastic = a.mode != PlasticityMode::kOff;
-  const bool rstdp = a.mode == PlasticityMode::kRstdp;
+  constexpr bool plastic = kMode != PlasticityMode::kOff;
+  constexpr bool rstdp = kMode == PlasticityMode::kRstdp;
   const int64_t e = a.e;
 
   // dt / tau is loop-invariant (tau changes only between windows); XLA hoists it the same way.
@@ -205,7 +206,7 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
 
     // ---- eligibility renormalization (dense, every K steps) and this step's scale ----
     T inv = T(1);
-    if (rstdp) {
+    if constexpr (rstdp) {
       const int32_t since = s - t0;
       if (since >= a.k_max) {
         const T scale = a.gamma_pow[JnpIndex(since < a.k_max ? since : a.k_max, a.k_max + 1)];
@@ -228,7 +229,7 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
         const int32_t i = post[k];
         if (static_cast<uint32_t>(i) >= static_cast<uint64_t>(n)) return -1;
         T* __restrict target = ring_now;
-        if (d != 1) {
+        if constexpr (!kD1) {
           const int32_t dk = delay[k];
           if (dk < 1 || dk > d) return -2;
           int32_t r = slot + dk;
@@ -236,12 +237,12 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
           target = ring + static_cast<int64_t>(r) * n;
         }
         target[i] += g * w[k];
-        if (!plastic) continue;
+        if constexpr (!plastic) continue;
         const T ltp = spk[i] ? ltp_j : zero;
         const T ltd = a_minus * (y[i] * dy);
         const T diff = ltp - ltd;
         const T dw = positive ? diff : -diff;  // sign_j * diff, exact
-        if (rstdp) {
+        if constexpr (rstdp) {
           elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
         } else {
           const T nw = w[k] + dw;
@@ -250,7 +251,7 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
         }
       }
     }
-    if (!plastic) continue;
+    if constexpr (!plastic) continue;
 
     // ---- STDP on the incoming synapses of spiking post whose pre is silent (ltd = 0) ----
     for (int64_t q = 0; q < ns; ++q) {
@@ -260,13 +261,13 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
       for (int32_t p = p0; p < p1; ++p) {
         const int32_t k = in_syn[p];
         if (static_cast<uint32_t>(k) >= static_cast<uint64_t>(e)) return -1;
-        const int32_t j = pre[k];
+        const int32_t j = in_pre != nullptr ? in_pre[p] : pre[k];
         if (static_cast<uint32_t>(j) >= static_cast<uint64_t>(n)) return -1;
         if (spk[j]) continue;  // done with the pre's row above
         const T ltp = a_plus * (x[j] * dx);
         const T diff = ltp - zero;
         const T dw = exc[j] != 0 ? diff : -diff;
-        if (rstdp) {
+        if constexpr (rstdp) {
           elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
         } else {
           const T nw = w[k] + dw;
@@ -283,6 +284,24 @@ FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
   *a.step = s;
   *a.elig_t0 = t0;
   return 0;
+}
+
+// Runs a.t_steps steps. Returns 0 on success, or a negative code when an index read from the network
+// arrays is out of range (-1: post/pre/in_syn, -2: delay, -3: row_ptr/in_ptr); checked only where used.
+template <bool kFma, typename T>
+FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
+  const bool d1 = a.d == 1;
+  switch (a.mode) {
+    case PlasticityMode::kOff:
+      return d1 ? RunStepsImpl<kFma, PlasticityMode::kOff, true, T>(a)
+                : RunStepsImpl<kFma, PlasticityMode::kOff, false, T>(a);
+    case PlasticityMode::kStdp:
+      return d1 ? RunStepsImpl<kFma, PlasticityMode::kStdp, true, T>(a)
+                : RunStepsImpl<kFma, PlasticityMode::kStdp, false, T>(a);
+    default:
+      return d1 ? RunStepsImpl<kFma, PlasticityMode::kRstdp, true, T>(a)
+                : RunStepsImpl<kFma, PlasticityMode::kRstdp, false, T>(a);
+  }
 }
 
 }  // namespace fumjax
