@@ -1,0 +1,38 @@
+"""Distribution layer: METIS partitioning, splitting a network into parts, sharded multi-device runs."""
+
+from fumjax.distributed.partition import (
+    Partition,
+    cut_fraction,
+    local_synapses,
+    merge_states,
+    partition,
+    partition_from_parts,
+    renumbering,
+    split,
+    split_state,
+    symmetric_adjacency,
+)
+
+__all__ = [
+    "Partition",
+    "ShardedRun",
+    "cut_fraction",
+    "local_synapses",
+    "merge_states",
+    "partition",
+    "partition_from_parts",
+    "renumbering",
+    "simulate_sharded",
+    "split",
+    "split_state",
+    "symmetric_adjacency",
+]
+
+
+def __getattr__(name: str):
+    """Lazy import of the sharded runner (it builds meshes; partitioning alone does not need it)."""
+    if name in ("ShardedRun", "simulate_sharded"):
+        from fumjax.distributed import sharded
+
+        return getattr(sharded, name)
+    raise AttributeError(f"module 'fumjax.distributed' has no attribute {name!r}")

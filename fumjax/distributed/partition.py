@@ -1,0 +1,252 @@
+"""Partition a network's neurons with METIS and split it into parts that each own their neurons' inputs.
+
+A part owns the neurons ``members[p]`` (original ids, ascending) and every synapse whose *post* neuron it
+owns. Its local :class:`~fumjax.network.Network` names presynaptic neurons by their ORIGINAL global ids and
+keeps the whole network's CSR order for its synapses, so every post neuron sums its inputs in the same
+order as in the whole network: a partitioned run is bit-identical to the single-process run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from fumjax.network import Network
+from fumjax.state import State
+
+__all__ = [
+    "Partition",
+    "partition",
+    "partition_from_parts",
+    "symmetric_adjacency",
+    "cut_fraction",
+    "renumbering",
+    "local_synapses",
+    "split",
+    "split_state",
+    "merge_states",
+]
+
+# State fields indexed by the part's neurons (last axis) / synapses / copied whole.
+_NEURON_FIELDS = ("v_mV", "refrac_left", "y_post", "ring_mV", "tau_ms", "v_th_mV", "window_spikes", "rate_hz")
+_SYNAPSE_FIELDS = ("w", "elig")
+_SHARED_FIELDS = ("x_pre", "elig_t0", "step", "window_start", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Partition:
+    """An assignment of N neurons to n_parts parts, with its quality."""
+
+    parts: np.ndarray  # (N,) int32 part of each neuron
+    members: tuple[np.ndarray, ...]  # n_parts arrays (n_p,) int32: original ids of part p, ascending
+    cut_fraction: float  # fraction of synapses whose pre and post lie in different parts
+    balance: float  # max part size / mean part size (1.0 = perfect)
+    n_parts: int
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Neurons per part: (n_parts,) int64."""
+        return np.array([m.shape[0] for m in self.members], dtype=np.int64)
+
+
+def symmetric_adjacency(net: Network) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected synapse graph in METIS form: (xadj (N+1,), adjncy (2M,), eweights (2M,)) int32.
+
+    Edges are {pre, post} without self loops; parallel and reciprocal synapses are merged into one edge
+    whose weight is the number of synapses it stands for, so the weighted edge cut = number of cut synapses.
+    O(E): the CSR is sorted by pre and ``in_syn`` lists it sorted by (post, pre), so both directed copies
+    are sorted runs that one stable (merging) sort combines.
+    """
+    n = net.n_neurons
+    pre = np.asarray(net.pre)
+    post = np.asarray(net.post)
+    loop = pre == post
+    if loop.any():  # self loops never cut
+        keep = ~loop
+        pre_f, post_f = pre[keep], post[keep]
+        in_syn = np.argsort(post_f, kind="stable")  # CSR order is by pre, so this sorts by (post, pre)
+    else:
+        pre_f, post_f, in_syn = pre, post, np.asarray(net.in_syn)
+    del loop
+    # (u, v) packed as u << 32 | v: sorting keys sorts by (u, v); shifts unpack them
+    key = np.empty(2 * pre_f.shape[0], dtype=np.int64)
+    e = pre_f.shape[0]
+    np.left_shift(pre_f, 32, out=key[:e], dtype=np.int64)
+    key[:e] |= post_f  # sorted by (pre, post)
+    np.left_shift(post_f[in_syn], 32, out=key[e:], dtype=np.int64)
+    key[e:] |= pre_f[in_syn]  # sorted by (post, pre)
+    del pre_f, post_f, in_syn
+    key.sort(kind="stable")  # timsort: merges the two sorted runs in O(E)
+    if key.size == 0:
+        return np.zeros(n + 1, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
+    head = np.empty(key.shape[0], dtype=bool)
+    head[0] = True
+    np.not_equal(key[1:], key[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
+    del head
+    weights = np.empty(starts.shape[0], dtype=np.int32)
+    np.subtract(starts[1:], starts[:-1], out=weights[:-1], casting="unsafe")
+    weights[-1] = key.shape[0] - starts[-1]
+    uniq = key[starts]
+    del key, starts
+    u = (uniq >> 32).astype(np.int32)
+    v = (uniq & 0xFFFFFFFF).astype(np.int32)
+    xadj = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(u, minlength=n), out=xadj[1:])
+    return xadj.astype(np.int32), v, weights
+
+
+def cut_fraction(net: Network, parts: np.ndarray) -> float:
+    """Fraction of the E synapses whose pre and post neurons lie in different parts (0.0 if E == 0)."""
+    parts = np.asarray(parts)
+    e = net.n_synapses
+    if e == 0:
+        return 0.0
+    cut = np.count_nonzero(parts[np.asarray(net.pre)] != parts[np.asarray(net.post)])
+    return float(cut) / float(e)
+
+
+def partition_from_parts(net: Network, parts: np.ndarray, n_parts: int | None = None) -> Partition:
+    """A Partition from a given assignment parts (N,) of ints in [0, n_parts) (n_parts default max + 1)."""
+    parts = np.asarray(parts)
+    n = net.n_neurons
+    if parts.shape != (n,):
+        raise ValueError(f"parts has shape {parts.shape}, expected ({n},)")
+    if not np.issubdtype(parts.dtype, np.integer):
+        raise ValueError(f"parts must hold integers, got dtype {parts.dtype}")
+    n_parts = int(parts.max()) + 1 if n_parts is None else int(n_parts)
+    if n and (parts.min() < 0 or parts.max() >= n_parts):
+        raise ValueError(f"parts must lie in [0, {n_parts}), got [{parts.min()}, {parts.max()}]")
+    parts = parts.astype(np.int32)
+    order = np.argsort(parts, kind="stable").astype(np.int32)  # grouped by part, ascending id within
+    bounds = np.zeros(n_parts + 1, dtype=np.int64)
+    np.cumsum(np.bincount(parts, minlength=n_parts), out=bounds[1:])
+    members = tuple(order[bounds[p] : bounds[p + 1]] for p in range(n_parts))
+    sizes = np.diff(bounds)
+    return Partition(
+        parts=parts,
+        members=members,
+        cut_fraction=cut_fraction(net, parts),
+        balance=float(sizes.max() / (n / n_parts)) if n else 1.0,
+        n_parts=n_parts,
+    )
+
+
+def partition(net: Network, n_parts: int, *, seed: int = 0) -> Partition:
+    """METIS k-way partition of the symmetrized synapse graph into n_parts parts (edge weight = synapses).
+
+    n_parts = 1 puts every neuron in part 0. The result depends only on (network, n_parts, seed).
+    """
+    n_parts = int(n_parts)
+    n = net.n_neurons
+    if not 1 <= n_parts <= n:
+        raise ValueError(f"n_parts = {n_parts}: must be in [1, N = {n}]")
+    if n_parts == 1:
+        return partition_from_parts(net, np.zeros(n, np.int32), 1)
+    try:
+        import pymetis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError("partitioning needs pymetis: pip install pymetis") from exc
+    xadj, adjncy, eweights = symmetric_adjacency(net)
+    opts = pymetis.Options(seed=int(seed))
+    graph = pymetis.CSRAdjacency(xadj, adjncy)
+    _, membership = pymetis.part_graph(n_parts, graph, eweights=eweights, options=opts)
+    return partition_from_parts(net, np.asarray(membership, dtype=np.int32), n_parts)
+
+
+def renumbering(part: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """Ids making each part contiguous (part 0 first, ascending original id within a part).
+
+    Returns (new_of_old (N,) int32, old_of_new (N,) int32), inverse permutations.
+    """
+    old_of_new = np.concatenate(part.members).astype(np.int32) if part.members else np.zeros(0, np.int32)
+    new_of_old = np.empty_like(old_of_new)
+    new_of_old[old_of_new] = np.arange(old_of_new.shape[0], dtype=np.int32)
+    return new_of_old, old_of_new
+
+
+def local_synapses(net: Network, part: Partition) -> list[np.ndarray]:
+    """local_to_global_syn of each part: (E_p,) CSR slots (whole network) of the synapses part p owns."""
+    post_part = part.parts[np.asarray(net.post)]
+    idx_dtype = np.int64 if net.n_synapses >= 2**31 else np.int32
+    return [np.flatnonzero(post_part == p).astype(idx_dtype) for p in range(part.n_parts)]
+
+
+def split(net: Network, part: Partition) -> list[Network]:
+    """One local Network per part: neurons members[p] (local id = position), synapses with post in part p.
+
+    Local ``pre`` = original global ids, ``post`` = local ids, synapses in the whole network's CSR order
+    (= sorted by (original pre, local post)); ``excitatory_pre``/``plastic_pre`` cover all N neurons, and
+    every part keeps the whole network's max_delay (so states split and merge with equal ring buffers).
+    """
+    _check_partition(net, part)
+    new_of_old, _ = renumbering(part)
+    offsets = np.concatenate([[0], np.cumsum(part.sizes)])
+    pre, post = np.asarray(net.pre), np.asarray(net.post)
+    w0, delay = np.asarray(net.w0), np.asarray(net.delay_steps)
+    exc, tau, v_th = np.asarray(net.excitatory), np.asarray(net.tau_ms), np.asarray(net.v_th_mV)
+    exc_pre = np.asarray(net.excitatory_pre)
+    plastic = getattr(net, "plastic_pre", None)  # older Networks have no plastic_pre field
+    extra = {} if plastic is None else {"plastic_pre": np.asarray(plastic)}
+    out = []
+    for p, syn in enumerate(local_synapses(net, part)):
+        m = part.members[p]
+        local = net._from_csr_numpy(
+            pre[syn],
+            (new_of_old[post[syn]] - offsets[p]).astype(np.int32),
+            w0[syn],
+            delay[syn],
+            exc[m],
+            tau[m],
+            v_th[m],
+            np.arange(syn.shape[0], dtype=syn.dtype),
+            excitatory_pre=exc_pre,
+            **extra,
+        )
+        out.append(dataclasses.replace(local, max_delay=net.max_delay))
+    return out
+
+
+def split_state(state: State, net: Network, part: Partition, parts: list[Network]) -> list[State]:
+    """The whole-network state cut into one State per part (x_pre, step, seed... copied to every part)."""
+    _check_partition(net, part)
+    if len(parts) != part.n_parts:
+        raise ValueError(f"got {len(parts)} part networks for a partition into {part.n_parts}")
+    syns = local_synapses(net, part)
+    out = []
+    for p, (m, syn) in enumerate(zip(part.members, syns, strict=True)):
+        if parts[p].n_synapses != syn.shape[0] or parts[p].n_neurons != m.shape[0]:
+            raise ValueError(f"part network {p} does not match the partition (was it split from this net?)")
+        mj, sj = jnp.asarray(m), jnp.asarray(syn)
+        changes = {f: jnp.take(getattr(state, f), mj, axis=-1) for f in _NEURON_FIELDS}
+        changes.update({f: jnp.take(getattr(state, f), sj, axis=-1) for f in _SYNAPSE_FIELDS})
+        out.append(state.replace(**changes))
+    return out
+
+
+def merge_states(states: list[State], net: Network, part: Partition, parts: list[Network]) -> State:
+    """Inverse of split_state: one whole-network State from the parts' states (x_pre etc. from part 0)."""
+    _check_partition(net, part)
+    if len(states) != part.n_parts or len(parts) != part.n_parts:
+        raise ValueError(f"need {part.n_parts} states and part networks, got {len(states)}, {len(parts)}")
+    new_of_old, _ = renumbering(part)  # = position of each neuron in the concatenation of the parts
+    pos_of_old = jnp.asarray(new_of_old)
+    syn_all = np.concatenate(local_synapses(net, part))
+    pos_of_syn = np.empty_like(syn_all)
+    pos_of_syn[syn_all] = np.arange(syn_all.shape[0], dtype=syn_all.dtype)
+    pos_of_syn = jnp.asarray(pos_of_syn)
+    changes = {}
+    for f in _NEURON_FIELDS:
+        cat = jnp.concatenate([getattr(s, f) for s in states], axis=-1)
+        changes[f] = jnp.take(cat, pos_of_old, axis=-1)
+    for f in _SYNAPSE_FIELDS:
+        cat = jnp.concatenate([getattr(s, f) for s in states], axis=-1)
+        changes[f] = jnp.take(cat, pos_of_syn, axis=-1)
+    return states[0].replace(**changes)
+
+
+def _check_partition(net: Network, part: Partition) -> None:
+    if part.parts.shape != (net.n_neurons,):
+        raise ValueError(f"partition covers {part.parts.shape[0]} neurons, network has {net.n_neurons}")
