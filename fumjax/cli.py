@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, help="seed of network and input streams (default 0)")
     s.add_argument("--json", action="store_true", help="print only a JSON summary line")
+    s.set_defaults(func=_simulate)
+    from fumjax.distributed.partition_cli import add_partition_command
+
+    add_partition_command(sub)
     return p
 
 
@@ -36,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fumjax` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        return _simulate(args)
+        return args.func(args)
     except (ValueError, RuntimeError) as exc:
         print(f"fumjax: error: {exc}", file=sys.stderr)
         return 2
