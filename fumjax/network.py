@@ -426,6 +426,7 @@ class Network:
     in_ptr: Array  # (N+1,) int: incoming synapses of post neuron i are in_syn[in_ptr[i]:in_ptr[i+1]]
     in_syn: Array  # (E,) int32 CSR slots grouped by post neuron, ascending pre within each group
     excitatory_pre: Array  # (N_pre,) bool types of all neurons pre may name (= excitatory unless a part)
+    plastic_pre: Array  # (N_pre,) bool: False = static presynaptic neuron (no STDP on its synapses)
     n_neurons: int  # static
     max_delay: int  # static, max(delay_steps) (1 if E == 0)
 
@@ -443,8 +444,12 @@ class Network:
 
     @property
     def sign(self) -> Array:
-        """Sign (N_pre,) float32 of each neuron pre may name: +1 excitatory, -1 inhibitory."""
-        return jnp.where(self.excitatory_pre, 1.0, -1.0).astype(jnp.float32)
+        """STDP sign (N_pre,) float32 of each neuron pre may name: +1 excitatory, -1 inhibitory, 0 static.
+
+        A presynaptic neuron with plastic_pre False gets 0: the STDP kernels give its synapses dw = 0.
+        """
+        s = jnp.where(self.excitatory_pre, 1.0, -1.0).astype(jnp.float32)
+        return jnp.where(self.plastic_pre, s, jnp.zeros((), jnp.float32))
 
     @property
     def n_pre(self) -> int:
@@ -474,6 +479,7 @@ class Network:
         v_th_mV: np.ndarray,
         input_order: np.ndarray,
         excitatory_pre: np.ndarray | None = None,
+        plastic_pre: np.ndarray | None = None,
     ) -> Network:
         """excitatory_pre: (N_pre,) types of the neurons pre names when this is one part of a larger network
         (pre then holds global ids and row_ptr has N_pre + 1 entries); default: the network itself."""
@@ -505,6 +511,9 @@ class Network:
             excitatory_pre=exc_j
             if excitatory_pre is None
             else jnp.asarray(excitatory_pre.astype(bool, copy=False)),
+            plastic_pre=jnp.ones((n_pre,), bool)
+            if plastic_pre is None
+            else jnp.asarray(np.asarray(plastic_pre).astype(bool, copy=False)),
             n_neurons=n,
             max_delay=int(delay_steps.max()) if e else 1,
         )
@@ -520,12 +529,15 @@ class Network:
         excitatory: Sequence[bool] | np.ndarray,
         *,
         delay_steps: Sequence[int] | np.ndarray | None = None,
+        plastic_pre: Sequence[bool] | np.ndarray | None = None,
     ) -> Network:
         """Network from E edges (pre, post, weights (E,)) and N neurons (tau_ms, v_th_mV, excitatory).
 
         Any edges are allowed (self-connections, duplicates); ids must be in [0, N), N = len(tau_ms).
         Edges are reordered to CSR (stable by pre, then post); ``to_input_order(w0)`` gives back the weights
         (as float32) in the given order. delay_steps: (E,) integers >= 1, default all 1.
+        plastic_pre: (N,) bool, default all True; False makes every outgoing synapse of that neuron static
+        (STDP gives it dw = 0, so neither eligibility nor reward changes its weight).
         """
         tau = _as_1d("tau_ms", tau_ms).astype(np.float64)
         n = tau.shape[0]
@@ -571,12 +583,28 @@ class Network:
             if e and d.max() > np.iinfo(np.int32).max:
                 raise ValueError("delay_steps too large for int32")
             d = d.astype(np.int32)
+        if plastic_pre is not None:
+            plastic_pre = _as_1d("plastic_pre", plastic_pre)
+            if plastic_pre.shape[0] != n:
+                raise ValueError(
+                    f"plastic_pre has length {plastic_pre.shape[0]}, expected N = len(tau_ms) = {n}"
+                )
+            if plastic_pre.dtype != bool and not np.all((plastic_pre == 0) | (plastic_pre == 1)):
+                raise ValueError("plastic_pre must be boolean (or 0/1)")
         perm = np.lexsort((post_a, pre_a))  # stable: by pre, then post, then input position
         idx_dtype = np.int64 if e >= 2**31 else np.int32
         input_order = np.empty(e, dtype=idx_dtype)
         input_order[perm] = np.arange(e, dtype=idx_dtype)
         return cls._from_csr_numpy(
-            pre_a[perm], post_a[perm], w[perm], d[perm], exc.astype(bool), tau, v_th, input_order
+            pre_a[perm],
+            post_a[perm],
+            w[perm],
+            d[perm],
+            exc.astype(bool),
+            tau,
+            v_th,
+            input_order,
+            plastic_pre=plastic_pre,
         )
 
     @classmethod
@@ -651,6 +679,7 @@ class Network:
             in_ptr=jnp.arange(0, e + 1, k, dtype=idx_dtype),  # in-degree is exactly K
             in_syn=in_syn_j,
             excitatory_pre=exc_j,
+            plastic_pre=jnp.ones((n_neurons,), bool),
             n_neurons=int(n_neurons),
             max_delay=int(delay_steps),
         )
@@ -669,6 +698,7 @@ _DATA_FIELDS = (
     "in_ptr",
     "in_syn",
     "excitatory_pre",
+    "plastic_pre",
 )
 jax.tree_util.register_dataclass(
     Network, data_fields=list(_DATA_FIELDS), meta_fields=["n_neurons", "max_delay"]

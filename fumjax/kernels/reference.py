@@ -62,11 +62,13 @@ def stdp_delta(
 
     x_pre: (N_pre,) and y_post: (N,) traces decayed to this step but not yet incremented by its spikes, so
     Δt = 0 pairs give nothing. spikes_pre: (N_pre,), spikes_post: (N,) uint8. sign: (N_pre,) +1 for
-    excitatory, -1 for inhibitory presynaptic neurons (signs flip).
+    excitatory, -1 for inhibitory presynaptic neurons (signs flip), 0 for static ones (Network.plastic_pre
+    False): their synapses get exactly dw = 0 (a select, so never -0 or NaN).
     Δw = sign_j * (A+ x_j [i spiked] - A- y_i [j spiked]); selects rather than products with the spike
     flags keep every float operation the same whether or not a compiler fuses multiply-adds.
     """
     zero = jnp.zeros((), x_pre.dtype)
     ltp = jnp.where(spikes_post.astype(bool)[post], a_plus * x_pre[pre], zero)
     ltd = jnp.where(spikes_pre.astype(bool)[pre], a_minus * y_post[post], zero)
-    return sign.astype(x_pre.dtype)[pre] * (ltp - ltd)
+    s = sign.astype(x_pre.dtype)[pre]
+    return jnp.where(s != zero, s * (ltp - ltd), zero)
