@@ -66,7 +66,7 @@ struct RunStepsArgs {
   const int32_t* delay = nullptr;  // (E,)
   const int32_t* in_ptr = nullptr;   // (N+1,)
   const int32_t* in_syn = nullptr;   // (E,)
-  const uint8_t* excitatory = nullptr;  // (N,) 1 = excitatory pre (sign +1), 0 = inhibitory (-1)
+  const uint8_t* excitatory = nullptr;  // (N,) pre code: 1 excitatory (sign +1), 0 inhibitory (-1), 2 static
   const T* gamma_pow = nullptr;    // (K+1,)
   const T* inv_pow = nullptr;      // (K+1,)
 
@@ -224,7 +224,7 @@ FUMJAX_ALWAYS_INLINE int RunStepsImpl(const RunStepsArgs<T>& a) {
       const int32_t k0 = row_ptr[j], k1 = row_ptr[j + 1];
       if (k0 < 0 || k1 < k0 || k1 > e) return -3;
       const T ltp_j = a_plus * (x[j] * dx);  // STDP reads the decayed trace rounded once
-      const bool positive = exc[j] != 0;
+      const uint8_t code_j = exc[j];  // 2: a static presynaptic neuron, no STDP on its synapses
       for (int32_t k = k0; k < k1; ++k) {
         const int32_t i = post[k];
         if (static_cast<uint32_t>(i) >= static_cast<uint64_t>(n)) return -1;
@@ -238,10 +238,11 @@ FUMJAX_ALWAYS_INLINE int RunStepsImpl(const RunStepsArgs<T>& a) {
         }
         target[i] += g * w[k];
         if constexpr (!plastic) continue;
+        if (code_j == 2) continue;
         const T ltp = spk[i] ? ltp_j : zero;
         const T ltd = a_minus * (y[i] * dy);
         const T diff = ltp - ltd;
-        const T dw = positive ? diff : -diff;  // sign_j * diff, exact
+        const T dw = code_j == 1 ? diff : -diff;  // sign_j * diff, exact
         if constexpr (rstdp) {
           elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
         } else {
@@ -263,10 +264,10 @@ FUMJAX_ALWAYS_INLINE int RunStepsImpl(const RunStepsArgs<T>& a) {
         if (static_cast<uint32_t>(k) >= static_cast<uint64_t>(e)) return -1;
         const int32_t j = in_pre != nullptr ? in_pre[p] : pre[k];
         if (static_cast<uint32_t>(j) >= static_cast<uint64_t>(n)) return -1;
-        if (spk[j]) continue;  // done with the pre's row above
+        if (spk[j] || exc[j] == 2) continue;  // done with the pre's row above, or static
         const T ltp = a_plus * (x[j] * dx);
         const T diff = ltp - zero;
-        const T dw = exc[j] != 0 ? diff : -diff;
+        const T dw = exc[j] == 1 ? diff : -diff;
         if constexpr (rstdp) {
           elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
         } else {

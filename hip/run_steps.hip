@@ -149,12 +149,13 @@ __device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_
 // decay. Exactly one thread calls this for each synapse touched in a step.
 template <typename T>
 __device__ __forceinline__ void StdpSynapse(const GpuArgs<T>& a, int32_t k, T xj, T yi, bool spk_i, bool spk_j,
-                                            bool positive, bool rstdp, T inv, T wk) {
+                                            uint8_t code, bool rstdp, T inv, T wk) {
+  if (code == 2) return;  // static presynaptic neuron (plastic_pre False): no STDP
   const T zero = T(0);
   const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
   const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
   const T diff = Sub(ltp, ltd);
-  const T dw = positive ? diff : -diff;
+  const T dw = code == 1 ? diff : -diff;
   if (rstdp) {
     a.elig[k] = Fma(dw, inv, a.elig[k]);
   } else {
@@ -329,7 +330,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
         const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
         if (k0 < 0 || k1 > e) continue;
         const T xj = x_sh[j];
-        const bool pos = __ldg(a.excitatory + j) != 0;
+        const uint8_t pos = __ldg(a.excitatory + j);
         for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
           int32_t kk[2], ii[2], rr[2];
           T ww[2];
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
           for (int h = 0; h < 2; ++h) {
             const int32_t j = jj[h];
             if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n) || spk_sh[j]) continue;
-            StdpSynapse(a, kk[h], x_sh[j], yi, true, false, __ldg(a.excitatory + j) != 0, rstdp, inv,
+            StdpSynapse(a, kk[h], x_sh[j], yi, true, false, __ldg(a.excitatory + j), rstdp, inv,
                         rstdp ? T(0) : a.w[kk[h]]);
           }
         }
@@ -483,7 +484,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int
       const int32_t j = static_cast<int32_t>(g * FUMJAX_WARP + b);
       const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
       const T xj = a.x[j];
-      const bool pos = __ldg(a.excitatory + j) != 0;
+      const uint8_t pos = __ldg(a.excitatory + j);
       for (int32_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
         if (k < 0 || k >= e) break;
         const int32_t i = __ldg(a.post + k);
@@ -508,7 +509,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int
           if (static_cast<uint32_t>(k) >= static_cast<uint32_t>(e)) continue;
           const int32_t jj = __ldg(a.pre + k);
           if (static_cast<uint32_t>(jj) >= static_cast<uint32_t>(n) || spk[jj]) continue;
-          StdpSynapse(a, k, a.x[jj], yi, true, false, __ldg(a.excitatory + jj) != 0, rstdp, inv,
+          StdpSynapse(a, k, a.x[jj], yi, true, false, __ldg(a.excitatory + jj), rstdp, inv,
                       rstdp ? T(0) : a.w[k]);
         }
       }

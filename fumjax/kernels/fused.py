@@ -215,6 +215,13 @@ _STATE_FIELDS = (
 )
 
 
+def _pre_codes(net) -> Array:
+    """(N,) uint8 per presynaptic neuron: 1 excitatory, 0 inhibitory, 2 static (no STDP on its synapses)."""
+    codes = net.excitatory_pre.astype(jnp.uint8)
+    plastic = getattr(net, "plastic_pre", None)
+    return codes if plastic is None else jnp.where(plastic, codes, jnp.uint8(2))
+
+
 def run_steps_supported(state, net) -> bool:
     """True when `run_steps` handles this (state, network): a whole network (not one part of a partition),
     float32 or float64 state with weights and eligibility in the same dtype, int32 indexing (E < 2^31),
@@ -270,7 +277,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
         net.delay_steps.astype(idx),
         net.in_ptr.astype(idx),
         net.in_syn.astype(idx),
-        net.excitatory_pre.astype(jnp.uint8),
+        _pre_codes(net),
         jnp.asarray(gamma_pow, dtype),
         jnp.asarray(inv_pow, dtype),
     )
