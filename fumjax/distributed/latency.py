@@ -102,8 +102,8 @@ class Kalman1D:
 
     Predict: P += q (process noise; q = 0 means truly constant). Update: K = P / (P + r),
     x += K (z - x), P = (1 - K) P. With q = 0 and a flat prior (p0 -> inf) the estimate is the
-    cumulative mean of the measurements; q > 0 lets it follow a drifting latency with a steady-state
-    gain K_inf = (-q + sqrt(q^2 + 4 q r)) / (2 r)... (solved from P = (P + q) r / (P + q + r)).
+    cumulative mean of the measurements; q > 0 keeps the gain from vanishing, so the estimate follows a
+    latency that drifts or shifts (a route change) far faster than a long moving average.
     """
 
     q: float = 1e-3
