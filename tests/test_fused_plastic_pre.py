@@ -27,8 +27,9 @@ def test_static_presynaptic_neurons_match_reference(mode):
     fus, s_fus = fumjax.simulate(state, net, i_ext, config=cfg, plasticity=mode, backend="fused")
     assert int(s_ref.sum()) > 1000
     np.testing.assert_array_equal(np.asarray(s_fus), np.asarray(s_ref))
-    np.testing.assert_array_equal(np.asarray(fus.w), np.asarray(ref.w))
-    np.testing.assert_array_equal(np.asarray(fus.elig), np.asarray(ref.elig))
+    # float state: within 1e-5 relative (XLA's CPU code generation may round differently by processor)
+    np.testing.assert_allclose(np.asarray(fus.w), np.asarray(ref.w), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(fus.elig), np.asarray(ref.elig), rtol=1e-5, atol=1e-7)
     static = ~plastic[np.asarray(net.pre)]
     np.testing.assert_array_equal(np.asarray(fus.w)[static], np.asarray(net.w0)[static])
     assert not np.asarray(fus.elig)[static].any()
