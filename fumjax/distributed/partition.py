@@ -24,8 +24,11 @@ __all__ = [
     "cut_fraction",
     "renumbering",
     "local_synapses",
+    "part_synapses",
     "split",
+    "split_part",
     "split_state",
+    "split_state_part",
     "merge_states",
 ]
 
@@ -174,6 +177,12 @@ def local_synapses(net: Network, part: Partition) -> list[np.ndarray]:
     return [np.flatnonzero(post_part == p).astype(idx_dtype) for p in range(part.n_parts)]
 
 
+def part_synapses(net: Network, part: Partition, p: int) -> np.ndarray:
+    """local_to_global_syn of part p alone: (E_p,) CSR slots of the synapses whose post neuron it owns."""
+    idx_dtype = np.int64 if net.n_synapses >= 2**31 else np.int32
+    return np.flatnonzero(part.parts[np.asarray(net.post)] == p).astype(idx_dtype)
+
+
 def split(net: Network, part: Partition) -> list[Network]:
     """One local Network per part: neurons members[p] (local id = position), synapses with post in part p.
 
@@ -182,31 +191,33 @@ def split(net: Network, part: Partition) -> list[Network]:
     every part keeps the whole network's max_delay (so states split and merge with equal ring buffers).
     """
     _check_partition(net, part)
-    new_of_old, _ = renumbering(part)
-    offsets = np.concatenate([[0], np.cumsum(part.sizes)])
-    pre, post = np.asarray(net.pre), np.asarray(net.post)
-    w0, delay = np.asarray(net.w0), np.asarray(net.delay_steps)
-    exc, tau, v_th = np.asarray(net.excitatory), np.asarray(net.tau_ms), np.asarray(net.v_th_mV)
-    exc_pre = np.asarray(net.excitatory_pre)
+    return [split_part(net, part, p, syn) for p, syn in enumerate(local_synapses(net, part))]
+
+
+def split_part(net: Network, part: Partition, p: int, syn: np.ndarray | None = None) -> Network:
+    """The local Network of part p alone (see `split`); syn: its `part_synapses`, computed if None."""
+    _check_partition(net, part)
+    if not 0 <= p < part.n_parts:
+        raise ValueError(f"part {p}: must be in [0, {part.n_parts})")
+    syn = part_synapses(net, part, p) if syn is None else syn
+    m = part.members[p]
+    local_post = np.empty(net.n_neurons, np.int32)  # local id of each neuron of part p
+    local_post[m] = np.arange(m.shape[0], dtype=np.int32)
     plastic = getattr(net, "plastic_pre", None)  # older Networks have no plastic_pre field
     extra = {} if plastic is None else {"plastic_pre": np.asarray(plastic)}
-    out = []
-    for p, syn in enumerate(local_synapses(net, part)):
-        m = part.members[p]
-        local = net._from_csr_numpy(
-            pre[syn],
-            (new_of_old[post[syn]] - offsets[p]).astype(np.int32),
-            w0[syn],
-            delay[syn],
-            exc[m],
-            tau[m],
-            v_th[m],
-            np.arange(syn.shape[0], dtype=syn.dtype),
-            excitatory_pre=exc_pre,
-            **extra,
-        )
-        out.append(dataclasses.replace(local, max_delay=net.max_delay))
-    return out
+    local = net._from_csr_numpy(
+        np.asarray(net.pre)[syn],
+        local_post[np.asarray(net.post)[syn]],
+        np.asarray(net.w0)[syn],
+        np.asarray(net.delay_steps)[syn],
+        np.asarray(net.excitatory)[m],
+        np.asarray(net.tau_ms)[m],
+        np.asarray(net.v_th_mV)[m],
+        np.arange(syn.shape[0], dtype=syn.dtype),
+        excitatory_pre=np.asarray(net.excitatory_pre),
+        **extra,
+    )
+    return dataclasses.replace(local, max_delay=net.max_delay)
 
 
 def split_state(state: State, net: Network, part: Partition, parts: list[Network]) -> list[State]:
@@ -214,23 +225,33 @@ def split_state(state: State, net: Network, part: Partition, parts: list[Network
     _check_partition(net, part)
     if len(parts) != part.n_parts:
         raise ValueError(f"got {len(parts)} part networks for a partition into {part.n_parts}")
-    syns = local_synapses(net, part)
     out = []
-    for p, (m, syn) in enumerate(zip(part.members, syns, strict=True)):
-        if parts[p].n_synapses != syn.shape[0] or parts[p].n_neurons != m.shape[0]:
+    for p, syn in enumerate(local_synapses(net, part)):
+        if parts[p].n_synapses != syn.shape[0] or parts[p].n_neurons != part.members[p].shape[0]:
             raise ValueError(f"part network {p} does not match the partition (was it split from this net?)")
-        mj, sj = jnp.asarray(m), jnp.asarray(syn)
-        changes = {f: jnp.take(getattr(state, f), mj, axis=-1) for f in _NEURON_FIELDS}
-        changes.update({f: jnp.take(getattr(state, f), sj, axis=-1) for f in _SYNAPSE_FIELDS})
-        out.append(state.replace(**changes))
+        out.append(split_state_part(state, part, p, syn))
     return out
 
 
-def merge_states(states: list[State], net: Network, part: Partition, parts: list[Network]) -> State:
-    """Inverse of split_state: one whole-network State from the parts' states (x_pre etc. from part 0)."""
+def split_state_part(state: State, part: Partition, p: int, syn: np.ndarray) -> State:
+    """Part p's State cut from the whole-network state; syn: (E_p,) its `part_synapses`."""
+    mj, sj = jnp.asarray(part.members[p]), jnp.asarray(syn)
+    changes = {f: jnp.take(getattr(state, f), mj, axis=-1) for f in _NEURON_FIELDS}
+    changes.update({f: jnp.take(getattr(state, f), sj, axis=-1) for f in _SYNAPSE_FIELDS})
+    return state.replace(**changes)
+
+
+def merge_states(
+    states: list[State], net: Network, part: Partition, parts: list[Network] | None = None
+) -> State:
+    """Inverse of split_state: one whole-network State from the parts' states (x_pre etc. from part 0).
+
+    `parts` (the part networks) is only checked for its length; it may be None.
+    """
     _check_partition(net, part)
-    if len(states) != part.n_parts or len(parts) != part.n_parts:
-        raise ValueError(f"need {part.n_parts} states and part networks, got {len(states)}, {len(parts)}")
+    n_nets = part.n_parts if parts is None else len(parts)
+    if len(states) != part.n_parts or n_nets != part.n_parts:
+        raise ValueError(f"need {part.n_parts} states and part networks, got {len(states)}, {n_nets}")
     new_of_old, _ = renumbering(part)  # = position of each neuron in the concatenation of the parts
     pos_of_old = jnp.asarray(new_of_old)
     syn_all = np.concatenate(local_synapses(net, part))

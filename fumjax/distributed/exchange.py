@@ -1,0 +1,149 @@
+"""Point-to-point all-gather over MPI with a deadline: a rank that dies or hangs is named, then the job stops.
+
+Every exchange sends one message to each peer (`Isend`) and polls for one message from each peer
+(`Improbe`) until all arrived or the deadline passed. Since each peer's message is tracked separately, the
+ranks that sent nothing are known: the detecting rank prints them (with when each was last heard from) to
+stderr and calls `MPI.Comm.Abort`, so the job exits non-zero instead of hanging. A peer that exited is
+noticed the same way (or sooner by mpirun itself, which also names it).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import numpy as np
+
+__all__ = ["Exchanger", "ABORT_CODE"]
+
+ABORT_CODE = 3  # exit status of a job stopped because a rank died or hung
+_TAG_BYTES, _TAG_OBJ = 11, 12
+
+
+class Exchanger:
+    """All-gathers of byte payloads and Python objects among the ranks of `comm`, each under a deadline."""
+
+    def __init__(self, comm: Any, timeout_s: float = 60.0) -> None:
+        """comm: an mpi4py communicator (duplicated, so no other traffic matches these messages)."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s = {timeout_s}: must be > 0")
+        self.comm = comm.Dup()
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.peers = [q for q in range(self.size) if q != self.rank]
+        self.timeout_s = float(timeout_s)
+        self.last_seen = {q: (time.monotonic(), "start") for q in self.peers}
+
+    def allgather_bytes(self, payload: np.ndarray, what: str, timeout_s: float | None = None) -> list:
+        """Every rank's payload (1-D contiguous array, sent as bytes): a list of uint8 arrays by rank."""
+        from mpi4py import MPI
+
+        data = np.ascontiguousarray(payload).view(np.uint8).reshape(-1)
+        sends = [self.comm.Isend([data, MPI.BYTE], dest=q, tag=_TAG_BYTES) for q in self.peers]
+        out: list = [None] * self.size
+        out[self.rank] = data
+        status = MPI.Status()
+
+        def probe(q: int) -> bool:
+            msg = self.comm.Improbe(q, _TAG_BYTES, status)
+            if msg is None:
+                return False
+            buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            msg.Recv([buf, MPI.BYTE])
+            out[q] = buf
+            return True
+
+        self._poll(self.peers, probe, what, timeout_s)
+        self._complete(sends, self.peers, what, timeout_s)
+        return out
+
+    def allgather_obj(self, obj: Any, what: str, timeout_s: float | None = None) -> list:
+        """Every rank's picklable `obj`, as a list by rank."""
+        out = self.gather_obj(obj, what, root=None, timeout_s=timeout_s)
+        assert out is not None
+        return out
+
+    def gather_obj(self, obj: Any, what: str, root: int | None = 0, timeout_s: float | None = None):
+        """Every rank's `obj` as a list on `root` (None elsewhere); root None: on every rank."""
+        from mpi4py import MPI
+
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        dests = self.peers if root is None else ([] if self.rank == root else [root])
+        buf = np.frombuffer(data, np.uint8)
+        sends = [self.comm.Isend([buf, MPI.BYTE], dest=q, tag=_TAG_OBJ) for q in dests]
+        out: list = [None] * self.size
+        out[self.rank] = obj
+        sources = self.peers if root is None or self.rank == root else []
+        status = MPI.Status()
+
+        def probe(q: int) -> bool:
+            msg = self.comm.Improbe(q, _TAG_OBJ, status)
+            if msg is None:
+                return False
+            raw = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            msg.Recv([raw, MPI.BYTE])
+            out[q] = pickle.loads(raw.tobytes())
+            return True
+
+        self._poll(sources, probe, what, timeout_s)
+        self._complete(sends, dests, what, timeout_s)
+        return out if root is None or self.rank == root else None
+
+    def barrier(self, what: str, timeout_s: float | None = None) -> None:
+        """Wait until every rank got here (or name the ones that did not within the deadline)."""
+        self.allgather_obj(None, what, timeout_s)
+
+    def fail(self, missing: Sequence[int], what: str, timeout_s: float) -> NoReturn:
+        """Report the ranks in `missing` as dead or hung on stderr and abort the whole job."""
+        now = time.monotonic()
+        seen = ", ".join(
+            f"rank {q} last heard {now - self.last_seen[q][0]:.1f} s ago ({self.last_seen[q][1]})"
+            for q in missing
+        )
+        names = ", ".join(f"rank {q}" for q in missing)
+        sys.stderr.write(
+            f"fumjax.distributed: rank {self.rank}: {names} sent nothing for {what} within {timeout_s:g} s: "
+            f"dead or hung ({seen}); aborting the job\n"
+        )
+        sys.stderr.flush()
+        self.comm.Abort(ABORT_CODE)
+        raise SystemExit(ABORT_CODE)  # pragma: no cover - Abort does not return
+
+    # ---- polling ------------------------------------------------------------------------------------
+
+    def _poll(self, sources: Sequence[int], probe, what: str, timeout_s: float | None) -> None:
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        pending = list(sources)
+        start = time.monotonic()
+        idle = 0
+        while pending:
+            arrived = [q for q in pending if probe(q)]
+            if arrived:
+                now = time.monotonic()
+                for q in arrived:
+                    self.last_seen[q] = (now, what)
+                pending = [q for q in pending if q not in arrived]
+                idle = 0
+                continue
+            idle += 1
+            if idle > 64:  # after a short spin, yield the core (ranks may outnumber cores)
+                waited = time.monotonic() - start
+                if waited > timeout:
+                    self.fail(pending, what, timeout)
+                time.sleep(2e-5 if waited < 1e-2 else 1e-3)
+
+    def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
+        """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""
+        from mpi4py import MPI
+
+        if not sends or MPI.Request.Testall(sends):
+            return
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        start = time.monotonic()
+        while not MPI.Request.Testall(sends):
+            if time.monotonic() - start > timeout:
+                stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
+                self.fail(stuck or list(dests), what + " (send not taken)", timeout)
+            time.sleep(2e-5)

@@ -1,0 +1,347 @@
+"""Exact (`conservative`) runs across MPI ranks: one rank per METIS part, spike events exchanged every step.
+
+Rank p owns the neurons `part.members[p]` (contiguous in the partition's renumbering) and every synapse
+whose post neuron it owns, in the whole network's CSR order (`split_part`), so each post neuron sums its
+inputs in the same order as the single-process run. Each rank runs the jitted step of its part under
+`lax.scan`; at every step an ordered `io_callback` sends the rank's spike events (step, global source ids)
+to every other rank and assembles the (N,) presynaptic spike vector the step needs (`Exchanger`: one
+message per peer, polled against a deadline, so a dead or hung rank is named and the job aborted).
+Drive and all randomness are keyed by (seed, global neuron id, step); at a window's end the ranks gather
+the (N,) running rates so that every rank computes the SIE reward from the same array as the single
+process. Hence, for the same seed, 1, 2 or 4 ranks give the same rasters, weights, eligibility and
+thresholds as `fumjax.run_driven`/`fumjax.simulate`, bit for bit.
+
+Spikes are exchanged every step even when D, the minimum delay of the synapses that cross parts, is
+larger: STDP of step t reads the presynaptic spikes of step t (LTD) and the traces they build (LTP at
+t + 1), so an exact run needs them at step t; only the synaptic input could wait D steps.
+
+Checkpoints are coordinated: every rank stops at the same window end, rank 0 gathers the whole-network
+state and writes it atomically (`fumjax.train.checkpoint`). A checkpoint holds no partition, so a run
+resumes on any number of ranks (re-partition, re-split) and continues exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.experimental import io_callback
+
+from fumjax import sie
+from fumjax.config import FumConfig
+from fumjax.distributed.exchange import Exchanger
+from fumjax.distributed.partition import (
+    Partition,
+    merge_states,
+    part_synapses,
+    partition,
+    partition_from_parts,
+    split_part,
+    split_state_part,
+)
+from fumjax.dynamics import _end_window, check_state, resolve_mode, running_rate_hz, step
+from fumjax.encoders import poisson_background_current
+from fumjax.kernels import resolve_backend
+from fumjax.network import Network
+from fumjax.state import State, init_state
+from fumjax.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = ["MpiRun", "network_fingerprint"]
+
+
+def network_fingerprint(net: Network) -> str:
+    """SHA-256 of a network's structure and initial parameters (to refuse resuming on another network)."""
+    h = hashlib.sha256()
+    for name in ("pre", "post", "delay_steps", "w0", "excitatory", "tau_ms", "v_th_mV"):
+        a = np.ascontiguousarray(np.asarray(getattr(net, name)))
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class MpiRun:
+    """One rank's part of a network run in `conservative` mode across the ranks of an MPI communicator.
+
+    States handled here are the rank's local States (neurons `members`, synapses `syn`); `gather_state`
+    and `split_state` convert to and from whole-network States.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        comm: Any = None,
+        *,
+        config: FumConfig | None = None,
+        plasticity: bool | str | None = None,
+        backend: str | None = None,
+        part: Partition | None = None,
+        partition_seed: int = 0,
+        timeout_s: float = 60.0,
+    ) -> None:
+        """Partition `net` over the ranks of comm (default COMM_WORLD; METIS on rank 0, broadcast) and split
+        out this rank's part. timeout_s: how long an exchange waits for a peer before naming it and
+        aborting the job."""
+        if comm is None:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        self.ex = Exchanger(comm, timeout_s)
+        self.rank, self.size = self.ex.rank, self.ex.size
+        self.cfg = config or FumConfig()
+        self.mode = resolve_mode(plasticity, self.cfg)
+        self.backend = resolve_backend(backend or self.cfg.run.backend)
+        if part is None:
+            parts = partition(net, self.size, seed=partition_seed).parts if self.rank == 0 else None
+            part = partition_from_parts(net, self.ex.comm.bcast(parts, root=0), self.size)
+        if part.n_parts != self.size:
+            raise ValueError(f"partition has {part.n_parts} parts for {self.size} MPI ranks")
+        self.net, self.part = net, part
+        self.syn = part_synapses(net, part, self.rank)
+        self.local = split_part(net, part, self.rank, self.syn)
+        self.members = part.members[self.rank]
+        self._ids = jnp.asarray(self.members)
+        cross = part.parts[np.asarray(net.pre)] != part.parts[np.asarray(net.post)]
+        delays = np.asarray(net.delay_steps)[cross]
+        #: minimum delay of the synapses that cross parts (None if none cross)
+        self.cross_min_delay = int(delays.min()) if delays.size else None
+        self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
+        self.run_s = 0.0  # time in run / run_driven
+        self.steps_run = 0
+        self.events_sent = 0
+        self._compiled: dict = {}
+
+    # ---- states -------------------------------------------------------------------------------------
+
+    def init_state(self) -> State:
+        """This rank's part of `init_state(net, cfg)`."""
+        return init_state(self.local, self.cfg)
+
+    def split_state(self, whole: State) -> State:
+        """This rank's part of a whole-network State."""
+        check_state(whole, self.net, self.cfg)
+        return split_state_part(whole, self.part, self.rank, self.syn)
+
+    def gather_state(self, state: State, root: int = 0) -> State | None:
+        """The whole-network State on `root` (None on the other ranks)."""
+        local = {f: np.asarray(getattr(state, f)) for f in state.__dataclass_fields__}
+        got = self.ex.gather_obj(local, f"state at step {int(state.step)}", root=root)
+        if got is None:
+            return None
+        states = [State(**{f: jnp.asarray(v) for f, v in d.items()}) for d in got]
+        return merge_states(states, self.net, self.part)
+
+    def gather_spikes(self, spikes: Array, root: int = 0) -> np.ndarray | None:
+        """This rank's spikes (..., n_p) -> every neuron's (..., N) in original order on `root`."""
+        got = self.ex.gather_obj(np.asarray(spikes), "spike rasters", root=root)
+        if got is None:
+            return None
+        out = np.zeros(got[0].shape[:-1] + (self.net.n_neurons,), got[0].dtype)
+        for q, x in enumerate(got):
+            out[..., self.part.members[q]] = x
+        return out
+
+    def allreduce_sum(self, x: float | int) -> float | int:
+        """Sum of a scalar over the ranks (exact for ints)."""
+        return sum(self.ex.allgather_obj(x, "a sum"))
+
+    # ---- running ------------------------------------------------------------------------------------
+
+    def background_current(self, state: State, n_steps: int) -> Array:
+        """The default drive of this rank's neurons for n_steps from state.step: (T, n_p) mV."""
+        dc = self.cfg.drive
+        return poisson_background_current(
+            seed=state.seed,
+            n_neurons=self.local.n_neurons,
+            first_step=state.step,
+            n_steps=n_steps,
+            n_inputs=dc.n_inputs,
+            rate_hz=dc.rate_hz,
+            amp_mV=dc.amp_mV,
+            dt_ms=self.cfg.neuron.dt_ms,
+            neuron_ids=self._ids,
+        ).astype(state.v_mV.dtype)
+
+    def run(self, state: State, i_ext_mV: Array) -> tuple[State, Array]:
+        """T steps of this rank's part. i_ext_mV: (T, n_p) mV of its neurons.
+
+        Returns (state, spikes (T, n_p) uint8)."""
+        i_ext_mV = jnp.asarray(i_ext_mV, state.v_mV.dtype)
+        n_p = self.local.n_neurons
+        if i_ext_mV.ndim != 2 or i_ext_mV.shape[1] != n_p or i_ext_mV.shape[0] == 0:
+            raise ValueError(
+                f"i_ext_mV has shape {i_ext_mV.shape}, expected (T >= 1, {n_p}) for rank {self.rank}"
+            )
+        fn = self._call(("run", i_ext_mV.shape[0]), self._run_program(), self.local, state, i_ext_mV)
+        state, spikes = self._timed(fn, i_ext_mV.shape[0])
+        return state, spikes
+
+    def end_window(self, state: State, reward: float | Array) -> State:
+        """Close a window on this rank (every rank must pass the same reward)."""
+        return _end_window(state, jnp.asarray(reward, state.v_mV.dtype), self.cfg, self.mode)
+
+    def run_driven(
+        self, state: State, n_windows: int, *, record_spikes: bool = False
+    ) -> tuple[State, Array, Array]:
+        """`fumjax.run_driven` on this rank's part: n_windows windows of Poisson background drive, SIE
+        self-benefit reward from the gathered (N,) rates. Returns (state, this rank's spikes (W, T, n_p)
+        uint8 if record_spikes else its spike counts (W, T) int32, rewards (W,), the same on every rank)."""
+        if n_windows <= 0:
+            raise ValueError(f"n_windows = {n_windows}: must be >= 1")
+        prog = self._driven_program(n_windows, record_spikes)
+        fn = self._call(("driven", n_windows, record_spikes), prog, self.local, state)
+        state, (out, rewards) = self._timed(fn, n_windows * self.cfg.run.window_steps)
+        return state, out, rewards
+
+    def compile(self, state: State, n_windows: int, *, record_spikes: bool = False) -> None:
+        """Compile run_driven(state, n_windows) ahead of time (no step runs, no exchange)."""
+        prog = self._driven_program(n_windows, record_spikes)
+        self._call(("driven", n_windows, record_spikes), prog, self.local, state)
+
+    def stats(self) -> list[dict]:
+        """Every rank's run statistics: a list by rank of dicts with keys rank, steps, run_s, step_ms,
+        exchange_s, exchange_share, events_sent."""
+        mine = {
+            "rank": self.rank,
+            "steps": self.steps_run,
+            "run_s": self.run_s,
+            "step_ms": 1e3 * self.run_s / max(self.steps_run, 1),
+            "exchange_s": self.exchange_s,
+            "exchange_share": self.exchange_s / self.run_s if self.run_s else 0.0,
+            "events_sent": self.events_sent,
+        }
+        return self.ex.allgather_obj(mine, "run statistics")
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+
+    def save_checkpoint(self, directory: str | Path, state: State, meta: dict | None = None) -> Path:
+        """Write the whole-network state as directory/ckpt-<step>.npz (rank 0, atomic); every rank calls it
+        at the same step and gets the path back. Raises CheckpointError on every rank if writing failed."""
+        whole = self.gather_state(state)
+        result: tuple[str, str] = ("", "")
+        if self.rank == 0:
+            assert whole is not None
+            record = {**self._meta(), **(meta or {})}
+            try:
+                result = (str(save_checkpoint(directory, whole, step=int(whole.step), meta=record)), "")
+            except (OSError, CheckpointError) as exc:
+                result = ("", f"{type(exc).__name__}: {exc}")
+        path, error = self.ex.allgather_obj(result, f"checkpoint at step {int(state.step)}")[0]
+        if error:
+            raise CheckpointError(f"rank 0 could not write the checkpoint: {error}")
+        return Path(path)
+
+    def load_checkpoint(self, path: str | Path) -> tuple[State, dict]:
+        """This rank's part of a checkpoint (a file, or a directory: its latest), written by any number of
+        ranks. Returns (local state, record). Raises CheckpointError if it belongs to another network."""
+        path = Path(path)
+        if path.is_dir():
+            found = self.ex.allgather_obj(latest_checkpoint(path), "choosing the checkpoint")[0]
+            if found is None:
+                raise CheckpointError(f"no checkpoint in {path}")
+            path = found
+        whole, record = load_checkpoint(path, init_state(self.net, self.cfg))
+        mine, theirs = self._meta(), record.get("meta", {})
+        for key in ("n_neurons", "n_synapses", "network_sha256"):
+            if theirs.get(key) != mine[key]:
+                raise CheckpointError(
+                    f"{path}: {key} = {theirs.get(key)!r}, this run has {mine[key]!r} (another network)"
+                )
+        return self.split_state(whole), record
+
+    def _meta(self) -> dict:
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = network_fingerprint(self.net)
+        return {
+            "n_neurons": self.net.n_neurons,
+            "n_synapses": self.net.n_synapses,
+            "network_sha256": self._fingerprint,
+            "mode": self.mode,
+            "backend": self.backend,
+            "n_ranks": self.size,
+        }
+
+    # ---- exchange callbacks (run on the host inside the jitted scan) --------------------------------
+
+    def _exchange_spikes(self, spikes_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        step_now = int(step_now)
+        fired = self.members[np.flatnonzero(spikes_local)]
+        events = np.empty(fired.shape[0] + 1, np.int32)  # (step, global source ids...)
+        events[0], events[1:] = step_now, fired
+        got = self.ex.allgather_bytes(events, f"the spikes of step {step_now}")
+        spikes_pre = np.zeros(self.net.n_neurons, np.uint8)
+        for q, raw in enumerate(got):
+            ev = raw.view(np.int32)
+            if ev[0] != step_now:
+                raise RuntimeError(
+                    f"rank {self.rank}: rank {q} sent spikes of step {ev[0]} at step {step_now}"
+                )
+            spikes_pre[ev[1:]] = 1
+        self.events_sent += fired.shape[0]
+        self.exchange_s += time.perf_counter() - t0
+        return spikes_pre
+
+    def _gather_rates(self, rates_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        got = self.ex.allgather_bytes(rates_local, f"the rates at step {int(step_now)}")
+        rates = np.empty(self.net.n_neurons, rates_local.dtype)
+        for q, raw in enumerate(got):
+            rates[self.part.members[q]] = raw.view(rates_local.dtype)
+        self.exchange_s += time.perf_counter() - t0
+        return rates
+
+    # ---- compiled programs --------------------------------------------------------------------------
+
+    def _steps(self, net: Network, state: State, i_ext: Array) -> tuple[State, Array]:
+        spec = jax.ShapeDtypeStruct((self.net.n_neurons,), jnp.uint8)
+        cfg, mode, backend = self.cfg, self.mode, self.backend
+
+        def body(s: State, i_t: Array) -> tuple[State, Array]:
+            def exchange(spikes: Array) -> Array:
+                return io_callback(self._exchange_spikes, spec, spikes, s.step, ordered=True)
+
+            return step(s, net, i_t, cfg, mode, backend, exchange=exchange)
+
+        return jax.lax.scan(body, state, i_ext)
+
+    @functools.cache  # noqa: B019 - one program per MpiRun
+    def _run_program(self):
+        return jax.jit(self._steps)
+
+    @functools.cache  # noqa: B019
+    def _driven_program(self, n_windows: int, record_spikes: bool):
+        cfg, mode, t_win = self.cfg, self.mode, self.cfg.run.window_steps
+
+        def program(net: Network, state: State):
+            def window(s: State, _):
+                drive = self.background_current(s, t_win)
+                s, spikes = self._steps(net, s, drive)
+                local_rates = running_rate_hz(s, cfg)
+                spec = jax.ShapeDtypeStruct((self.net.n_neurons,), local_rates.dtype)
+                rates = io_callback(self._gather_rates, spec, local_rates, s.step, ordered=True)
+                reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
+                s = _end_window(s, reward, cfg, mode)
+                return s, (spikes if record_spikes else spikes.sum(1, dtype=jnp.int32), reward)
+
+            return jax.lax.scan(window, state, None, length=n_windows)
+
+        return jax.jit(program)
+
+    def _call(self, key: tuple, prog, *args):
+        if key not in self._compiled:
+            self._compiled[key] = prog.lower(*args).compile()
+        return functools.partial(self._compiled[key], *args)
+
+    def _timed(self, fn, n_steps: int):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        self.run_s += time.perf_counter() - t0
+        self.steps_run += n_steps
+        return out
