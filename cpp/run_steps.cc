@@ -1,7 +1,8 @@
 // XLA FFI CPU handler `fumjax_run_steps`: T whole simulation steps (dynamics._simulate) in one call.
 //
-// Layers: RunSteps (run_steps_compute.h, pure) -> RunStepsTyped<T> (buffers -> RunStepsArgs, scratch,
-// FMA dispatch) -> RunStepsDispatch (shape/dtype checks, returns ffi::Error, never throws) ->
+// Layers: RunStepsPart (run_steps_compute.h, one thread's share) -> RunStepsHost (thread pool, FMA
+// dispatch) -> RunStepsTyped<T, W> (buffers -> RunStepsArgs; T the state's float type, W the synapse
+// storage type) -> RunStepsDispatch (shape/dtype checks, returns ffi::Error, never throws) ->
 // XLA_FFI_DEFINE_HANDLER_SYMBOL.
 //
 // The state operands 0..9 are aliased to results 0..9 (input_output_aliases in fumjax/kernels/fused.py):
@@ -13,6 +14,7 @@
 // without (plain a*b + c); the host's cpuid picks one, so the result matches jitted XLA on either kind
 // of host.
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -31,35 +33,46 @@ namespace {
 
 #if defined(__x86_64__) || defined(__i386__)
 #define FUMJAX_X86 1
-__attribute__((target("avx2,fma"))) int RunStepsFmaF32(const RunStepsArgs<float>& a) {
-  return RunSteps<true, float>(a);
-}
-__attribute__((target("avx2,fma"))) int RunStepsFmaF64(const RunStepsArgs<double>& a) {
-  return RunSteps<true, double>(a);
-}
+#define FUMJAX_FMA_TARGET __attribute__((target("avx2,fma,f16c")))
 bool HostHasFma() {
-  static const bool has = __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2");
+  static const bool has =
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return has;
 }
 #else
 #define FUMJAX_X86 0
 #endif
 
-template <typename T>
-int RunStepsHost(const RunStepsArgs<T>& a) {
+// Thread entry points, one per (FMA, T, W): the loop nest is generated inside each (forced inlining), so
+// the FMA variants get AVX2/FMA/F16C code while the file needs no -march.
+template <typename T, typename W>
+void PartNoFma(void* ctx, int p) {
 #if FUMJAX_X86
-  if (HostHasFma()) {
-    if constexpr (std::is_same_v<T, float>) {
-      return RunStepsFmaF32(a);
-    } else {
-      return RunStepsFmaF64(a);
-    }
-  }
-  return RunSteps<false, T>(a);
+  RunStepsPart<false, T, W>(*static_cast<RunShared<T, W>*>(ctx), p);
 #else
   // Non-x86 hosts (aarch64 ...) always have FMA and LLVM contracts there too.
-  return RunSteps<true, T>(a);
+  RunStepsPart<true, T, W>(*static_cast<RunShared<T, W>*>(ctx), p);
 #endif
+}
+#if FUMJAX_X86
+template <typename T, typename W>
+FUMJAX_FMA_TARGET void PartFma(void* ctx, int p) {
+  RunStepsPart<true, T, W>(*static_cast<RunShared<T, W>*>(ctx), p);
+}
+#endif
+
+// Runs a.t_steps steps on a.threads threads. Returns 0, or a negative code when an index read from the
+// network arrays is out of range (-1: post/pre/in_syn, -2: delay, -3: row_ptr/in_ptr).
+template <typename T, typename W>
+int RunStepsHost(const RunStepsArgs<T, W>& a) {
+  RunShared<T, W> sh(a.threads);
+  PrepareShared(a, sh);
+  ThreadPool::Fn fn = &PartNoFma<T, W>;
+#if FUMJAX_X86
+  if (HostHasFma()) fn = &PartFma<T, W>;
+#endif
+  ThreadPool::Global().Run(a.threads, fn, &sh);
+  return sh.error.load();
 }
 
 // Result buffer `out` starts as a copy of operand `in` (a no-op when XLA aliased them).
@@ -93,27 +106,37 @@ struct Results {
 
 struct Scalars {
   double v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y;
-  int32_t refractory_steps, mode;
+  int32_t refractory_steps, mode, threads;
 };
 
 constexpr int64_t kInPreMinSteps = 1000;
+// Automatic thread count (threads = 0): one thread per this many synapses, at most the usable cores; a
+// small network's step is too short to split (a barrier costs about as much as its work).
+constexpr int64_t kSynapsesPerAutoThread = 200000;
 
-template <typename T>
+int ResolveThreads(int32_t requested, int64_t n, int64_t e) {
+  int64_t t = requested;
+  if (t <= 0) t = std::min<int64_t>(AvailableCores(), std::max<int64_t>(1, e / kSynapsesPerAutoThread));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, std::max<int64_t>(1, n))));
+}
+
+template <typename T, typename W>
 ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
-  RunStepsArgs<T> a;
+  RunStepsArgs<T, W> a;
   a.n = static_cast<int64_t>(o.v.element_count());
   a.e = static_cast<int64_t>(o.w.element_count());
   a.d = static_cast<int32_t>(o.ring.dimensions()[0]);
   a.t_steps = static_cast<int64_t>(o.i_ext.dimensions()[0]);
   a.k_max = static_cast<int32_t>(o.gamma_pow.element_count()) - 1;
+  a.threads = ResolveThreads(c.threads, a.n, a.e);
 
   a.v = InPlace<T>(o.v, r.v);
   a.refrac = InPlace<int32_t>(o.refrac, r.refrac);
   a.x = InPlace<T>(o.x, r.x);
   a.y = InPlace<T>(o.y, r.y);
   a.ring = InPlace<T>(o.ring, r.ring);
-  a.w = InPlace<T>(o.w, r.w);
-  a.elig = InPlace<T>(o.elig, r.elig);
+  a.w = InPlace<W>(o.w, r.w);
+  a.elig = InPlace<W>(o.elig, r.elig);
   a.elig_t0 = InPlace<int32_t>(o.elig_t0, r.elig_t0);
   a.window_spikes = InPlace<int32_t>(o.window_spikes, r.window_spikes);
   a.step = InPlace<int32_t>(o.step, r.step);
@@ -128,7 +151,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.in_ptr = o.in_ptr.typed_data<int32_t>();
   a.in_syn = o.in_syn.typed_data<int32_t>();
   a.excitatory = o.excitatory.typed_data<uint8_t>();
-  a.gamma_pow = o.gamma_pow.typed_data<T>();
+  a.gamma_pow = static_cast<const W*>(o.gamma_pow.untyped_data());
   a.inv_pow = o.inv_pow.typed_data<T>();
 
   // Python floats reach jnp as weak-typed constants: rounded once to T.
@@ -143,12 +166,27 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.decay_y = static_cast<T>(c.decay_y);
   a.refractory_steps = c.refractory_steps;
   a.mode = static_cast<PlasticityMode>(c.mode);
-
   a.spikes = r.spikes->typed_data<uint8_t>();
-  std::vector<T> ratio(static_cast<size_t>(a.n));
-  std::vector<int32_t> spike_list(static_cast<size_t>(a.n));
-  a.ratio = ratio.data();
-  a.spike_list = spike_list.data();
+
+  const auto bad_index = [] {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
+  };
+  // Several threads split each row by post (bisection when the posts of every row ascend, as Network
+  // builds them): check the rows once, and every post index, since a bisection would skip a bad one.
+  if (a.threads > 1) {
+    for (int64_t j = 0; j < a.n; ++j) {
+      const int32_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
+      if (k0 < 0 || k1 < k0 || k1 > a.e) {
+        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+      }
+      for (int32_t k = k0; k < k1; ++k) {
+        if (static_cast<uint64_t>(static_cast<uint32_t>(a.post[k])) >= static_cast<uint64_t>(a.n)) {
+          return bad_index();
+        }
+        if (k > k0 && a.post[k] < a.post[k - 1]) a.rows_sorted = false;
+      }
+    }
+  }
   // Long plastic runs: pre of each in-list entry, so the incoming-synapse STDP pass reads it sequentially
   // instead of through a dependent random load (~10% faster; building it costs ~E random loads).
   std::vector<int32_t> in_pre;
@@ -156,15 +194,13 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     in_pre.resize(static_cast<size_t>(a.e));
     for (int64_t p = 0; p < a.e; ++p) {
       const int32_t k = a.in_syn[p];
-      if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) {
-        return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
-      }
+      if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) return bad_index();
       in_pre[static_cast<size_t>(p)] = a.pre[k];
     }
     a.in_pre = in_pre.data();
   }
 
-  switch (RunStepsHost<T>(a)) {
+  switch (RunStepsHost<T, W>(a)) {
     case 0:
       return ffi::Error::Success();
     case -2:
@@ -172,7 +208,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     case -3:
       return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
     default:
-      return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
+      return bad_index();
   }
 }
 
@@ -184,7 +220,8 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
                             ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow,
                             ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
                             double a_plus, double a_minus, double w_clip, double decay_x, double decay_y,
-                            int32_t refractory_steps, int32_t mode, ffi::Result<ffi::AnyBuffer> v_out,
+                            int32_t refractory_steps, int32_t mode, int32_t threads,
+                            ffi::Result<ffi::AnyBuffer> v_out,
                             ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
                             ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out,
                             ffi::Result<ffi::AnyBuffer> w_out, ffi::Result<ffi::AnyBuffer> elig_out,
@@ -212,14 +249,25 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
   if (mode < 0 || mode > 2) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: mode must be 0 (off), 1 (stdp) or 2 (rstdp)");
   }
-  const ffi::AnyBuffer* float_bufs[] = {&v,   &x,    &y,     &ring, &w,        &elig,   &tau,
-                                        &v_th, &i_ext, &gamma_pow, &inv_pow};
+  const ffi::AnyBuffer* float_bufs[] = {&v, &x, &y, &ring, &tau, &v_th, &i_ext, &inv_pow};
   for (const ffi::AnyBuffer* b : float_bufs) {
     if (b->element_type() != dt_f) {
       return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: v, x, y, ring, w, elig, tau, v_th, i_ext and the eligibility tables must "
-          "share one float dtype (float32 or float64)");
+          "fumjax_run_steps: v, x, y, ring, tau, v_th, i_ext and inv_pow must share one float dtype "
+          "(float32 or float64)");
     }
+  }
+  // Synapse storage: the state's dtype, or float16/bfloat16 with float32 state.
+  const ffi::DataType dt_w = w.element_type();
+  const bool w_ok = dt_w == dt_f || (dt_f == ffi::DataType::F32 &&
+                                      (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16));
+  if (!w_ok || elig.element_type() != dt_w || gamma_pow.element_type() != dt_w) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: w, elig and gamma_pow must share one dtype: the state's, or float16/bfloat16 "
+        "with float32 state");
+  }
+  if (threads < 0) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: threads must be >= 0 (0 = automatic)");
   }
   const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &row_ptr,
                                       &pre,    &post,    &delay,         &in_ptr, &in_syn};
@@ -260,10 +308,16 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
              post, delay, in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
   Results r{v_out, refrac_out, x_out, y_out, ring_out, w_out, elig_out, elig_t0_out, window_spikes_out,
             step_out, spikes};
-  const Scalars c{v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y, refractory_steps,
-                  mode};
-  if (dt_f == ffi::DataType::F32) return RunStepsTyped<float>(o, r, c);
-  return RunStepsTyped<double>(o, r, c);
+  const Scalars c{v_rest,  v_reset, dt,      g_syn,           a_plus, a_minus,
+                  w_clip,  decay_x, decay_y, refractory_steps, mode,   threads};
+  if (dt_f == ffi::DataType::F64) return RunStepsTyped<double, double>(o, r, c);
+  if (dt_w == ffi::DataType::F32) return RunStepsTyped<float, float>(o, r, c);
+  if (dt_w == ffi::DataType::BF16) return RunStepsTyped<float, BFloat16>(o, r, c);
+#if FUMJAX_HAVE_FLOAT16
+  return RunStepsTyped<float, Half>(o, r, c);
+#else
+  return ffi::Error::InvalidArgument("fumjax_run_steps: this build has no float16 support (_Float16)");
+#endif
 }
 
 }  // namespace
@@ -304,6 +358,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsCpu, fumjax::RunStepsDispatch,
                                   .Attr<double>("decay_y")
                                   .Attr<int32_t>("refractory_steps")
                                   .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("threads")  // CPU only: 0 = automatic
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre

@@ -9,18 +9,41 @@
 //   LIF:          v' = fma(dt/tau, v_rest - v, v) + I          (I = ring[slot] + i_ext, rounded first)
 //   traces:       x' = fma(x, decay_x, spiked) ; y' = fma(y, decay_y, spiked)
 //   eligibility:  e_hat' = fma(dw, inv_pow[step + 1 - t0], e_hat)
+//   STDP pair:    ltp - ltd = fma(-a_minus, y * decay_y, ltp)  (LLVM hoists the select on the pre spike
+//                 out of the subtraction, then contracts it; matters when pre and post spike together)
 // Everywhere else one operation = one rounding, in the reference's order:
 //   STDP reads the decayed traces rounded once (x*decay, recomputed inside XLA's gathers, not contracted);
-//   ltp = spiked[i] ? a_plus * xd[j] : 0, ltd = spiked[j] ? a_minus * yd[i] : 0, dw = sign_j * (ltp - ltd);
+//   ltp = spiked[i] ? a_plus * xd[j] : 0, ltd = spiked[j] ? a_minus * yd[i] : 0, dw = sign_j * (ltp - ltd)
+//   (the subtraction contracted as above when the pre spiked);
 //   w' = clip(w + dw, -c, c) (sign is +-1, so contraction cannot change it); ring += g_syn * w (exact
 //   whether contracted or not: the spike factor is 1); the dense renormalization e_hat *= gamma^k is a
 //   plain multiply (its own XLA computation, a cond branch).
 // Transmission adds into the ring in the reference scatter's order: ascending synapse index (CSR, by pre).
+//
+// Synapse storage W (weights, eligibility, the gamma^k table) may be float16 or bfloat16 while the neuron
+// state T is float32, as in the reference: a synapse value is widened to T, updated in T (the same
+// operations), and rounded back to W to nearest even, which is what XLA's convert does. The renormalization
+// e_hat *= gamma^k multiplies two W values; their T product is exact (11- or 8-bit significands), so one
+// rounding to W gives XLA's W multiply.
+//
+// Threads (deterministic): thread p owns neurons [lo_p, hi_p) and every synapse whose post neuron it owns.
+// It does the LIF update, spike list, per-neuron STDP terms and traces of its neurons; then, after the one
+// barrier per step, the transmission and STDP of its synapses: rows of all spiking pre in ascending order
+// (the part of each row whose post it owns) and the in-lists of its own spiking post. Every ring entry,
+// weight and eligibility is written by one thread in the single-thread order, so any thread count gives
+// bit-identical results. The per-step per-neuron arrays (spike lists, STDP terms) are double-buffered by
+// step parity, so the next step's writes never meet this step's reads and one barrier per step suffices.
 #ifndef FUMJAX_CPP_RUN_STEPS_COMPUTE_H_
 #define FUMJAX_CPP_RUN_STEPS_COMPUTE_H_
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "thread_pool.h"
 
 namespace fumjax {
 
@@ -34,51 +57,105 @@ namespace fumjax {
 
 enum class PlasticityMode : int32_t { kOff = 0, kStdp = 1, kRstdp = 2 };
 
+// 16-bit synapse storage types (bit patterns); float/double are stored as themselves.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+#if defined(__FLT16_MAX__)
+#define FUMJAX_HAVE_FLOAT16 1
+#else
+#define FUMJAX_HAVE_FLOAT16 0
+#endif
+
+// Widen a stored synapse value to the compute type T, and round a T value to storage (nearest even).
+template <typename T, typename W>
+struct Store {
+  static FUMJAX_ALWAYS_INLINE T Load(W x) { return static_cast<T>(x); }
+  static FUMJAX_ALWAYS_INLINE W Put(T x) { return static_cast<W>(x); }
+};
+
+#if FUMJAX_HAVE_FLOAT16
+template <>
+struct Store<float, Half> {
+  static FUMJAX_ALWAYS_INLINE float Load(Half x) {
+    _Float16 h;
+    std::memcpy(&h, &x.bits, 2);
+    return static_cast<float>(h);
+  }
+  static FUMJAX_ALWAYS_INLINE Half Put(float x) {
+    const _Float16 h = static_cast<_Float16>(x);
+    Half out;
+    std::memcpy(&out.bits, &h, 2);
+    return out;
+  }
+};
+#endif
+
+template <>
+struct Store<float, BFloat16> {
+  static FUMJAX_ALWAYS_INLINE float Load(BFloat16 x) {
+    const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static FUMJAX_ALWAYS_INLINE BFloat16 Put(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return BFloat16{static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even (Eigen/ml_dtypes)
+    return BFloat16{static_cast<uint16_t>(u >> 16)};
+  }
+};
+
 // Everything one run needs. State arrays are updated in place; read-only arrays are const.
-template <typename T>
+template <typename T, typename W>
 struct RunStepsArgs {
   int64_t n = 0;        // neurons N
   int64_t e = 0;        // synapses E
   int32_t d = 1;        // ring slots D (max delay)
   int64_t t_steps = 0;  // steps T
   int32_t k_max = 0;    // eligibility table length - 1 (K)
+  int32_t threads = 1;  // worker threads (>= 1), already resolved
 
   // State, in place.
-  T* v = nullptr;                  // (N,)
-  int32_t* refrac = nullptr;       // (N,)
-  T* x = nullptr;                  // (N,) presynaptic trace
-  T* y = nullptr;                  // (N,) postsynaptic trace
-  T* ring = nullptr;               // (D, N)
-  T* w = nullptr;                  // (E,)
-  T* elig = nullptr;               // (E,) scaled eligibility
-  int32_t* elig_t0 = nullptr;      // ()
+  T* v = nullptr;                    // (N,)
+  int32_t* refrac = nullptr;         // (N,)
+  T* x = nullptr;                    // (N,) presynaptic trace
+  T* y = nullptr;                    // (N,) postsynaptic trace
+  T* ring = nullptr;                 // (D, N)
+  W* w = nullptr;                    // (E,)
+  W* elig = nullptr;                 // (E,) scaled eligibility
+  int32_t* elig_t0 = nullptr;        // ()
   int32_t* window_spikes = nullptr;  // (N,)
-  int32_t* step = nullptr;         // ()
+  int32_t* step = nullptr;           // ()
 
   // Read-only inputs.
-  const T* tau = nullptr;          // (N,)
-  const T* v_th = nullptr;         // (N,)
-  const T* i_ext = nullptr;        // (T, N)
-  const int32_t* row_ptr = nullptr;  // (N+1,)
-  const int32_t* pre = nullptr;    // (E,)
-  const int32_t* in_pre = nullptr;  // optional (E,): pre[in_syn[p]] (saves a dependent random load); or null
-  const int32_t* post = nullptr;   // (E,)
-  const int32_t* delay = nullptr;  // (E,)
-  const int32_t* in_ptr = nullptr;   // (N+1,)
-  const int32_t* in_syn = nullptr;   // (E,)
+  const T* tau = nullptr;             // (N,)
+  const T* v_th = nullptr;            // (N,)
+  const T* i_ext = nullptr;           // (T, N)
+  const int32_t* row_ptr = nullptr;   // (N+1,)
+  const int32_t* pre = nullptr;       // (E,)
+  const int32_t* in_pre = nullptr;    // optional (E,): pre[in_syn[p]] (saves a dependent random load); or null
+  const int32_t* post = nullptr;      // (E,)
+  const int32_t* delay = nullptr;     // (E,)
+  const int32_t* in_ptr = nullptr;    // (N+1,)
+  const int32_t* in_syn = nullptr;    // (E,)
   const uint8_t* excitatory = nullptr;  // (N,) pre code: 1 excitatory (sign +1), 0 inhibitory (-1), 2 static
-  const T* gamma_pow = nullptr;    // (K+1,)
-  const T* inv_pow = nullptr;      // (K+1,)
+  const W* gamma_pow = nullptr;       // (K+1,) in the storage type, as the reference rounds it
+  const T* inv_pow = nullptr;         // (K+1,)
+  bool rows_sorted = true;            // posts ascending within each row (lets threads bisect rows)
 
   // Scalars, already rounded to T like jnp's weak-typed Python floats.
   T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
   int32_t refractory_steps = 0;
   PlasticityMode mode = PlasticityMode::kOff;
 
-  // Outputs and scratch.
-  uint8_t* spikes = nullptr;   // (T, N)
-  T* ratio = nullptr;          // scratch (N,): dt / tau
-  int32_t* spike_list = nullptr;  // scratch (N,)
+  uint8_t* spikes = nullptr;  // output (T, N)
 };
 
 template <bool kFma, typename T>
@@ -104,9 +181,26 @@ FUMJAX_ALWAYS_INLINE int32_t JnpIndex(int64_t i, int32_t len) {
   return static_cast<int32_t>(i);
 }
 
-// Input and LIF for one step over all neurons: I = ring_now + i_ext (ring_now then zeroed);
-// v' = fma(dt/tau, v_rest - v, v) + I; refractory/spike/reset as reference.lif_step; window count += spike.
-// A function of its own so that the __restrict parameters let GCC vectorize without alias versioning.
+// Scratch shared by the threads of one run (allocated by RunSteps).
+template <typename T, typename W>
+struct RunShared {
+  const RunStepsArgs<T, W>* a = nullptr;
+  std::vector<int64_t> lo;         // (P+1,) neuron range bounds
+  std::vector<T> ratio;            // (N,) dt / tau
+  std::vector<T> ltp_pre[2];       // (N,) a_plus * x_j decayed: LTP a spiking post reads from pre j
+  std::vector<T> dw_silent_pre[2]; // (N,) in-list dw of pre j: +-ltp, or 0 if j spiked (row pass) or static
+  std::vector<T> yd_post[2];       // (N,) y_i * decay_y: a spiking pre's LTD is a_minus * yd_post[i]
+  std::vector<int32_t> spike_list[2];  // (N,) thread p's spikes at [lo_p, lo_p + count)
+  std::vector<int32_t> spike_count[2];  // (P,)
+  SpinBarrier barrier;
+  std::atomic<int> error{0};
+  explicit RunShared(int p) : barrier(p) {}
+};
+
+// Input and LIF for one step over neurons [0, n) of the given pointers: I = ring_now + i_ext (ring_now
+// then zeroed); v' = fma(dt/tau, v_rest - v, v) + I; refractory/spike/reset as reference.lif_step; window
+// count += spike. A function of its own so that the __restrict parameters let GCC vectorize without alias
+// versioning.
 template <bool kFma, typename T>
 FUMJAX_ALWAYS_INLINE void LifInput(int64_t n, T* __restrict ring_now, const T* __restrict iext,
                                    const T* __restrict ratio, const T* __restrict v_th, T v_rest, T v_reset,
@@ -132,176 +226,259 @@ FUMJAX_ALWAYS_INLINE void LifInput(int64_t n, T* __restrict ring_now, const T* _
   }
 }
 
-// Trace decay and increment over all neurons: z' = fma(z, decay, spiked).
+// Per-neuron STDP terms of this step, then the traces, over neurons [0, n) of the given pointers:
+// ltp = a_plus * (x * decay_x) (the decayed trace rounded once, as the reference's gathers recompute it),
+// yd = y * decay_y (LTD = a_minus * yd, contracted into the pair's subtraction); the in-list dw of a
+// silent pre is sign * (ltp - 0), 0 for a spiking or static pre; then x' = fma(x, decay_x, spiked), y' likewise (contracted like XLA).
 template <bool kFma, typename T>
-FUMJAX_ALWAYS_INLINE void DecayIncrement(int64_t n, T* __restrict z, T decay, const uint8_t* __restrict spk) {
-  for (int64_t i = 0; i < n; ++i) z[i] = MulAdd<kFma>(z[i], decay, static_cast<T>(spk[i]));
+FUMJAX_ALWAYS_INLINE void StdpTermsAndTraces(int64_t n, T* __restrict x, T* __restrict y,
+                                             const uint8_t* __restrict spk, const uint8_t* __restrict code,
+                                             T a_plus, T dx, T dy, T* __restrict ltp_pre,
+                                             T* __restrict dw_silent, T* __restrict yd_post) {
+  const T zero = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T xi = x[i], yi = y[i];
+    const T ltp = a_plus * (xi * dx);
+    ltp_pre[i] = ltp;
+    yd_post[i] = yi * dy;
+    const T diff = ltp - zero;
+    const T signed_dw = code[i] == 1 ? diff : -diff;
+    dw_silent[i] = (spk[i] != 0 || code[i] == 2) ? zero : signed_dw;
+    const T s = static_cast<T>(spk[i]);
+    x[i] = MulAdd<kFma>(xi, dx, s);
+    y[i] = MulAdd<kFma>(yi, dy, s);
+  }
 }
 
-// The step loop, specialized on the plasticity mode and on D == 1 so the inner loops carry no mode tests.
-template <bool kFma, PlasticityMode kMode, bool kD1, typename T>
-FUMJAX_ALWAYS_INLINE int RunStepsImpl(const RunStepsArgs<T>& a) {
-  const int64_t n = a.n;
+// One synapse's plasticity: eligibility += dw * inv (rstdp) or w = clip(w + dw) (stdp), in T, stored as W.
+template <bool kFma, PlasticityMode kMode, typename T, typename W>
+FUMJAX_ALWAYS_INLINE void ApplyDw(W* __restrict w, W* __restrict elig, int64_t k, T dw, T inv, T lo_clip,
+                                  T hi_clip) {
+  using S = Store<T, W>;
+  if constexpr (kMode == PlasticityMode::kRstdp) {
+    elig[k] = S::Put(MulAdd<kFma>(dw, inv, S::Load(elig[k])));
+  } else {
+    const T nw = S::Load(w[k]) + dw;
+    const T lo = nw < lo_clip ? lo_clip : nw;  // maximum(-c, .)
+    w[k] = S::Put(lo > hi_clip ? hi_clip : lo);  // minimum(c, .)
+  }
+}
+
+// Thread p's share of the whole run. Errors (an index out of range) set sh.error; all threads stop after
+// the next barrier, so none waits on a barrier the others never reach.
+template <bool kFma, PlasticityMode kMode, bool kD1, typename T, typename W>
+FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
+  const RunStepsArgs<T, W>& a = *sh.a;
+  const int nt = static_cast<int>(sh.lo.size()) - 1;
+  const int64_t n = a.n, e = a.e;
+  const int64_t lo = sh.lo[p], hi = sh.lo[p + 1], own = hi - lo;
   const int32_t d = kD1 ? 1 : a.d;
-  T* __restrict v = a.v;
-  int32_t* __restrict refrac = a.refrac;
-  T* __restrict x = a.x;
-  T* __restrict y = a.y;
+  constexpr bool plastic = kMode != PlasticityMode::kOff;
+  constexpr bool rstdp = kMode == PlasticityMode::kRstdp;
+  using S = Store<T, W>;
+
   T* __restrict ring = a.ring;
-  T* __restrict w = a.w;
-  T* __restrict elig = a.elig;
-  int32_t* __restrict wspk = a.window_spikes;
-  const T* __restrict v_th = a.v_th;
-  T* __restrict ratio = a.ratio;
-  int32_t* __restrict spike_list = a.spike_list;
+  W* __restrict w = a.w;
+  W* __restrict elig = a.elig;
   const int32_t* __restrict row_ptr = a.row_ptr;
-  const int32_t* __restrict pre = a.pre;
-  const int32_t* __restrict in_pre = a.in_pre;
   const int32_t* __restrict post = a.post;
   const int32_t* __restrict delay = a.delay;
   const int32_t* __restrict in_ptr = a.in_ptr;
   const int32_t* __restrict in_syn = a.in_syn;
-  const uint8_t* __restrict exc = a.excitatory;
-
-  const T v_rest = a.v_rest, v_reset = a.v_reset, g = a.g_syn;
-  const T a_plus = a.a_plus, a_minus = a.a_minus, clip = a.w_clip, neg_clip = -a.w_clip;
-  const T dx = a.decay_x, dy = a.decay_y;
-  const int32_t rs = a.refractory_steps;
-  const T zero = T(0);
-  constexpr bool plastic = kMode != PlasticityMode::kOff;
-  constexpr bool rstdp = kMode == PlasticityMode::kRstdp;
-  const int64_t e = a.e;
-
-  // dt / tau is loop-invariant (tau changes only between windows); XLA hoists it the same way.
-  for (int64_t i = 0; i < n; ++i) ratio[i] = a.dt / a.tau[i];
+  const int32_t* __restrict in_pre = a.in_pre;
+  const int32_t* __restrict pre = a.pre;
+  const uint8_t* __restrict code = a.excitatory;
+  const T g = a.g_syn, clip = a.w_clip, neg_clip = -a.w_clip, neg_a_minus = -a.a_minus;
+  const bool bisect = nt > 1 && a.rows_sorted;
+  const bool filter = nt > 1 && !a.rows_sorted;
 
   int32_t s = *a.step;
   int32_t t0 = *a.elig_t0;
   for (int64_t t = 0; t < a.t_steps; ++t, ++s) {
+    const int b = static_cast<int>(t & 1);
     const int32_t slot = FloorMod(s, d);
     T* __restrict ring_now = ring + static_cast<int64_t>(slot) * n;
     uint8_t* __restrict spk = a.spikes + t * n;
 
-    // ---- input + LIF (vectorized; branch-free selects) ----
-    LifInput<kFma, T>(n, ring_now, a.i_ext + t * n, ratio, v_th, v_rest, v_reset, rs, v, refrac, spk, wspk);
+    // ---- own neurons: input + LIF (vectorized; branch-free selects) ----
+    LifInput<kFma, T>(own, ring_now + lo, a.i_ext + t * n + lo, sh.ratio.data() + lo, a.v_th + lo, a.v_rest,
+                      a.v_reset, a.refractory_steps, a.v + lo, a.refrac + lo, spk + lo, a.window_spikes + lo);
 
-    // ---- spike list (ascending), skipping zero words fast ----
+    // ---- own spike list (ascending), skipping zero words fast ----
+    int32_t* __restrict my_list = sh.spike_list[b].data() + lo;
     int64_t ns = 0;
     {
-      int64_t i = 0;
-      for (; i + 8 <= n; i += 8) {
+      int64_t i = lo;
+      for (; i + 8 <= hi; i += 8) {
         uint64_t word;
-        __builtin_memcpy(&word, spk + i, 8);
+        std::memcpy(&word, spk + i, 8);
         if (word == 0) continue;
         for (int64_t q = i; q < i + 8; ++q) {
-          spike_list[ns] = static_cast<int32_t>(q);
+          my_list[ns] = static_cast<int32_t>(q);
           ns += spk[q];
         }
       }
-      for (; i < n; ++i) {
-        spike_list[ns] = static_cast<int32_t>(i);
+      for (; i < hi; ++i) {
+        my_list[ns] = static_cast<int32_t>(i);
         ns += spk[i];
       }
     }
+    sh.spike_count[b][p] = static_cast<int32_t>(ns);
 
-    // ---- eligibility renormalization (dense, every K steps) and this step's scale ----
+    T* __restrict ltp_pre = sh.ltp_pre[b].data();
+    T* __restrict dw_silent = sh.dw_silent_pre[b].data();
+    T* __restrict yd_post = sh.yd_post[b].data();
     T inv = T(1);
+    if constexpr (plastic) {
+      StdpTermsAndTraces<kFma, T>(own, a.x + lo, a.y + lo, spk + lo, code + lo, a.a_plus, a.decay_x, a.decay_y,
+                                  ltp_pre + lo, dw_silent + lo, yd_post + lo);
+    }
     if constexpr (rstdp) {
+      // Dense renormalization every K steps, of the synapses this thread owns (by post), before any of
+      // them gets this step's increment.
       const int32_t since = s - t0;
       if (since >= a.k_max) {
-        const T scale = a.gamma_pow[JnpIndex(since < a.k_max ? since : a.k_max, a.k_max + 1)];
-        for (int64_t k = 0; k < e; ++k) elig[k] = elig[k] * scale;
+        const T scale = S::Load(a.gamma_pow[JnpIndex(since < a.k_max ? since : a.k_max, a.k_max + 1)]);
+        if (nt == 1) {
+          for (int64_t k = 0; k < e; ++k) elig[k] = S::Put(S::Load(elig[k]) * scale);
+        } else {
+          for (int64_t q = in_ptr[lo]; q < in_ptr[hi]; ++q) {
+            const int32_t k = in_syn[q];
+            if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
+              sh.error.store(-1);
+              break;
+            }
+            elig[k] = S::Put(S::Load(elig[k]) * scale);
+          }
+        }
         t0 = s;
       }
       inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - t0, a.k_max + 1)];
     }
 
-    // ---- rows of spiking pre: transmission with this step's (pre-plasticity) weights, then STDP ----
-    // Ring additions keep the reference scatter's order (ascending synapse index); each synapse's weight
-    // is read for transmission before its own update, and no other synapse's update is visible to it.
-    for (int64_t q = 0; q < ns; ++q) {
-      const int32_t j = spike_list[q];
-      const int32_t k0 = row_ptr[j], k1 = row_ptr[j + 1];
-      if (k0 < 0 || k1 < k0 || k1 > e) return -3;
-      const T ltp_j = a_plus * (x[j] * dx);  // STDP reads the decayed trace rounded once
-      const uint8_t code_j = exc[j];  // 2: a static presynaptic neuron, no STDP on its synapses
-      for (int32_t k = k0; k < k1; ++k) {
-        const int32_t i = post[k];
-        if (static_cast<uint32_t>(i) >= static_cast<uint64_t>(n)) return -1;
-        T* __restrict target = ring_now;
-        if constexpr (!kD1) {
-          const int32_t dk = delay[k];
-          if (dk < 1 || dk > d) return -2;
-          int32_t r = slot + dk;
-          if (r >= d) r -= d;
-          target = ring + static_cast<int64_t>(r) * n;
-        }
-        target[i] += g * w[k];
-        if constexpr (!plastic) continue;
-        if (code_j == 2) continue;
-        const T ltp = spk[i] ? ltp_j : zero;
-        const T ltd = a_minus * (y[i] * dy);
-        const T diff = ltp - ltd;
-        const T dw = code_j == 1 ? diff : -diff;  // sign_j * diff, exact
-        if constexpr (rstdp) {
-          elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
-        } else {
-          const T nw = w[k] + dw;
-          const T lo = nw < neg_clip ? neg_clip : nw;  // maximum(-c, .)
-          w[k] = lo > clip ? clip : lo;                // minimum(c, .)
-        }
-      }
-    }
-    if constexpr (!plastic) continue;
+    sh.barrier.Wait();
+    if (sh.error.load(std::memory_order_relaxed) != 0) break;
 
-    // ---- STDP on the incoming synapses of spiking post whose pre is silent (ltd = 0) ----
-    for (int64_t q = 0; q < ns; ++q) {
-      const int32_t i = spike_list[q];
-      const int32_t p0 = in_ptr[i], p1 = in_ptr[i + 1];
-      if (p0 < 0 || p1 < p0 || p1 > e) return -3;
-      for (int32_t p = p0; p < p1; ++p) {
-        const int32_t k = in_syn[p];
-        if (static_cast<uint32_t>(k) >= static_cast<uint64_t>(e)) return -1;
-        const int32_t j = in_pre != nullptr ? in_pre[p] : pre[k];
-        if (static_cast<uint32_t>(j) >= static_cast<uint64_t>(n)) return -1;
-        if (spk[j] || exc[j] == 2) continue;  // done with the pre's row above, or static
-        const T ltp = a_plus * (x[j] * dx);
-        const T diff = ltp - zero;
-        const T dw = exc[j] == 1 ? diff : -diff;
-        if constexpr (rstdp) {
-          elig[k] = MulAdd<kFma>(dw, inv, elig[k]);
-        } else {
-          const T nw = w[k] + dw;
-          const T lo = nw < neg_clip ? neg_clip : nw;
-          w[k] = lo > clip ? clip : lo;
+    // ---- rows of all spiking pre (ascending j): transmission with this step's pre-plasticity weights,
+    // then STDP; only the synapses whose post this thread owns ----
+    for (int q = 0; q < nt; ++q) {
+      const int32_t* list = sh.spike_list[b].data() + sh.lo[q];
+      const int32_t count = sh.spike_count[b][q];
+      for (int32_t c = 0; c < count; ++c) {
+        const int32_t j = list[c];
+        int32_t k0 = row_ptr[j], k1 = row_ptr[j + 1];
+        if (k0 < 0 || k1 < k0 || k1 > e) {
+          sh.error.store(-3);
+          goto step_done;
+        }
+        if (bisect) {
+          const int32_t* first = post + k0;
+          const int32_t* last = post + k1;
+          k0 = static_cast<int32_t>(std::lower_bound(first, last, static_cast<int32_t>(lo)) - post);
+          k1 = static_cast<int32_t>(std::lower_bound(post + k0, last, static_cast<int32_t>(hi)) - post);
+        }
+        const T ltp_j = ltp_pre[j];
+        const uint8_t code_j = code[j];  // 2: a static presynaptic neuron, no STDP on its synapses
+        for (int32_t k = k0; k < k1; ++k) {
+          const int32_t i = post[k];
+          if (static_cast<uint64_t>(static_cast<uint32_t>(i)) >= static_cast<uint64_t>(n)) {
+            sh.error.store(-1);
+            goto step_done;
+          }
+          if (filter && (i < lo || i >= hi)) continue;
+          T* __restrict target = ring_now;
+          if constexpr (!kD1) {
+            const int32_t dk = delay[k];
+            if (dk < 1 || dk > d) {
+              sh.error.store(-2);
+              goto step_done;
+            }
+            int32_t r = slot + dk;
+            if (r >= d) r -= d;
+            target = ring + static_cast<int64_t>(r) * n;
+          }
+          target[i] += g * S::Load(w[k]);
+          if constexpr (plastic) {
+            if (code_j != 2) {
+              const T ltp = spk[i] ? ltp_j : T(0);
+              const T diff = MulAdd<kFma>(neg_a_minus, yd_post[i], ltp);
+              const T dw = code_j == 1 ? diff : -diff;  // sign_j * diff, exact
+              ApplyDw<kFma, kMode, T, W>(w, elig, k, dw, inv, neg_clip, clip);
+            }
+          }
         }
       }
     }
 
-    // ---- traces: decay and increment (contracted like XLA) ----
-    DecayIncrement<kFma, T>(n, x, dx, spk);
-    DecayIncrement<kFma, T>(n, y, dy, spk);
+    // ---- STDP on the incoming synapses of own spiking post; dw is 0 where the pre spiked (done in its
+    // row above) or is static, which leaves the value unchanged (branch-free) ----
+    if constexpr (plastic) {
+      for (int64_t c = 0; c < ns; ++c) {
+        const int32_t i = my_list[c];
+        const int32_t p0 = in_ptr[i], p1 = in_ptr[i + 1];
+        if (p0 < 0 || p1 < p0 || p1 > e) {
+          sh.error.store(-3);
+          goto step_done;
+        }
+        for (int32_t q = p0; q < p1; ++q) {
+          const int32_t k = in_syn[q];
+          if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
+            sh.error.store(-1);
+            goto step_done;
+          }
+          const int32_t j = in_pre != nullptr ? in_pre[q] : pre[k];
+          if (static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(n)) {
+            sh.error.store(-1);
+            goto step_done;
+          }
+          ApplyDw<kFma, kMode, T, W>(w, elig, k, dw_silent[j], inv, neg_clip, clip);
+        }
+      }
+    }
+  step_done:;
   }
-  *a.step = s;
-  *a.elig_t0 = t0;
-  return 0;
+  if (p == 0) {
+    *a.step = s;
+    *a.elig_t0 = t0;
+  }
 }
 
-// Runs a.t_steps steps. Returns 0 on success, or a negative code when an index read from the network
-// arrays is out of range (-1: post/pre/in_syn, -2: delay, -3: row_ptr/in_ptr); checked only where used.
-template <bool kFma, typename T>
-FUMJAX_ALWAYS_INLINE int RunSteps(const RunStepsArgs<T>& a) {
-  const bool d1 = a.d == 1;
-  switch (a.mode) {
+// Runs thread p of the run set up in sh (dispatch on the plasticity mode and D == 1).
+template <bool kFma, typename T, typename W>
+FUMJAX_ALWAYS_INLINE void RunStepsPart(RunShared<T, W>& sh, int p) {
+  const bool d1 = sh.a->d == 1;
+  switch (sh.a->mode) {
     case PlasticityMode::kOff:
-      return d1 ? RunStepsImpl<kFma, PlasticityMode::kOff, true, T>(a)
-                : RunStepsImpl<kFma, PlasticityMode::kOff, false, T>(a);
+      return d1 ? RunStepsThread<kFma, PlasticityMode::kOff, true, T, W>(sh, p)
+                : RunStepsThread<kFma, PlasticityMode::kOff, false, T, W>(sh, p);
     case PlasticityMode::kStdp:
-      return d1 ? RunStepsImpl<kFma, PlasticityMode::kStdp, true, T>(a)
-                : RunStepsImpl<kFma, PlasticityMode::kStdp, false, T>(a);
+      return d1 ? RunStepsThread<kFma, PlasticityMode::kStdp, true, T, W>(sh, p)
+                : RunStepsThread<kFma, PlasticityMode::kStdp, false, T, W>(sh, p);
     default:
-      return d1 ? RunStepsImpl<kFma, PlasticityMode::kRstdp, true, T>(a)
-                : RunStepsImpl<kFma, PlasticityMode::kRstdp, false, T>(a);
+      return d1 ? RunStepsThread<kFma, PlasticityMode::kRstdp, true, T, W>(sh, p)
+                : RunStepsThread<kFma, PlasticityMode::kRstdp, false, T, W>(sh, p);
+  }
+}
+
+// Allocates the shared scratch for a.threads threads (neurons split evenly).
+template <typename T, typename W>
+void PrepareShared(const RunStepsArgs<T, W>& a, RunShared<T, W>& sh) {
+  const int nt = a.threads;
+  sh.a = &a;
+  sh.lo.resize(static_cast<size_t>(nt) + 1);
+  for (int q = 0; q <= nt; ++q) sh.lo[q] = a.n * q / nt;
+  sh.ratio.resize(static_cast<size_t>(a.n));
+  // dt / tau is loop-invariant (tau changes only between windows); XLA hoists it the same way.
+  for (int64_t i = 0; i < a.n; ++i) sh.ratio[i] = a.dt / a.tau[i];
+  const bool plastic = a.mode != PlasticityMode::kOff;
+  for (int b = 0; b < 2; ++b) {
+    sh.spike_list[b].resize(static_cast<size_t>(a.n));
+    sh.spike_count[b].assign(static_cast<size_t>(nt), 0);
+    if (plastic) {
+      sh.ltp_pre[b].resize(static_cast<size_t>(a.n));
+      sh.dw_silent_pre[b].resize(static_cast<size_t>(a.n));
+      sh.yd_post[b].resize(static_cast<size_t>(a.n));
+    }
   }
 }
 

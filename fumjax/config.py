@@ -140,12 +140,14 @@ class DriveConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Window length, numeric type, backend and seed."""
+    """Window length, numeric type (float16/bfloat16: weights and eligibility stored in 16 bits, neuron
+    state float32), backend, seed and kernel threads."""
 
     window_steps: int = _p(50, 1, 1_000_000, doc="steps per input item / reward window")
     dtype: str = _p("float32", choices=("float32", "float64", "float16", "bfloat16"))
     backend: str = _p("reference", choices=("reference", "fused"))
     seed: int = _p(0, 0, 2**32 - 1)
+    threads: int = _p(0, 0, 4096, doc="fused CPU kernel threads; 0 = automatic (up to all usable cores)")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ __all__ = [
     "lif_step",
     "run_steps",
     "run_steps_supported",
+    "resolve_threads",
+    "bytes_per_synapse",
 ]
 
 TARGET = "fumjax_lif_step"
@@ -222,47 +224,66 @@ def _pre_codes(net) -> Array:
     return codes if plastic is None else jnp.where(plastic, codes, jnp.uint8(2))
 
 
+_SYNAPSE_DTYPES_CPU = (jnp.float16, jnp.bfloat16)
+
+
 def run_steps_supported(state, net) -> bool:
     """True when `run_steps` handles this (state, network): a whole network (not one part of a partition),
-    float32 or float64 state with weights and eligibility in the same dtype, int32 indexing (E < 2^31),
-    CPU or a GPU with fumjax._core_gpu built (hip/run_steps.hip), and the compiled extension present.
-    Otherwise use the step-by-step path."""
+    float32 or float64 state with weights and eligibility in the state's dtype (on the CPU also float16 or
+    bfloat16 with float32 state), int32 indexing (E < 2^31), CPU or a GPU with fumjax._core_gpu built
+    (hip/run_steps.hip), and the compiled extension present. Otherwise use the step-by-step path."""
     if not available():
         return False
-    if jax.default_backend() != "cpu" and not gpu_available():  # GPU: hip/run_steps.hip, same target
+    on_cpu = jax.default_backend() == "cpu"
+    if not on_cpu and not gpu_available():  # GPU: hip/run_steps.hip, same target
         return False
     dtype = jnp.dtype(state.v_mV.dtype)
     if dtype not in (jnp.float32, jnp.float64):
         return False
-    if jnp.dtype(state.w.dtype) != dtype or jnp.dtype(state.elig.dtype) != dtype:
+    w_dtype = jnp.dtype(state.w.dtype)
+    w_ok = w_dtype == dtype or (on_cpu and dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_CPU)
+    if not w_ok or jnp.dtype(state.elig.dtype) != w_dtype:
         return False
     if net.n_pre != net.n_neurons or state.x_pre.shape[-1] != net.n_neurons:
         return False
     return net.n_synapses < 2**31 - 1 and net.n_neurons < 2**31 - 1
 
 
-def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
+def resolve_threads(threads: int | None, cfg) -> int:
+    """Kernel thread count of a call: the argument, else cfg.run.threads; 0 means automatic (one thread per
+    200k synapses, at most the cores this process may use). Results do not depend on it."""
+    t = getattr(cfg.run, "threads", 0) if threads is None else threads
+    if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or t < 0:
+        raise ValueError(f"threads = {t!r}: must be an int >= 0 (0 = automatic)")
+    return int(t)
+
+
+def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None = None):
     """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
 
     Bit-identical to the jitted reference backend (see cpp/run_steps_compute.h for the FMA placements).
     i_ext_mV: (T, N). cfg and mode are static. Works under jit, lax.scan and vmap (sequential); the state
     arrays are updated in place (input_output_aliases), so inside a scan or with donated buffers no
     E-sized copy is made. Needs run_steps_supported(state, net).
+    threads: CPU kernel threads (None: cfg.run.threads; 0: automatic); any count gives identical results.
+    The GPU handler takes no thread count.
     """
     from fumjax import plasticity  # lazy: fumjax.plasticity imports the config, not the kernels
 
     if not run_steps_supported(state, net):
         raise ValueError(
             "fused.run_steps: unsupported state/network (needs the compiled extension on CPU, a whole "
-            "network, float32/float64 state with w and elig in the same dtype); use the reference backend"
+            "network, float32/float64 state with w and elig in the same dtype, or float16/bfloat16 "
+            "with float32 state on the CPU); use the reference backend"
         )
     if mode not in _MODE_IDS:
         raise ValueError(f"fused.run_steps: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
+    n_threads = resolve_threads(threads, cfg)
     dtype = state.v_mV.dtype
     n = net.n_neurons
     i_ext = jnp.asarray(i_ext_mV).astype(dtype)
     if i_ext.ndim != 2 or i_ext.shape[1] != n:
-        raise ValueError(f"fused.run_steps: i_ext_mV has shape {i_ext.shape}, expected (T, {n})")
+        raise ValueError(f"fused.run_steps: i_ext_mV has shape {i_ext.shape}, expected ({n}, N = {n})")
     t_steps = i_ext.shape[0]
     nc, cc, sc = cfg.neuron, cfg.connectivity, cfg.stdp
     gamma_pow, inv_pow = plasticity.elig_tables(cfg)
@@ -278,7 +299,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
         net.in_ptr.astype(idx),
         net.in_syn.astype(idx),
         _pre_codes(net),
-        jnp.asarray(gamma_pow, dtype),
+        jnp.asarray(gamma_pow, state.elig.dtype),  # the reference rounds gamma^k to the storage dtype
         jnp.asarray(inv_pow, dtype),
     )
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_STATE_FIELDS)]) + (
@@ -291,8 +312,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
         input_output_aliases={k: k for k in range(len(_STATE_FIELDS))},
     )
     dt = nc.dt_ms
-    results = call(
-        *operands,
+    attrs = dict(
         v_rest_mV=np.float64(nc.v_rest_mV),
         v_reset_mV=np.float64(nc.v_reset_mV),
         dt_ms=np.float64(dt),
@@ -306,5 +326,47 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str):
         refractory_steps=np.int32(nc.refractory_steps),
         mode=np.int32(_MODE_IDS[mode]),
     )
+    # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) does not.
+    results = jax.lax.platform_dependent(
+        *operands,
+        cpu=lambda *ops: tuple(call(*ops, **attrs, threads=np.int32(n_threads))),
+        default=lambda *ops: tuple(call(*ops, **attrs)),
+    )
     new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     return new, results[-1]
+
+
+# Bytes of each array the CPU kernel reads per synapse (int32 indices), by role.
+def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
+    """Storage of the fused CPU kernel per synapse, counted from the arrays it holds for `net` under `cfg`.
+
+    Per synapse: w and elig in the synapse dtype (weight_dtype(cfg): float32, float64, float16 or bfloat16;
+    elig only in mode rstdp), post (int32, transmission), delay (int32, only when the network has a delay
+    above 1), and for plastic modes the in-list (in_syn, int32) and the pre of each synapse (int32: the
+    in-list STDP pass needs both the synapse and its presynaptic neuron). Per neuron (row_ptr, in_ptr,
+    int32), spread over the synapses. mode: None -> cfg.plasticity.mode.
+    Returns {name: bytes per synapse} with 'total' and 'plastic_total' (what a plastic synapse costs, i.e.
+    without the per-neuron share).
+    """
+    from fumjax.state import weight_dtype  # lazy: kernels sit above state in the layers
+
+    mode = cfg.plasticity.mode if mode is None else mode
+    if mode not in _MODE_IDS:
+        raise ValueError(f"mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
+    e = max(int(net.n_synapses), 1)
+    n = int(net.n_neurons)
+    wb = float(jnp.dtype(weight_dtype(cfg)).itemsize)
+    plastic = mode != "off"
+    parts = {
+        "w": wb,
+        "elig": wb if mode == "rstdp" else 0.0,
+        "post": 4.0,
+        "delay": 4.0 if int(net.max_delay) > 1 else 0.0,
+        "in_syn": 4.0 if plastic else 0.0,
+        "pre": 4.0 if plastic else 0.0,
+    }
+    per_neuron = 4.0 * (n + 1) * (2 if plastic else 1) / e
+    parts["plastic_total"] = sum(parts.values())
+    parts["per_neuron_share"] = per_neuron
+    parts["total"] = parts["plastic_total"] + per_neuron
+    return parts
