@@ -1,7 +1,9 @@
 """GPU whole-run kernel timings (fused.run_steps on CUDA): FUM-1k with learning, kernel alone, 100k x 100.
 
 Run on a GPU machine after `pip install --no-build-isolation .`:  python bench/bench_gpu_run_steps.py
-Timings: wall clock around block_until_ready, after warm-up; median of repeats.
+Timings: wall clock around block_until_ready, after warm-up; median of repeats (includes ~10-30 us of
+dispatch per call; Nsight Compute's gpu__time_duration gives the kernel alone).
+Paths: FUMJAX_GPU_RUN_PATH=cluster|block|multi, FUMJAX_GPU_CLUSTER=C (CTAs of the cluster path).
 """
 
 from __future__ import annotations
@@ -35,23 +37,36 @@ def timeit(fn, *args, reps=7):
     return statistics.median(ts), min(ts)
 
 
-def fum1k():
+def _set_path(path: str, csize: int | None = None) -> None:
+    os.environ["FUMJAX_GPU_RUN_PATH"] = path
+    if csize is None:
+        os.environ.pop("FUMJAX_GPU_CLUSTER", None)
+    else:
+        os.environ["FUMJAX_GPU_CLUSTER"] = str(csize)
+
+
+def fum1k(paths=("cluster", "block"), sweep=(1, 2, 4, 8, 16)):
     cfg = FumConfig()  # N = 1000, K = 50, window 50 steps, rstdp
     net = fumjax.build_network(cfg)
     st = fumjax.init_state(net, cfg)
     i_ext = background_current(st, net, 1000, cfg)
+    i_ext10k = background_current(st, net, 10_000, cfg)
     t_win = cfg.run.window_steps
     print(f"FUM-1k: N={net.n_neurons} E={net.n_synapses} D={net.max_delay}")
+    rows = []
 
-    run = jax.jit(fused.run_steps, static_argnames=("cfg", "mode"))
-    for mode in ("off", "stdp", "rstdp"):
-        med, mn = timeit(lambda s, i, mode=mode: run(s, net, i, cfg=cfg, mode=mode), st, i_ext)
-        _, spk = run(st, net, i_ext, cfg=cfg, mode=mode)
+    def kernel_alone(label, mode, i_ext, reps=21):
+        # A fresh jit per configuration: the path is read when the handler runs, and a captured command
+        # buffer would replay the old launch.
+        run = jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, mode))
+        med, mn = timeit(run, st, i_ext, reps=reps)
+        _, spk = run(st, i_ext)
         rate = float(np.asarray(spk).mean() * 1000)
+        per1k = med * 1e3 * 1000 / i_ext.shape[0]
+        rows.append((label, mode, per1k, mn * 1e3 * 1000 / i_ext.shape[0]))
         print(
-            f"  kernel alone, one call of 1000 steps, {mode:5s}: median {med * 1e3:.3f} ms "
-            f"(min {mn * 1e3:.3f}) "
-            f"rate {rate:.1f} Hz"
+            f"  {label}: one call of {i_ext.shape[0]} steps, {mode:5s}: {per1k:.3f} ms / 1000 steps "
+            f"(min {mn * 1e3 * 1000 / i_ext.shape[0]:.3f}), rate {rate:.1f} Hz"
         )
 
     def window(s, i_win):
@@ -60,24 +75,51 @@ def fum1k():
         reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
         return _end_window(s, reward, cfg, "rstdp"), spk
 
-    @jax.jit
-    def learn_unrolled(s, i_ext):
-        spikes = []
-        for w in range(i_ext.shape[0] // t_win):
-            s, spk = window(s, i_ext[w * t_win : (w + 1) * t_win])
-            spikes.append(spk)
-        return s, jnp.concatenate(spikes)
+    def learning(label):
+        def learn_unrolled(s, i_ext):
+            spikes = []
+            for w in range(i_ext.shape[0] // t_win):
+                s, spk = window(s, i_ext[w * t_win : (w + 1) * t_win])
+                spikes.append(spk)
+            return s, jnp.concatenate(spikes)
 
-    @jax.jit
-    def learn_scan(s, i_ext):
-        return jax.lax.scan(window, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
+        def learn_scan(s, i_ext):
+            return jax.lax.scan(window, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
 
-    for name, fn in (("unrolled", learn_unrolled), ("lax.scan", learn_scan)):
-        med, mn = timeit(fn, st, i_ext)
-        print(
-            f"  full learning (rstdp, end_window + self-benefit reward every {t_win} steps), {name}: "
-            f"median {med * 1e3:.3f} ms / 1000 steps (min {mn * 1e3:.3f})"
+        for name, fn in (("unrolled", learn_unrolled), ("lax.scan", learn_scan)):
+            med, mn = timeit(jax.jit(fn), st, i_ext, reps=21)
+            rows.append((label, f"learning {name}", med * 1e3, mn * 1e3))
+            print(
+                f"  {label}: full learning (rstdp, end_window + self-benefit reward every {t_win} steps), "
+                f"{name}: {med * 1e3:.3f} ms / 1000 steps (min {mn * 1e3:.3f})"
+            )
+
+    for path in paths:
+        _set_path(path)
+        for mode in ("off", "stdp", "rstdp"):
+            kernel_alone(path, mode, i_ext)
+        kernel_alone(path, "rstdp", i_ext10k, reps=7)
+        learning(path)
+    if "cluster" in paths:
+        for c in sweep:
+            _set_path("cluster", c)
+            kernel_alone(f"cluster C={c}", "rstdp", i_ext)
+        _set_path("auto")
+        # Staging cost per call: 20 calls of 50 steps vs one call of 1000 (kernel alone, no end_window).
+        run50 = jax.jit(
+            lambda s, i: jax.lax.scan(
+                lambda s, i_win: fused.run_steps(s, net, i_win, cfg, "rstdp"),
+                s,
+                i.reshape(-1, t_win, i.shape[1]),
+            )
         )
+        med, mn = timeit(run50, st, i_ext, reps=21)
+        rows.append(("auto", "20 calls x 50 steps", med * 1e3, mn * 1e3))
+        print(
+            f"  auto: 20 calls x 50 steps in lax.scan (no end_window): {med * 1e3:.3f} ms "
+            f"(min {mn * 1e3:.3f})"
+        )
+    _set_path("auto")
 
     # Same thing with the reference backend on the GPU (per-step XLA ops), for scale.
     @jax.jit
@@ -92,6 +134,9 @@ def fum1k():
 
     med, mn = timeit(learn_ref, st, i_ext, reps=3)
     print(f"  reference backend on GPU, same full learning: median {med * 1e3:.3f} ms / 1000 steps")
+    print("\nsummary (ms per 1000 steps unless noted; median, min):")
+    for label, what, med, mn in rows:
+        print(f"  {label:14s} {what:22s} {med:8.3f} {mn:8.3f}")
 
 
 def large(n=100_000, k=100, steps=200):

@@ -1,23 +1,50 @@
 #!/bin/bash
-# One device call: build, GPU tests, compute-sanitizer, timings. Logs under $OUT.
+# One device call: build, GPU tests, compute-sanitizer, Nsight Compute, timings. Logs under $OUT (5 files).
+#   STAGES=test,san,ncu,bench (default all); PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS narrow each stage.
+# If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
+# committed sources only, not other work in progress in a shared checkout.
 set -o pipefail
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee $OUT/nvidia_smi.txt
+stage_t() { echo "== [$((SECONDS))s] $*"; }
+[[ -f .devsnap/head.tar ]] && tar -xf .devsnap/head.tar && echo "unpacked .devsnap/head.tar ($(cat .devsnap/commit 2>/dev/null))"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 ( time python3 -m pip install -q --no-build-isolation --no-deps . ) > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
 tail -3 $OUT/build.log
+stage_t built
 cd /tmp
-STAGE=${STAGE:-all}
-if [[ $STAGE == all || $STAGE == test ]]; then
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -x -q -rsxX -s $OLDPWD/tests/test_fused_gpu.py ${PYTEST_ARGS} 2>&1 | tee $OUT/pytest.log | grep -E "passed|failed|xfail|XFAIL|error|Error|exact raster|block |multi " | tail -60
+STAGES=${STAGES:-test,san,ncu,bench}
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+if has test; then
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -rsxX -s --maxfail=5 $OLDPWD/tests/test_fused_gpu.py ${PYTEST_ARGS} 2>&1 \
+    | tee $OUT/pytest.log | grep -E "passed|failed|xfail|XFAIL|rror|exact raster|^(cluster|block|multi) " | cut -c1-400 | tail -70
+  stage_t tests
 fi
-if [[ $STAGE == all || $STAGE == san ]]; then
+if has san; then
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
   for tool in memcheck racecheck; do
-    timeout ${SAN_TIMEOUT:-100} compute-sanitizer --tool $tool --print-limit 20 python3 $OLDPWD/bench/sanitize_gpu_run_steps.py > $OUT/san_$tool.log 2>&1
-    echo "== $tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Error|Hazard|done" $OUT/san_$tool.log | tail -5
+    echo "######## $tool" >> $OUT/san.log
+    timeout ${SAN_TIMEOUT:-100} compute-sanitizer --tool $tool --print-limit 20 python3 $OLDPWD/bench/sanitize_gpu_run_steps.py >> $OUT/san.log 2>&1
+    echo "== $tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|done" $OUT/san.log | tail -3
   done
   unset XLA_PYTHON_CLIENT_PREALLOCATE
+  stage_t sanitizer
 fi
-if [[ $STAGE == all || $STAGE == bench ]]; then
-  timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log | grep -v "^W0\|^I0"
+if has ncu; then
+  STALLS=$(for r in barrier long_scoreboard short_scoreboard mio_throttle lg_throttle membar wait branch_resolving \
+    no_instruction math_pipe_throttle dispatch_stall not_selected selected misc sleeping; do
+    echo -n "smsp__warp_issue_stalled_${r}_per_warp_active.pct,"; done | sed 's/,$//')
+  for path in ${NCU_PATHS:-cluster block}; do
+    echo "######## path $path" >> $OUT/ncu.txt
+    FUMJAX_GPU_RUN_PATH=$path timeout ${NCU_TIMEOUT:-90} ncu --clock-control none -k regex:RunSteps --launch-skip 1 -c 1 \
+      --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis --metrics $STALLS \
+      python3 $OLDPWD/bench/ncu_gpu_run_steps.py >> $OUT/ncu.txt 2>&1
+    echo "== ncu $path rc=$?"
+  done
+  grep -E "path|RunSteps|Duration|Elapsed Cycles|SM Frequency|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|stalled|Dynamic Shared|rc=" $OUT/ncu.txt | cut -c1-150 | head -70
+  stage_t ncu
+fi
+if has bench; then
+  timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log | grep -v "^W0\|^I0" | tail -45
+  stage_t bench
 fi

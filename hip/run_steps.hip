@@ -40,11 +40,17 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "hip_compat.h"
 #include "xla/ffi/api/ffi.h"
+
+#if !defined(FUMJAX_USE_HIP)
+#include <cooperative_groups.h>
+#endif
 
 #if !defined(FUMJAX_USE_HIP)
 #define hipMemcpyAsync cudaMemcpyAsync
@@ -55,11 +61,13 @@
 #define hipDeviceGetAttribute cudaDeviceGetAttribute
 #define hipDevAttrMaxSharedMemoryPerBlockOptin cudaDevAttrMaxSharedMemoryPerBlockOptin
 #define hipDevAttrMultiProcessorCount cudaDevAttrMultiProcessorCount
+#define hipDevAttrComputeCapabilityMajor cudaDevAttrComputeCapabilityMajor
 #define FUMJAX_FULL_MASK 0xffffffffu
 #define FUMJAX_WARP 32
 #else
 #define hipDevAttrMaxSharedMemoryPerBlockOptin hipDeviceAttributeSharedMemPerBlockOptin
 #define hipDevAttrMultiProcessorCount hipDeviceAttributeMultiprocessorCount
+#define hipDevAttrComputeCapabilityMajor hipDeviceAttributeComputeCapabilityMajor
 #define FUMJAX_FULL_MASK 0xffffffffffffffffull
 #define FUMJAX_WARP 64
 #endif
@@ -417,6 +425,369 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
 }
 
 // =====================================================================================================
+// Cluster path (CUDA, compute capability >= 9.0): a thread-block cluster of C CTAs (1024 threads each)
+// runs all T steps; everything a step touches lives in shared memory.
+//
+// Partition by POST neuron. CTA c owns posts [c*32*P, (c+1)*32*P); warp w of it owns P consecutive posts,
+// lane l < P post number l (v, refrac, dt/tau, v_th, y trace, window count and, for D == 1, the ring value
+// in registers). A CTA stages the incoming synapses of its posts, in in-list order (ascending synapse index
+// per post), into shared memory once per call: presynaptic index (uint16), owning post within the warp
+// (uint8), w, eligibility (rstdp) and delay (uint8, D > 1). The presynaptic trace x and the spike flags of
+// ALL neurons are replicated in every CTA (x is a function of the raster: x' = fma(x, decay, spike)).
+//
+// Per step, per warp: (A) pending trace update (x for all neurons, spread over the CTA; y of its posts),
+// input + LIF of its posts, the spike flags written to every CTA's flag buffer through distributed shared
+// memory; ONE cluster barrier; (C) a pass over the warp's incoming synapses: a synapse is active when its pre
+// or its post spiked; active ones get STDP (eligibility or weight), and those whose pre spiked deliver
+// g*w to their post -- accumulated by the post's own lane in ascending synapse order, i.e. exactly the
+// reference scatter's order, so v and the ring match the CPU bit for bit (no atomics anywhere).
+// x and the flags are double-buffered by step parity, so no CTA-wide barrier is needed besides the
+// cluster barrier: a buffer written at step t+1 was last read at step t-1, before every CTA's barrier t.
+// This is a per-step pass over the CTA's incoming synapses (~E/C/1024 shared-memory reads per thread), which
+// for small networks costs less than the dependent loads of an event-driven walk.
+//
+// A CTA whose synapses do not fit in shared memory reads them from global memory instead (same code, one
+// more dependent load per synapse): correct but slow; the host picks this path only where they fit.
+// =====================================================================================================
+#if !defined(FUMJAX_USE_HIP)
+constexpr int kClusterThreads = 1024;
+constexpr int kClusterWarps = kClusterThreads / 32;
+constexpr uint16_t kNoPre = 0xFFFF;
+
+struct ClusterPlan {
+  int32_t csize = 1;       // CTAs per cluster (C)
+  int32_t p = 1;           // posts per warp (P <= 32)
+  int32_t cap = 0;         // synapse capacity of one CTA's shared memory
+  uint32_t off_spk = 0;    // byte offsets into dynamic shared memory
+  uint32_t off_code = 0;
+  uint32_t off_ring = 0;
+  uint32_t off_w = 0;
+  uint32_t off_elig = 0;
+  uint32_t off_pre = 0;
+  uint32_t off_lpost = 0;
+  uint32_t off_delay = 0;
+  uint32_t bytes = 0;
+};
+
+__device__ __forceinline__ void ClusterArriveWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+  __syncthreads();
+#endif
+}
+
+__device__ __forceinline__ uint8_t* RemoteShared(uint8_t* local, int32_t rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().map_shared_rank(local, static_cast<unsigned>(rank));
+#else
+  (void)rank;
+  return local;
+#endif
+}
+
+__device__ __forceinline__ uint32_t ClusterRank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+
+template <typename T, int kMode, bool kD1>
+__global__ void __launch_bounds__(kClusterThreads, 1) RunStepsClusterKernel(GpuArgs<T> a, ClusterPlan plan) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr bool kPlastic = kMode != 0;
+  constexpr bool kRstdp = kMode == 2;
+  constexpr int kU = sizeof(T) == 4 ? 4 : 2;  // synapses per lane in flight
+  const int32_t n = a.n, e = a.e, d = kD1 ? 1 : a.d, P = plan.p;
+  const int32_t rank = static_cast<int32_t>(ClusterRank());
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t pc = kClusterWarps * P;                 // posts per CTA
+  const int32_t cta_i0 = rank * pc;
+  const int32_t warp_i0 = cta_i0 + warp * P;
+  const int32_t pw = max(0, min(P, n - warp_i0));       // posts of this warp
+  const bool own = lane < pw;
+  const int32_t my_i = warp_i0 + lane;
+
+  T* xb = reinterpret_cast<T*>(smem);                   // (2, N) x by step parity
+  uint8_t* spkb = smem + plan.off_spk;                  // (2, N) spike flags by step parity
+  uint8_t* code = smem + plan.off_code;                 // (N,) pre codes
+  T* ring_sh = reinterpret_cast<T*>(smem + plan.off_ring);  // (D, pc), D > 1 only
+  T* w_sh = reinterpret_cast<T*>(smem + plan.off_w);
+  T* el_sh = reinterpret_cast<T*>(smem + plan.off_elig);
+  uint16_t* pre_sh = reinterpret_cast<uint16_t*>(smem + plan.off_pre);
+  uint8_t* lpost_sh = smem + plan.off_lpost;
+  uint8_t* dl_sh = smem + plan.off_delay;
+
+  // This CTA's and this warp's in-list ranges (clamped: a malformed in_ptr cannot index out of bounds).
+  auto in_at = [&](int32_t i) {
+    const int32_t q = __ldg(a.in_ptr + min(max(i, 0), n));
+    return min(max(q, 0), e);
+  };
+  const int32_t cta_p0 = in_at(cta_i0);
+  const int32_t cta_p1 = max(cta_p0, in_at(min(cta_i0 + pc, n)));
+  const int32_t n_entries = cta_p1 - cta_p0;
+  const bool staged = n_entries <= plan.cap;
+  const int32_t wq0 = min(max(in_at(warp_i0), cta_p0), cta_p1) - cta_p0;        // local entry indices
+  const int32_t wq1 = max(wq0, min(max(in_at(warp_i0 + pw), cta_p0), cta_p1) - cta_p0);
+
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;
+
+  // ---- stage ----
+  for (int32_t j = tid; j < n; j += kClusterThreads) {
+    xb[j] = a.x[j];
+    code[j] = __ldg(a.excitatory + j);
+  }
+  // Entry q of this CTA: synapse k = in_syn[cta_p0 + q]; invalid ones (bad k, pre or delay) are inert.
+  auto entry = [&](int32_t q, int32_t* k_out, int32_t* j_out, int32_t* dk_out) {
+    const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+    int32_t j = -1, dk = 1;
+    if (static_cast<uint32_t>(k) < static_cast<uint32_t>(e)) {
+      j = __ldg(a.pre + k);
+      if (!kD1) dk = __ldg(a.delay + k);
+      if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n) || dk < 1 || dk > d) j = -1;
+    }
+    *k_out = k;
+    *j_out = j;
+    *dk_out = dk;
+  };
+  if (staged) {
+    for (int32_t q = tid; q < n_entries; q += kClusterThreads) {
+      int32_t k, j, dk;
+      entry(q, &k, &j, &dk);
+      pre_sh[q] = j < 0 ? kNoPre : static_cast<uint16_t>(j);
+      lpost_sh[q] = 0xFF;
+      w_sh[q] = j < 0 ? T(0) : a.w[k];
+      if (kRstdp) el_sh[q] = j < 0 ? T(0) : a.elig[k];
+      if (!kD1) dl_sh[q] = static_cast<uint8_t>(dk);
+    }
+  }
+  __syncthreads();
+  // Owning post (within the warp) of each staged entry; in the global fallback it is found per step.
+  if (staged) {
+    for (int32_t pi = 0; pi < pw; ++pi) {
+      const int32_t q0 = min(max(in_at(warp_i0 + pi), cta_p0 + wq0), cta_p0 + wq1) - cta_p0;
+      const int32_t q1 = max(q0, min(max(in_at(warp_i0 + pi + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+      for (int32_t q = q0 + lane; q < q1; q += 32) lpost_sh[q] = static_cast<uint8_t>(pi);
+    }
+  }
+  // Per-post registers (lane-owned post).
+  T v = T(0), ratio = T(0), vth = T(0), y = T(0), ring_i = T(0), cur1 = T(0), cur2 = T(0);
+  int32_t rf = 0, ws = 0;
+  uint32_t prev_spk = 0;
+  if (own) {
+    v = a.v[my_i];
+    ratio = Div(a.dt, a.tau[my_i]);
+    vth = a.v_th[my_i];
+    rf = a.refrac[my_i];
+    ws = a.window_spikes[my_i];
+    y = a.y[my_i];
+    if (kD1) {
+      ring_i = a.ring[my_i];
+    } else {
+      for (int32_t r = 0; r < d; ++r) ring_sh[r * pc + warp * P + lane] = a.ring[static_cast<int64_t>(r) * n + my_i];
+    }
+    if (a.t_steps > 0) cur1 = a.i_ext[my_i];
+    if (a.t_steps > 1) cur2 = a.i_ext[static_cast<int64_t>(n) + my_i];
+  }
+  // Every CTA of the cluster must be running before any writes into another's shared memory.
+  ClusterArriveWait();
+
+  // Per-post in-list bounds of the warp in the global fallback (lane-held, up to 32 posts).
+  int32_t my_q0 = 0, my_q1 = 0;
+  if (!staged && own) {
+    my_q0 = min(max(in_at(my_i), cta_p0 + wq0), cta_p0 + wq1) - cta_p0;
+    my_q1 = max(my_q0, min(max(in_at(my_i + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+  }
+
+  for (int32_t t = 0; t < a.t_steps; ++t) {
+    const int32_t s = s0 + t;
+    const int32_t slot = FloorMod(s, d);
+    const int32_t par = t & 1;
+    T* xc = xb + par * n;
+    uint8_t* sp = spkb + par * n;
+    // (A) traces: x of every neuron (replica), y of the warp's posts.
+    if (kPlastic && t > 0) {
+      const T* xp = xb + (par ^ 1) * n;
+      const uint8_t* spp = spkb + (par ^ 1) * n;
+      for (int32_t j = tid; j < n; j += kClusterThreads) xc[j] = Fma(xp[j], a.decay_x, static_cast<T>(spp[j]));
+      y = Fma(y, a.decay_y, static_cast<T>(prev_spk));
+    }
+    T inv = T(1), scale = T(1);
+    bool renorm = false;
+    if (kRstdp) {
+      const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
+      renorm = c.renorm;
+      if (renorm) scale = __ldg(a.gamma_pow + c.scale_idx);
+      inv = __ldg(a.inv_pow + JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1));
+    }
+    bool spiked = false;
+    if (own) {
+      T in;
+      if constexpr (kD1) {
+        in = Add(ring_i, cur1);
+        ring_i = T(0);
+      } else {
+        T& rnow = ring_sh[slot * pc + warp * P + lane];
+        in = Add(rnow, cur1);
+        rnow = T(0);
+      }
+      spiked = Lif(a, v, rf, ratio, vth, in);
+      a.spikes[static_cast<int64_t>(t) * n + my_i] = static_cast<uint8_t>(spiked);
+      ws += spiked;
+      prev_spk = spiked;
+      cur1 = cur2;
+      if (t + 2 < a.t_steps) cur2 = a.i_ext[static_cast<int64_t>(t + 2) * n + my_i];
+    }
+    const uint32_t bits = __ballot_sync(FUMJAX_FULL_MASK, spiked);  // bit l: post l of this warp spiked
+    for (int32_t idx = lane; idx < plan.csize * pw; idx += 32) {
+      const int32_t r = idx / pw, pi = idx - r * pw;
+      RemoteShared(sp, r)[warp_i0 + pi] = static_cast<uint8_t>((bits >> pi) & 1u);
+    }
+    ClusterArriveWait();
+
+    // (C) the warp's incoming synapses.
+    if (kRstdp && renorm) {
+      for (int32_t q = wq0 + lane; q < wq1; q += 32) {
+        if (staged) {
+          el_sh[q] = Mul(el_sh[q], scale);
+        } else {
+          const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+          if (static_cast<uint32_t>(k) < static_cast<uint32_t>(e)) a.elig[k] = Mul(a.elig[k], scale);
+        }
+      }
+      __syncwarp();
+    }
+    for (int32_t qb = wq0; qb < wq1; qb += 32 * kU) {
+      int32_t qq[kU], jj[kU], pl[kU], kk[kU], rr[kU];
+      bool sj[kU], si[kU];
+      T val[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        qq[u] = qb + u * 32 + lane;
+        jj[u] = -1;
+        pl[u] = 0;
+        kk[u] = qq[u];
+        rr[u] = 1;
+        if (!staged) {  // owning post from the bounds the post lanes hold (pw is warp-uniform)
+          for (int32_t pi = 0; pi < pw; ++pi) {
+            const int32_t b0 = __shfl_sync(FUMJAX_FULL_MASK, my_q0, pi);
+            pl[u] = qq[u] >= b0 ? pi : pl[u];
+          }
+        }
+        if (qq[u] < wq1) {
+          if (staged) {
+            const uint16_t j16 = pre_sh[qq[u]];
+            jj[u] = j16 == kNoPre ? -1 : j16;
+            pl[u] = lpost_sh[qq[u]];
+            if (!kD1) rr[u] = dl_sh[qq[u]];
+          } else {
+            entry(qq[u], &kk[u], &jj[u], &rr[u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const bool ok = jj[u] >= 0 && pl[u] < pw;
+        sj[u] = ok && sp[jj[u]] != 0;
+        si[u] = ok && ((bits >> pl[u]) & 1u);
+        if (!ok) jj[u] = -1;
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const T yi = __shfl_sync(FUMJAX_FULL_MASK, y, pl[u] & 31);
+        val[u] = T(0);
+        if (jj[u] >= 0 && (sj[u] || si[u])) {
+          const int32_t q = qq[u];
+          const T wk = staged ? w_sh[q] : a.w[kk[u]];
+          val[u] = Mul(a.g_syn, wk);
+          const uint8_t cj = code[jj[u]];
+          if (kPlastic && cj != 2) {
+            const T zero = T(0);
+            const T ltp = si[u] ? Mul(a.a_plus, Mul(xc[jj[u]], a.decay_x)) : zero;
+            const T ltd = sj[u] ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
+            const T diff = Sub(ltp, ltd);
+            const T dw = cj == 1 ? diff : -diff;
+            if (kRstdp) {
+              T* ep = staged ? &el_sh[q] : &a.elig[kk[u]];
+              *ep = Fma(dw, inv, *ep);
+            } else {
+              const T nw = Add(wk, dw);
+              const T lo = nw < -a.w_clip ? -a.w_clip : nw;
+              (staged ? w_sh[q] : a.w[kk[u]]) = lo > a.w_clip ? a.w_clip : lo;
+            }
+          }
+        }
+      }
+      // Transmission: the post's lane adds its synapses' g*w in ascending synapse order.
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        uint32_t hit = __ballot_sync(FUMJAX_FULL_MASK, sj[u]);
+        while (hit) {
+          const int b = __ffs(hit) - 1;
+          hit &= hit - 1;
+          const T vb = __shfl_sync(FUMJAX_FULL_MASK, val[u], b);
+          const int32_t pb = __shfl_sync(FUMJAX_FULL_MASK, pl[u], b);
+          if (kD1) {
+            if (lane == pb) ring_i = Add(ring_i, vb);
+          } else {
+            const int32_t dk = __shfl_sync(FUMJAX_FULL_MASK, rr[u], b);
+            if (lane == pb) {
+              int32_t rs = slot + dk;
+              if (rs >= d) rs -= d;
+              T* dst = &ring_sh[rs * pc + warp * P + lane];
+              *dst = Add(*dst, vb);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();
+  }
+
+  // ---- write back ----
+  const int32_t lastpar = (a.t_steps - 1) & 1;
+  if (own) {
+    if (kPlastic && a.t_steps > 0) y = Fma(y, a.decay_y, static_cast<T>(prev_spk));
+    a.v[my_i] = v;
+    a.refrac[my_i] = rf;
+    a.window_spikes[my_i] = ws;
+    a.y[my_i] = y;
+    if (kD1) {
+      a.ring[my_i] = ring_i;
+    } else {
+      for (int32_t r = 0; r < d; ++r) a.ring[static_cast<int64_t>(r) * n + my_i] = ring_sh[r * pc + warp * P + lane];
+    }
+  }
+  if (rank == 0) {
+    const T* xl = xb + (a.t_steps > 0 ? lastpar : 0) * n;
+    const uint8_t* sl = spkb + lastpar * n;
+    for (int32_t j = tid; j < n; j += kClusterThreads) {
+      a.x[j] = (kPlastic && a.t_steps > 0) ? Fma(xl[j], a.decay_x, static_cast<T>(sl[j])) : xl[j];
+    }
+    if (tid == 0) {
+      *a.step = s0 + a.t_steps;
+      if (kRstdp && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
+    }
+  }
+  if (staged && kPlastic) {
+    for (int32_t q = tid; q < n_entries; q += kClusterThreads) {
+      if (pre_sh[q] == kNoPre) continue;
+      const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+      if (kRstdp) {
+        a.elig[k] = el_sh[q];
+      } else {
+        a.w[k] = w_sh[q];
+      }
+    }
+  }
+}
+#endif  // !FUMJAX_USE_HIP
+
+// =====================================================================================================
 // Multi-kernel path.
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
@@ -542,6 +913,8 @@ __global__ void __launch_bounds__(kMultiThreads) FinalizeKernel(GpuArgs<T> a) {
 struct DeviceInfo {
   int max_shared_optin = 0;
   int sm_count = 0;
+  int cc_major = 0;
+  int device = 0;
 };
 
 DeviceInfo GetDeviceInfo() {
@@ -554,11 +927,149 @@ DeviceInfo GetDeviceInfo() {
     DeviceInfo info;
     hipDeviceGetAttribute(&info.max_shared_optin, hipDevAttrMaxSharedMemoryPerBlockOptin, dev);
     hipDeviceGetAttribute(&info.sm_count, hipDevAttrMultiProcessorCount, dev);
+    hipDeviceGetAttribute(&info.cc_major, hipDevAttrComputeCapabilityMajor, dev);
+    info.device = dev;
     cache[dev] = info;
     have[dev] = true;
   }
   return cache[dev];
 }
+
+#if !defined(FUMJAX_USE_HIP)
+// Shared-memory layout of the cluster path for C CTAs; false when the path cannot take the network.
+template <typename T>
+bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int64_t max_smem, ClusterPlan* plan) {
+  if (n < 1 || n >= kNoPre || d < 1 || d > 255 || csize < 1) return false;
+  const int64_t warps = static_cast<int64_t>(csize) * kClusterWarps;
+  const int64_t p = (n + warps - 1) / warps;
+  if (p > 32) return false;
+  const int64_t pc = p * kClusterWarps;
+  auto al = [](int64_t b) { return (b + 15) / 16 * 16; };
+  int64_t off = al(2 * n * static_cast<int64_t>(sizeof(T)));
+  plan->off_spk = static_cast<uint32_t>(off);
+  off += al(2 * n);
+  plan->off_code = static_cast<uint32_t>(off);
+  off += al(n);
+  plan->off_ring = static_cast<uint32_t>(off);
+  if (d > 1) off += al(d * pc * static_cast<int64_t>(sizeof(T)));
+  const int64_t entry_bytes = static_cast<int64_t>(sizeof(T)) * (mode == 2 ? 2 : 1) + 2 + 1 + (d > 1 ? 1 : 0);
+  if (off + 16 * entry_bytes > max_smem) return false;
+  const int64_t cap = std::min((max_smem - off) / entry_bytes / 16 * 16, (e + 15) / 16 * 16);
+  plan->off_w = static_cast<uint32_t>(off);
+  off += cap * static_cast<int64_t>(sizeof(T));
+  plan->off_elig = static_cast<uint32_t>(off);
+  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(T));
+  plan->off_pre = static_cast<uint32_t>(off);
+  off += cap * 2;
+  plan->off_lpost = static_cast<uint32_t>(off);
+  off += cap;
+  plan->off_delay = static_cast<uint32_t>(off);
+  if (d > 1) off += cap;
+  plan->bytes = static_cast<uint32_t>(off);
+  plan->cap = static_cast<int32_t>(cap);
+  plan->p = static_cast<int32_t>(p);
+  plan->csize = csize;
+  return true;
+}
+
+// Launches (or, with a == nullptr, only checks that a cluster of plan.csize CTAs can be scheduled).
+template <typename T, int kMode, bool kD1>
+hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& plan, hipStream_t stream) {
+  auto* kern = &RunStepsClusterKernel<T, kMode, kD1>;
+  static uint32_t allowed = 48 * 1024;  // per-function limits, raised once (host calls only: capture-safe)
+  static bool nonportable = false;
+  if (plan.bytes > allowed) {
+    const hipError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                static_cast<int>(plan.bytes));
+    if (err != hipSuccess) return err;
+    allowed = plan.bytes;
+  }
+  if (plan.csize > 8 && !nonportable) {
+    const hipError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != hipSuccess) return err;
+    nonportable = true;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.csize), 1, 1);
+  cfg.blockDim = dim3(kClusterThreads, 1, 1);
+  cfg.dynamicSmemBytes = plan.bytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(plan.csize);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (a == nullptr) {
+    int clusters = 0;
+    const hipError_t err = cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg);
+    if (err != hipSuccess) return err;
+    return clusters >= 1 ? hipSuccess : cudaErrorInvalidClusterSize;
+  }
+  return cudaLaunchKernelEx(&cfg, kern, *a, plan);
+}
+
+template <typename T>
+hipError_t ClusterLaunch(const GpuArgs<T>* a, int32_t mode, bool d1, const ClusterPlan& plan, hipStream_t stream) {
+  switch (mode) {
+    case 0: return d1 ? ClusterLaunchT<T, 0, true>(a, plan, stream) : ClusterLaunchT<T, 0, false>(a, plan, stream);
+    case 1: return d1 ? ClusterLaunchT<T, 1, true>(a, plan, stream) : ClusterLaunchT<T, 1, false>(a, plan, stream);
+    default: return d1 ? ClusterLaunchT<T, 2, true>(a, plan, stream) : ClusterLaunchT<T, 2, false>(a, plan, stream);
+  }
+}
+
+// Picks the cluster size: the requested one (FUMJAX_GPU_CLUSTER, default 8) or the next smaller that
+// plans and schedules. `need_staged`: only accept a plan whose expected per-CTA synapses fit shared memory.
+template <typename T>
+bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged, ClusterPlan* plan) {
+  if (info.cc_major < 9) return false;
+  int32_t want = 8;
+  if (const char* env = std::getenv("FUMJAX_GPU_CLUSTER")) want = std::atoi(env);
+  if (want < 1 || want > 16) want = 8;
+  struct Key {
+    int64_t n = -1, e = -1, d = -1;
+    int32_t mode = -1, want = -1, dev = -1;
+    bool need = false;
+    bool operator==(const Key& o) const {
+      return n == o.n && e == o.e && d == o.d && mode == o.mode && want == o.want && dev == o.dev && need == o.need;
+    }
+  };
+  static std::mutex mu;
+  static Key last_key;
+  static ClusterPlan last_plan;
+  static bool last_ok = false;
+  std::lock_guard<std::mutex> lock(mu);
+  Key key;
+  key.n = a.n;
+  key.e = a.e;
+  key.d = a.d;
+  key.mode = a.mode;
+  key.want = want;
+  key.dev = info.device;
+  key.need = need_staged;
+  if (key == last_key) {
+    *plan = last_plan;
+    return last_ok;
+  }
+  bool ok = false;
+  for (int32_t c = want; c >= 1 && !ok; c = c > 8 ? 8 : c / 2) {
+    ClusterPlan p;
+    if (!PlanCluster<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &p)) continue;
+    if (need_staged && (static_cast<int64_t>(a.e) / c) * 5 / 4 + 256 > p.cap) continue;
+    if (ClusterLaunch<T>(nullptr, a.mode, a.d == 1, p, nullptr) != hipSuccess) {
+      (void)hipGetLastError();  // clear a sticky launch-config error
+      continue;
+    }
+    *plan = p;
+    ok = true;
+  }
+  last_key = key;
+  last_plan = *plan;
+  last_ok = ok;
+  return ok;
+}
+#endif  // !FUMJAX_USE_HIP
 
 template <typename T, int R>
 hipError_t LaunchBlock(const GpuArgs<T>& a, size_t shared, hipStream_t stream) {
@@ -587,10 +1098,19 @@ int BlockR(int64_t n) {
 template <typename T>
 hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
   const DeviceInfo info = GetDeviceInfo();
+  const char* force = std::getenv("FUMJAX_GPU_RUN_PATH");
+#if !defined(FUMJAX_USE_HIP)
+  // Cluster path: where forced (any network it can plan), or by default where the synapses fit.
+  const bool forced_cluster = force != nullptr && std::strcmp(force, "cluster") == 0;
+  if (forced_cluster || force == nullptr || std::strcmp(force, "auto") == 0) {
+    ClusterPlan plan;
+    if (ChooseCluster<T>(a, info, !forced_cluster, &plan)) return ClusterLaunch<T>(&a, a.mode, a.d == 1, plan, stream);
+  }
+#endif
   const size_t shared = BlockSharedBytes<T>(a.n, a.d);
   const int r = BlockR<T>(a.n);
   bool use_block = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
-  if (const char* force = std::getenv("FUMJAX_GPU_RUN_PATH")) {
+  if (force != nullptr) {
     if (std::strcmp(force, "multi") == 0) use_block = false;
     if (std::strcmp(force, "block") == 0 && r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin)) {
       use_block = true;

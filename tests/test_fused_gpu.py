@@ -1,10 +1,12 @@
 """GPU whole-run kernel (hip/run_steps.hip) against the reference backend run on the CPU.
 
-The reference (`dynamics._simulate`, backend 'reference', jitted on the CPU device) is the truth. The GPU
-kernel adds several spikes arriving at one neuron in one step with atomicAdd, in no fixed order, while the
-reference adds them in ascending synapse order; from three addends on the sums can differ by an ulp, which
-can flip a spike sitting exactly on threshold and then the rasters diverge. Most runs still match exactly;
-`test_exact_match_rate` measures how many. Both GPU paths (one persistent block; per-step kernels) are run.
+The reference (`dynamics._simulate`, backend 'reference', jitted on the CPU device) is the truth. Three GPU
+paths are run. The cluster path (Hopper thread-block cluster, the default for small networks) sums each
+neuron's inputs in ascending synapse order like the reference, so its rasters, v and ring must match
+exactly. The block and multi paths add several spikes arriving at one neuron in one step with atomicAdd, in
+no fixed order; from three addends on the sums can differ by an ulp, which can flip a spike sitting exactly on
+threshold and then the rasters diverge. Most runs still match exactly; `test_exact_match_rate` measures how
+many (default path).
 """
 
 from __future__ import annotations
@@ -111,8 +113,22 @@ def assert_match(c: dict) -> None:
         assert c[f], (f, c)
 
 
-@pytest.fixture(params=["block", "multi"])
+def _cluster_path_available() -> bool:
+    cc = getattr(GPU, "compute_capability", None)  # "9.0" on CUDA devices
+    return cc is not None and float(cc) >= 9.0
+
+
+def assert_bitwise(c: dict) -> None:
+    """The cluster path sums in the reference's order: v and the ring match exactly too."""
+    assert_match(c)
+    for f in ("w", "elig", "x_pre", "y_post", "v_mV", "ring_mV"):
+        assert c[f] == 0.0, (f, c)
+
+
+@pytest.fixture(params=["cluster", "block", "multi"])
 def path(request, monkeypatch):
+    if request.param == "cluster" and not _cluster_path_available():
+        pytest.skip("cluster path needs compute capability >= 9.0")
     monkeypatch.setenv("FUMJAX_GPU_RUN_PATH", request.param)
     return request.param
 
@@ -123,6 +139,9 @@ def test_gpu_matches_cpu_reference(n, delays, mode, path):
     net, cfg, state, i_ext = make_case(n, 50 if n <= 1000 else 100, delays, seed=n + len(delays), t_steps=400)
     c = compare(*run_both(net, cfg, state, i_ext, mode))
     print(path, n, delays, mode, c)
+    if path == "cluster":  # N = 5000 x 100 does not fit shared memory: the global-memory fallback runs
+        assert_bitwise(c)
+        return
     if not c["exact"]:
         # Summation order of >= 3 same-step inputs (atomics): allowed to diverge only after some steps.
         assert c["first_diff_step"] > 0, c
@@ -130,10 +149,29 @@ def test_gpu_matches_cpu_reference(n, delays, mode, path):
     assert_match(c)
 
 
+@pytest.mark.parametrize("csize", [1, 2, 16])
+@pytest.mark.parametrize("delays", ["1", "mixed"])
+def test_cluster_sizes(csize, delays, monkeypatch):
+    """Cluster of 1 (synapses of N = 1000 x 50 overflow one CTA: global fallback), 2 and 16 CTAs (falls back
+    to the largest size the device schedules); 8 is the default, run above."""
+    if not _cluster_path_available():
+        pytest.skip("cluster path needs compute capability >= 9.0")
+    monkeypatch.setenv("FUMJAX_GPU_RUN_PATH", "cluster")
+    monkeypatch.setenv("FUMJAX_GPU_CLUSTER", str(csize))
+    net, cfg, state, i_ext = make_case(1000, 50, delays, seed=11 + csize, t_steps=300)
+    for mode in ("stdp", "rstdp"):
+        c = compare(*run_both(net, cfg, state, i_ext, mode))
+        print("cluster", csize, delays, mode, c)
+        assert_bitwise(c)
+
+
 def test_long_run_10k_steps(path):
     net, cfg, state, i_ext = make_case(1000, 50, "mixed", seed=7, t_steps=10_000)
     c = compare(*run_both(net, cfg, state, i_ext, "rstdp"))
     print(path, "10k", c)
+    if path == "cluster":
+        assert_bitwise(c)
+        return
     if not c["exact"]:
         pytest.xfail(f"raster diverged at step {c['first_diff_step']} (atomicAdd order): {c}")
     assert_match(c)
