@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, help="seed of network and input streams (default 0)")
     s.add_argument("--json", action="store_true", help="print only a JSON summary line")
+    from fumjax.distributed.mpi_cli import add_distributed_arguments
+
+    add_distributed_arguments(s)
     s.set_defaults(func=_simulate)
     from fumjax.distributed.partition_cli import add_partition_command
 
@@ -61,6 +64,10 @@ def _simulate(args: argparse.Namespace) -> int:
         cfg = cfg.replace(**overrides)
     if args.steps <= 0:
         raise ValueError(f"--steps = {args.steps}: must be >= 1")
+    if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
+        from fumjax.distributed.mpi_cli import simulate_distributed
+
+        return simulate_distributed(args, cfg)
 
     import jax
     import numpy as np

@@ -199,10 +199,17 @@ class MpiRun:
         state, (out, rewards) = self._timed(fn, n_windows * self.cfg.run.window_steps)
         return state, out, rewards
 
-    def compile(self, state: State, n_windows: int, *, record_spikes: bool = False) -> None:
-        """Compile run_driven(state, n_windows) ahead of time (no step runs, no exchange)."""
-        prog = self._driven_program(n_windows, record_spikes)
-        self._call(("driven", n_windows, record_spikes), prog, self.local, state)
+    def compile(
+        self, state: State, n_windows: int = 0, *, n_steps: int = 0, record_spikes: bool = False
+    ) -> None:
+        """Compile run_driven(state, n_windows) and/or run(state, (n_steps, n_p) input) ahead of time (nothing
+        runs, nothing is exchanged), so that ranks start the run together and timings exclude compiling."""
+        if n_windows:
+            prog = self._driven_program(n_windows, record_spikes)
+            self._call(("driven", n_windows, record_spikes), prog, self.local, state)
+        if n_steps:
+            i_ext = jax.ShapeDtypeStruct((n_steps, self.local.n_neurons), state.v_mV.dtype)
+            self._call(("run", n_steps), self._run_program(), self.local, state, i_ext)
 
     def stats(self) -> list[dict]:
         """Every rank's run statistics: a list by rank of dicts with keys rank, steps, run_s, step_ms,
