@@ -6,6 +6,7 @@ an error naming it, within the timeout."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -24,7 +25,7 @@ from fumjax.dynamics import _end_window, background_current, running_rate_hz, st
 from fumjax.network import Network
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "mpi"))
-from mpi_launch import have_mpi, mpirun_cmd  # noqa: E402
+from mpi_launch import have_mpi, mpirun_cmd, mpirun_prefix  # noqa: E402
 
 pytestmark = [
     pytest.mark.mpi,
@@ -148,3 +149,42 @@ def test_four_ranks_fused_stdp_equal_single_process(tmp_path):
     pytest.importorskip("fumjax._core")
     _launch(4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp")
     _assert_identical(tmp_path / "out.npz", _single("stdp", "fused", True))
+
+
+def test_cli_distributed_matches_single_process(tmp_path):
+    """`mpirun -n 2 fumjax simulate --distributed`: the same spikes as `fumjax.run_driven`, a checkpoint
+    at step 100, and a summary line with each rank's step time and exchange share."""
+    cli = [
+        sys.executable,
+        "-m",
+        "fumjax.cli",
+        "simulate",
+        "--distributed",
+        "--neurons",
+        str(N),
+        "--steps",
+        "120",
+    ]
+    cmd = mpirun_prefix(2) + cli + ["--checkpoint-dir", str(tmp_path), "--checkpoint-every", "100"]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-4000:]
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 2  # rank 0 only: summary line, JSON line
+    assert re.match(
+        r"fumjax simulate --distributed: 2 ranks, .*rank 0 [0-9.]+ ms/step \([0-9.]+% exchange\), rank 1",
+        lines[0],
+    )
+    out = json.loads(lines[1])
+    cfg = FumConfig().replace(neuron={"n_neurons": N})
+    net = fumjax.build_network(cfg)
+    s, counts, _ = fumjax.run_driven(fumjax.init_state(net, cfg), net, 2, config=cfg)
+    _, sp = fumjax.simulate(s, net, background_current(s, net, 20, cfg), config=cfg)
+    assert out["spike_count"] == int(np.asarray(counts).sum()) + int(np.asarray(sp).sum()) > 0
+    assert out["ranks"] == 2 and len(out["exchange_share_per_rank"]) == 2
+    assert out["checkpoints"] == [str(tmp_path / "ckpt-0000000100.npz")]
+
+
+def test_cli_checkpoint_flags_need_distributed():
+    from fumjax.cli import main
+
+    assert main(["simulate", "--neurons", "50", "--steps", "10", "--resume"]) == 2

@@ -20,9 +20,14 @@ def have_mpi() -> bool:
     return shutil.which("mpirun") is not None
 
 
-def mpirun_cmd(n: int, script: str, *args: str) -> list[str]:
-    """The command running tests/mpi/<script> on n ranks with this Python."""
+def mpirun_prefix(n: int) -> list[str]:
+    """`mpirun -n n --oversubscribe [--allow-run-as-root]`, to put before a command."""
     cmd = [shutil.which("mpirun") or "mpirun", "-n", str(n), "--oversubscribe"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
-    return cmd + [sys.executable, str(HERE / script), *args]
+    return cmd
+
+
+def mpirun_cmd(n: int, script: str, *args: str) -> list[str]:
+    """The command running tests/mpi/<script> on n ranks with this Python."""
+    return mpirun_prefix(n) + [sys.executable, str(HERE / script), *args]
