@@ -45,10 +45,10 @@ def _launch(n: int, out: Path, *args: str, timeout: float = 240, check: bool = T
 
 
 @functools.cache
-def _single(mode: str, backend: str, stepwise: bool):
+def _single(mode: str, backend: str, stepwise: bool, amp_mV: float = 2.25):
     """The single-process run: fumjax.run_driven, or (stepwise) the same windows through fumjax.step one
     step at a time (the path a part takes with the fused backend: fused LIF, jnp transmission/STDP)."""
-    cfg = FumConfig()
+    cfg = FumConfig().replace(drive={"amp_mV": amp_mV})
     net = Network.distance_biased(N, seed=0)
     s = fumjax.init_state(net, cfg)
     if not stepwise:
@@ -145,10 +145,14 @@ def test_hung_rank_is_named_within_the_timeout(tmp_path):
     assert msg and msg.group(1) in "013", res.stderr[-3000:]
 
 
-def test_four_ranks_fused_stdp_equal_single_process(tmp_path):
+def test_four_ranks_fused_stdp_dense_spikes_equal_single_process(tmp_path):
+    """Fused backend, plain STDP, a drive that makes more than 1/32 of a part fire at most steps (spikes
+    travel bit-packed then)."""
     pytest.importorskip("fumjax._core")
-    _launch(4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp")
-    _assert_identical(tmp_path / "out.npz", _single("stdp", "fused", True))
+    _launch(4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0")
+    single = _single("stdp", "fused", True, 4.0)
+    assert (single[1].reshape(-1, N).mean(1) > 1 / 32).mean() > 0.4
+    _assert_identical(tmp_path / "out.npz", single)
 
 
 def test_cli_distributed_matches_single_process(tmp_path):

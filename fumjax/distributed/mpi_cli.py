@@ -125,6 +125,7 @@ def simulate_distributed(args: argparse.Namespace, cfg) -> int:
         "cross_min_delay": run.cross_min_delay,
         "step_ms_per_rank": [round(s["step_ms"], 4) for s in stats],
         "exchange_share_per_rank": [round(s["exchange_share"], 4) for s in stats],
+        "events_sent_per_rank": [s["events_sent"] for s in stats],
         "checkpoints": checkpoints,
     }
     if not args.json:

@@ -53,7 +53,34 @@ from fumjax.network import Network
 from fumjax.state import State, init_state
 from fumjax.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["MpiRun", "network_fingerprint"]
+__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes"]
+
+_EVENTS, _BITMASK = 0, 1  # spike message kinds
+_MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
+
+
+def encode_spikes(spikes_local: np.ndarray, members: np.ndarray, step_now: int) -> np.ndarray:
+    """One step's spike message of a part: uint8 bytes of int32 (step, kind) then the events (global source
+    ids, int32) or, when that is smaller (more than 1/32 of the part fired), the part's spikes bit-packed."""
+    fired = np.flatnonzero(spikes_local)
+    if 32 * fired.shape[0] > spikes_local.shape[0]:
+        return np.concatenate(
+            [np.array([step_now, _BITMASK], np.int32).view(np.uint8), np.packbits(spikes_local.astype(bool))]
+        )
+    msg = np.empty(2 + fired.shape[0], np.int32)
+    msg[0], msg[1], msg[2:] = step_now, _EVENTS, members[fired]
+    return msg.view(np.uint8)
+
+
+def decode_spikes(msg: np.ndarray, members: np.ndarray, spikes_pre: np.ndarray) -> int:
+    """Set spikes_pre[id] = 1 for the spikes of a message from the part with `members`; returns its step."""
+    step_now, kind = msg[:8].view(np.int32)
+    if kind == _EVENTS:
+        spikes_pre[msg[8:].view(np.int32)] = 1
+    else:
+        bits = np.unpackbits(msg[8:], count=members.shape[0])
+        spikes_pre[members[np.flatnonzero(bits)]] = 1
+    return int(step_now)
 
 
 def network_fingerprint(net: Network) -> str:
@@ -115,6 +142,7 @@ class MpiRun:
         self.run_s = 0.0  # time in run / run_driven
         self.steps_run = 0
         self.events_sent = 0
+        self.bytes_sent = 0  # spike messages to all peers, payload + envelope estimate
         self._compiled: dict = {}
 
     # ---- states -------------------------------------------------------------------------------------
@@ -213,7 +241,7 @@ class MpiRun:
 
     def stats(self) -> list[dict]:
         """Every rank's run statistics: a list by rank of dicts with keys rank, steps, run_s, step_ms,
-        exchange_s, exchange_share, events_sent."""
+        exchange_s, exchange_share, events_sent, bytes_sent."""
         mine = {
             "rank": self.rank,
             "steps": self.steps_run,
@@ -222,6 +250,7 @@ class MpiRun:
             "exchange_s": self.exchange_s,
             "exchange_share": self.exchange_s / self.run_s if self.run_s else 0.0,
             "events_sent": self.events_sent,
+            "bytes_sent": self.bytes_sent,
         }
         return self.ex.allgather_obj(mine, "run statistics")
 
@@ -279,19 +308,18 @@ class MpiRun:
     def _exchange_spikes(self, spikes_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         step_now = int(step_now)
-        fired = self.members[np.flatnonzero(spikes_local)]
-        events = np.empty(fired.shape[0] + 1, np.int32)  # (step, global source ids...)
-        events[0], events[1:] = step_now, fired
-        got = self.ex.allgather_bytes(events, f"the spikes of step {step_now}")
+        got = self.ex.allgather_bytes(
+            encode_spikes(spikes_local, self.members, step_now), f"the spikes of step {step_now}"
+        )
         spikes_pre = np.zeros(self.net.n_neurons, np.uint8)
         for q, raw in enumerate(got):
-            ev = raw.view(np.int32)
-            if ev[0] != step_now:
+            sent_step = decode_spikes(raw, self.part.members[q], spikes_pre)
+            if sent_step != step_now:
                 raise RuntimeError(
-                    f"rank {self.rank}: rank {q} sent spikes of step {ev[0]} at step {step_now}"
+                    f"rank {self.rank}: rank {q} sent spikes of step {sent_step} at step {step_now}"
                 )
-            spikes_pre[ev[1:]] = 1
-        self.events_sent += fired.shape[0]
+        self.events_sent += int(np.count_nonzero(spikes_local))
+        self.bytes_sent += (len(got[self.rank]) + _MPI_ENVELOPE_BYTES) * (self.size - 1)
         self.exchange_s += time.perf_counter() - t0
         return spikes_pre
 

@@ -1,7 +1,7 @@
 """One conservative MPI run under mpirun (tests/test_mpi_runner.py); rank 0 writes the result.
 
 mpirun -n P python tests/mpi/conservative_run.py OUT.npz [--n 500] [--windows 6] [--plasticity rstdp]
-    [--backend reference] [--ckpt-dir D --ckpt-every W] [--resume FILE] [--timeout 20]
+    [--backend reference] [--ckpt-dir D --ckpt-every W] [--resume FILE] [--timeout 20] [--amp 2.25]
     [--fault exit|hang --fault-rank R --fault-window K]
 
 OUT.npz holds the raster (W, T, N) uint8 of the windows this run did, the rewards, and every field of the
@@ -36,11 +36,14 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--resume")
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument(
+        "--amp", type=float, default=2.25, help="drive amplitude mV (4.0: dense, bit-packed spikes)"
+    )
     ap.add_argument("--fault", choices=("exit", "hang"))
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--fault-window", type=int, default=1)
     a = ap.parse_args(argv)
-    cfg = FumConfig()
+    cfg = FumConfig().replace(drive={"amp_mV": a.amp})
     net = Network.distance_biased(a.n, seed=0)
     run = MpiRun(net, config=cfg, plasticity=a.plasticity, backend=a.backend, timeout_s=a.timeout)
     state = run.load_checkpoint(a.resume)[0] if a.resume else run.init_state()

@@ -1,0 +1,39 @@
+"""Spike messages of the MPI exchange: events (global ids) when sparse, a bit-packed vector when dense."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fumjax.distributed.mpi_runner import decode_spikes, encode_spikes
+
+
+def test_sparse_spikes_travel_as_events():
+    members = np.array([3, 7] + list(range(40, 71)), np.int32)  # 33 neurons of a part
+    spikes = np.zeros(33, np.uint8)
+    spikes[1] = 1  # 1 * 32 <= 33: one int32 id (4 bytes) is smaller than 5 bytes of bits
+    msg = encode_spikes(spikes, members, 17)
+    assert msg.dtype == np.uint8 and msg.view(np.int32).tolist() == [17, 0, 7]  # (step, kind events, id 7)
+    out = np.zeros(80, np.uint8)
+    assert decode_spikes(msg, members, out) == 17
+    assert np.flatnonzero(out).tolist() == [7]
+
+
+def test_dense_spikes_travel_bit_packed():
+    members = np.arange(100, 140, dtype=np.int32)  # 40 neurons
+    spikes = np.zeros(40, np.uint8)
+    spikes[[0, 9, 39]] = 1  # 3 * 32 = 96 > 40: bit-packed, 8 header bytes + 5 bytes
+    msg = encode_spikes(spikes, members, 5)
+    assert msg.shape == (8 + 5,)
+    assert msg[:8].view(np.int32).tolist() == [5, 1]
+    assert msg[8:].tolist() == [0b10000000, 0b01000000, 0, 0, 0b00000001]
+    out = np.zeros(150, np.uint8)
+    out[3] = 1  # other parts' spikes stay
+    assert decode_spikes(msg, members, out) == 5
+    assert np.flatnonzero(out).tolist() == [3, 100, 109, 139]
+
+
+def test_no_spikes_is_a_header_only():
+    msg = encode_spikes(np.zeros(10, np.uint8), np.arange(10, dtype=np.int32), 0)
+    assert msg.view(np.int32).tolist() == [0, 0]
+    out = np.zeros(10, np.uint8)
+    assert decode_spikes(msg, np.arange(10, dtype=np.int32), out) == 0 and not out.any()
