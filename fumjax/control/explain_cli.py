@@ -59,21 +59,7 @@ def save_explainable(
 
 def load_explainable(path: str | Path) -> tuple[dict, dict]:
     """Read an explainable snapshot (file, or directory: its latest); returns (arrays, meta)."""
-    path = Path(path)
-    if path.is_dir():
-        from fumjax.train.checkpoint import latest_checkpoint
-
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {path}")
-        path = found
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            record = json.loads(data["__meta__"].tobytes().decode())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    _, record = load_checkpoint(path, {})  # the record (and checksum) first: it says what the leaves are
     meta = record.get("meta", {})
     if meta.get("kind") != KIND:
         raise CheckpointError(
@@ -81,7 +67,7 @@ def load_explainable(path: str | Path) -> tuple[dict, dict]:
             "fumjax.control.explain_cli.save_explainable"
         )
     like = {k: np.zeros(shape, np.dtype(dt)) for k, (shape, dt) in meta["layout"].items()}
-    arrays, _ = load_checkpoint(path, like)
+    arrays, _ = load_checkpoint(path, like)  # a directory resolves to its latest checkpoint both times
     return arrays, meta
 
 
