@@ -1,4 +1,5 @@
-"""Distribution layer: METIS partitioning, splitting a network into parts, sharded multi-device runs."""
+"""Distribution layer: METIS partitioning, splitting a network into parts, sharded multi-device runs, exact
+MPI runs (one rank per part)."""
 
 from fumjax.distributed.partition import (
     Partition,
@@ -14,6 +15,7 @@ from fumjax.distributed.partition import (
 )
 
 __all__ = [
+    "MpiRun",
     "Partition",
     "ShardedRun",
     "cut_fraction",
@@ -35,4 +37,8 @@ def __getattr__(name: str):
         from fumjax.distributed import sharded
 
         return getattr(sharded, name)
+    if name == "MpiRun":
+        from fumjax.distributed.mpi_runner import MpiRun
+
+        return MpiRun
     raise AttributeError(f"module 'fumjax.distributed' has no attribute {name!r}")

@@ -9,6 +9,7 @@ noticed the same way (or sooner by mpirun itself, which also names it).
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
@@ -132,7 +133,10 @@ class Exchanger:
                 waited = time.monotonic() - start
                 if waited > timeout:
                     self.fail(pending, what, timeout)
-                time.sleep(2e-5 if waited < 1e-2 else 1e-3)
+                if waited < 1e-2:
+                    os.sched_yield()  # low latency when the core is free, cooperative when it is not
+                else:
+                    time.sleep(1e-3)
 
     def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
         """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""
