@@ -13,6 +13,7 @@ from jax.scipy.stats import chi2
 from fumjax.encoders import (
     binomial_cdf_f32,
     decode,
+    gaussian_background_current,
     intensity_to_rates,
     latency_encode,
     lowpass,
@@ -400,3 +401,37 @@ def test_background_edge_rates(rate: float):
         poisson_background_current(seed=1, n_neurons=50, first_step=0, n_steps=10, rate_hz=rate, n_inputs=4)
     )
     np.testing.assert_array_equal(c, 0.0 if rate == 0.0 else 4 * 2.25)
+
+
+# ---------------------------------------------------------------- gaussian_background_current
+
+
+def test_gaussian_background_hand_values():
+    # h(0, 0, 0) = 0xbd1e638b: bytes 139 + 99 + 30 + 189 = 457; h(0, 1, 0): 213 + 127 + 250 + 64 = 654;
+    # h(0, 0, 1): 208 + 152 + 110 + 164 = 634. I = 0.3 + 1.3 * (s - 510) / sqrt(21845).
+    for (s, i, t), total in {(0, 0, 0): 457, (0, 1, 0): 654, (0, 0, 1): 634}.items():
+        h = _hash_py(s, i, t)
+        assert sum((h >> k) & 255 for k in (0, 8, 16, 24)) == total
+    got = np.asarray(
+        gaussian_background_current(seed=0, n_neurons=2, first_step=0, n_steps=2, mean_mV=0.3, std_mV=1.3)
+    )
+    assert got.shape == (2, 2) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0], [0.3 - 1.3 * 53 / 147.80054, 0.3 + 1.3 * 144 / 147.80054], rtol=1e-6)
+    np.testing.assert_allclose(got[1, 0], 0.3 + 1.3 * 124 / 147.80054, rtol=1e-6)
+    # rows are keyed by absolute step: a window starting at step 1 repeats row 1
+    later = gaussian_background_current(seed=0, n_neurons=2, first_step=1, n_steps=1, mean_mV=0.3, std_mV=1.3)
+    np.testing.assert_array_equal(np.asarray(later)[0], got[1])
+
+
+def test_gaussian_background_moments():
+    x = np.asarray(
+        gaussian_background_current(
+            seed=3, n_neurons=1000, first_step=0, n_steps=200, mean_mV=0.3, std_mV=1.3
+        )
+    ).astype(np.float64)
+    # 200k samples: standard errors 0.003 (mean) and ~0.002 (std)
+    assert abs(x.mean() - 0.3) < 0.015 and abs(x.std() - 1.3) < 0.01
+    assert abs(x.max() - 0.3) <= 1.3 * 510 / 147.80054 + 1e-5  # Irwin-Hall(4) range: +-3.45 std
+    # no correlation between neighbouring neurons or steps
+    assert abs(np.corrcoef(x[:, :-1].ravel(), x[:, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1]) < 0.01
