@@ -89,3 +89,52 @@ def test_criterion_minutes_needs_both_conditions_at_once():
     assert dr.criterion_minutes(t, w_syn, p99, w_max=1.0) == 3.0
     assert dr.criterion_minutes(t, w_syn, p99 + 0.3, w_max=1.0) is None
     assert dr.criterion_minutes(t, 4 * w_syn, 4 * p99, w_max=4.0) == 3.0  # fractions of w_max
+
+
+def _lif_spike_steps(n_steps: int, drive_mV: float, v_th: list[float], w01: float) -> list[list[int]]:
+    """Plain-numpy LIF (DESIGN step equations, tau 20 ms, rest/reset -70 mV) of neurons 0 -> 1 (weight w01,
+    1 mV per unit, one-step delay), both driven by a constant current; spike steps of each neuron."""
+    v, pending, out = np.full(2, -70.0), 0.0, [[], []]
+    for t in range(n_steps):
+        i = np.array([drive_mV, drive_mV + pending])
+        v = v + (1.0 / 20.0) * (-70.0 - v) + i
+        s = v >= np.asarray(v_th)
+        v[s] = -70.0
+        pending = w01 * float(s[0])
+        for k in np.flatnonzero(s):
+            out[k].append(t)
+    return out
+
+
+def test_chunk_counts_the_pairings_of_the_simulated_raster():
+    from fumjax.config import FumConfig
+    from fumjax.network import Network
+    from fumjax.state import init_state
+
+    net = Network.from_arrays([0], [1], [0.5], [20.0, 20.0], [-60.0, -59.0], [True, True])
+    cfg = FumConfig.from_dict(
+        {
+            "neuron": {"n_neurons": 2},
+            "connectivity": {"k_per_neuron": 1, "g_syn_mV": 1.0},
+            "plasticity": {"mode": "rstdp", "eta": 0.0},
+            "intrinsic": {"enabled": False},
+            "run": {"window_steps": 10, "backend": "reference"},
+        }
+    )
+    protocol = dr.DistalProtocol(noise_mean_mV=1.0, noise_std_mV=0.0)
+    state, ps = init_state(net, cfg), dr.init_protocol(protocol)
+    state, ps, summary = dr.run_distal_chunk(
+        state, ps, net, jnp.zeros((1,), jnp.int32), n_windows=30, cfg=cfg, protocol=protocol, syn=0
+    )
+    pre_t, post_t = _lif_spike_steps(300, 1.0, [-60.0, -59.0], 0.5)
+    assert pre_t[0] == 13 and post_t[0] == 14  # u = 20(1 - 0.95^t): 10 mV at t = 14; 10.73 + 0.5 at t = 15
+    pairs, last = 0, None
+    for t in range(300):
+        if t in post_t and last is not None and 1 <= t - last <= 20:
+            pairs, last = pairs + 1, None
+        if t in pre_t:
+            last = t
+    assert pairs >= 15 and int(ps.n_pairings) == pairs
+    # no reward is due within 300 steps (delays >= 1000); eta = 0 keeps the weight
+    assert int(ps.n_rewards) == 0 and float(summary["w_syn"]) == 0.5
+    assert int((ps.due != NEVER).sum()) == min(pairs, protocol.queue_size)
