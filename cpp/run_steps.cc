@@ -171,9 +171,10 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   const auto bad_index = [] {
     return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
   };
-  // Several threads split each row by post (bisection when the posts of every row ascend, as Network
-  // builds them): check the rows once, and every post index, since a bisection would skip a bad one.
-  if (a.threads > 1) {
+  // Long calls and threaded calls check every index array once here (O(E)), so the step loops run
+  // without checks; several threads split each row by post, by bisection when the posts of every row
+  // ascend (as Network builds them), which would also skip a bad post index.
+  if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
     for (int64_t j = 0; j < a.n; ++j) {
       const int32_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
       if (k0 < 0 || k1 < k0 || k1 > a.e) {
@@ -186,18 +187,58 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         if (k > k0 && a.post[k] < a.post[k - 1]) a.rows_sorted = false;
       }
     }
-  }
-  // Long plastic runs: pre of each in-list entry, so the incoming-synapse STDP pass reads it sequentially
-  // instead of through a dependent random load (~10% faster; building it costs ~E random loads).
-  std::vector<int32_t> in_pre;
-  if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
-    in_pre.resize(static_cast<size_t>(a.e));
-    for (int64_t p = 0; p < a.e; ++p) {
-      const int32_t k = a.in_syn[p];
-      if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) return bad_index();
-      in_pre[static_cast<size_t>(p)] = a.pre[k];
+    if (a.d > 1) {
+      for (int64_t k = 0; k < a.e; ++k) {
+        if (a.delay[k] < 1 || a.delay[k] > a.d) {
+          return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
+        }
+      }
     }
-    a.in_pre = in_pre.data();
+    for (int64_t i = 0; i < a.n; ++i) {
+      const int32_t p0 = a.in_ptr[i], p1 = a.in_ptr[i + 1];
+      if (p0 < 0 || p1 < p0 || p1 > a.e) {
+        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+      }
+    }
+    if (a.mode != PlasticityMode::kOff) {
+      for (int64_t p = 0; p < a.e; ++p) {
+        const int32_t k = a.in_syn[p];
+        if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e) ||
+            static_cast<uint64_t>(static_cast<uint32_t>(a.pre[k])) >= static_cast<uint64_t>(a.n)) {
+          return bad_index();
+        }
+      }
+    }
+    a.validated = true;
+  }
+  // Long plastic runs: a learning in-list without the synapses of static presynaptic neurons (their dw is
+  // 0), each entry with its pre, so the incoming-synapse STDP pass skips them and reads pre sequentially
+  // instead of through a dependent random load (building it costs ~E random loads).
+  std::vector<int32_t> lin_ptr, lin_syn, lin_pre;
+  if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
+    lin_ptr.resize(static_cast<size_t>(a.n) + 1);
+    lin_syn.reserve(static_cast<size_t>(a.e));
+    lin_pre.reserve(static_cast<size_t>(a.e));
+    lin_ptr[0] = 0;
+    for (int64_t i = 0; i < a.n; ++i) {
+      const int32_t p0 = a.in_ptr[i], p1 = a.in_ptr[i + 1];
+      if (p0 < 0 || p1 < p0 || p1 > a.e) {
+        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+      }
+      for (int32_t p = p0; p < p1; ++p) {
+        const int32_t k = a.in_syn[p];
+        if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) return bad_index();
+        const int32_t j = a.pre[k];
+        if (static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(a.n)) return bad_index();
+        if (a.excitatory[j] == 2) continue;
+        lin_syn.push_back(k);
+        lin_pre.push_back(j);
+      }
+      lin_ptr[static_cast<size_t>(i) + 1] = static_cast<int32_t>(lin_syn.size());
+    }
+    a.lin_ptr = lin_ptr.data();
+    a.lin_syn = lin_syn.data();
+    a.lin_pre = lin_pre.data();
   }
 
   switch (RunStepsHost<T, W>(a)) {

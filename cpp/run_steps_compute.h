@@ -140,7 +140,11 @@ struct RunStepsArgs {
   const T* i_ext = nullptr;           // (T, N)
   const int32_t* row_ptr = nullptr;   // (N+1,)
   const int32_t* pre = nullptr;       // (E,)
-  const int32_t* in_pre = nullptr;    // optional (E,): pre[in_syn[p]] (saves a dependent random load); or null
+  // Optional learning in-list (long calls): the in-list without static presynaptic neurons, with each
+  // entry's pre (saves a dependent random load): lin_syn[lin_ptr[i]:lin_ptr[i+1]] and lin_pre likewise.
+  const int32_t* lin_ptr = nullptr;   // (N+1,) or null: use in_ptr/in_syn and pre[k]
+  const int32_t* lin_syn = nullptr;
+  const int32_t* lin_pre = nullptr;
   const int32_t* post = nullptr;      // (E,)
   const int32_t* delay = nullptr;     // (E,)
   const int32_t* in_ptr = nullptr;    // (N+1,)
@@ -149,6 +153,7 @@ struct RunStepsArgs {
   const W* gamma_pow = nullptr;       // (K+1,) in the storage type, as the reference rounds it
   const T* inv_pow = nullptr;         // (K+1,)
   bool rows_sorted = true;            // posts ascending within each row (lets threads bisect rows)
+  bool validated = false;             // every index array already checked: the loops skip their checks
 
   // Scalars, already rounded to T like jnp's weak-typed Python floats.
   T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
@@ -236,15 +241,18 @@ FUMJAX_ALWAYS_INLINE void StdpTermsAndTraces(int64_t n, T* __restrict x, T* __re
                                              T a_plus, T dx, T dy, T* __restrict ltp_pre,
                                              T* __restrict dw_silent, T* __restrict yd_post) {
   const T zero = T(0);
+  // Branch-free (bitwise &, selects) so that GCC vectorizes the loop.
   for (int64_t i = 0; i < n; ++i) {
     const T xi = x[i], yi = y[i];
+    const uint8_t si = spk[i], ci = code[i];
     const T ltp = a_plus * (xi * dx);
     ltp_pre[i] = ltp;
     yd_post[i] = yi * dy;
     const T diff = ltp - zero;
-    const T signed_dw = code[i] == 1 ? diff : -diff;
-    dw_silent[i] = (spk[i] != 0 || code[i] == 2) ? zero : signed_dw;
-    const T s = static_cast<T>(spk[i]);
+    const T signed_dw = ci == 1 ? diff : -diff;
+    const bool learns = (si == 0) & (ci != 2);
+    dw_silent[i] = learns ? signed_dw : zero;
+    const T s = static_cast<T>(si);
     x[i] = MulAdd<kFma>(xi, dx, s);
     y[i] = MulAdd<kFma>(yi, dy, s);
   }
@@ -285,12 +293,16 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
   const int32_t* __restrict delay = a.delay;
   const int32_t* __restrict in_ptr = a.in_ptr;
   const int32_t* __restrict in_syn = a.in_syn;
-  const int32_t* __restrict in_pre = a.in_pre;
+  const bool lin = a.lin_ptr != nullptr;
+  const int32_t* __restrict l_ptr = lin ? a.lin_ptr : a.in_ptr;
+  const int32_t* __restrict l_syn = lin ? a.lin_syn : a.in_syn;
+  const int32_t* __restrict l_pre = a.lin_pre;
   const int32_t* __restrict pre = a.pre;
   const uint8_t* __restrict code = a.excitatory;
   const T g = a.g_syn, clip = a.w_clip, neg_clip = -a.w_clip, neg_a_minus = -a.a_minus;
   const bool bisect = nt > 1 && a.rows_sorted;
   const bool filter = nt > 1 && !a.rows_sorted;
+  const bool checked = !a.validated;
 
   int32_t s = *a.step;
   int32_t t0 = *a.elig_t0;
@@ -379,9 +391,10 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         }
         const T ltp_j = ltp_pre[j];
         const uint8_t code_j = code[j];  // 2: a static presynaptic neuron, no STDP on its synapses
+        const bool learn = plastic && code_j != 2;
         for (int32_t k = k0; k < k1; ++k) {
           const int32_t i = post[k];
-          if (static_cast<uint64_t>(static_cast<uint32_t>(i)) >= static_cast<uint64_t>(n)) {
+          if (checked && static_cast<uint64_t>(static_cast<uint32_t>(i)) >= static_cast<uint64_t>(n)) {
             sh.error.store(-1);
             goto step_done;
           }
@@ -389,7 +402,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
           T* __restrict target = ring_now;
           if constexpr (!kD1) {
             const int32_t dk = delay[k];
-            if (dk < 1 || dk > d) {
+            if (checked && (dk < 1 || dk > d)) {
               sh.error.store(-2);
               goto step_done;
             }
@@ -399,7 +412,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
           }
           target[i] += g * S::Load(w[k]);
           if constexpr (plastic) {
-            if (code_j != 2) {
+            if (learn) {
               const T ltp = spk[i] ? ltp_j : T(0);
               const T diff = MulAdd<kFma>(neg_a_minus, yd_post[i], ltp);
               const T dw = code_j == 1 ? diff : -diff;  // sign_j * diff, exact
@@ -415,19 +428,19 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
     if constexpr (plastic) {
       for (int64_t c = 0; c < ns; ++c) {
         const int32_t i = my_list[c];
-        const int32_t p0 = in_ptr[i], p1 = in_ptr[i + 1];
+        const int32_t p0 = l_ptr[i], p1 = l_ptr[i + 1];
         if (p0 < 0 || p1 < p0 || p1 > e) {
           sh.error.store(-3);
           goto step_done;
         }
         for (int32_t q = p0; q < p1; ++q) {
-          const int32_t k = in_syn[q];
-          if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
+          const int32_t k = l_syn[q];
+          if (checked && static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
             sh.error.store(-1);
             goto step_done;
           }
-          const int32_t j = in_pre != nullptr ? in_pre[q] : pre[k];
-          if (static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(n)) {
+          const int32_t j = lin ? l_pre[q] : pre[k];
+          if (checked && static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(n)) {
             sh.error.store(-1);
             goto step_done;
           }

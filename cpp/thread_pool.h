@@ -5,6 +5,9 @@
 // between calls, so an idle pool costs nothing. Calls are serialized (one run at a time): XLA may run
 // independent custom calls concurrently, and the second simply waits.
 //
+// Workers run with the caller's floating-point control state (x86 MXCSR: flush-to-zero / denormals-are-
+// zero as XLA sets them for its CPU code; aarch64 FPCR), so every thread rounds alike.
+//
 // SpinBarrier spins briefly, then yields: on a machine shared with other jobs a descheduled thread must
 // not make the others burn their time slices.
 #ifndef FUMJAX_CPP_THREAD_POOL_H_
@@ -46,6 +49,29 @@ inline int AvailableCores() {
 #endif
   const unsigned h = std::thread::hardware_concurrency();
   return h > 0 ? static_cast<int>(h) : 1;
+}
+
+// The floating-point control register (rounding, flush-to-zero) of the calling thread, and setting it.
+inline uint64_t GetFpControl() {
+#if defined(__x86_64__) || defined(__i386__)
+  return _mm_getcsr();
+#elif defined(__aarch64__)
+  uint64_t fpcr;
+  asm volatile("mrs %0, fpcr" : "=r"(fpcr));
+  return fpcr;
+#else
+  return 0;
+#endif
+}
+
+inline void SetFpControl(uint64_t value) {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_setcsr(static_cast<unsigned>(value));
+#elif defined(__aarch64__)
+  asm volatile("msr fpcr, %0" : : "r"(value));
+#else
+  (void)value;
+#endif
 }
 
 class SpinBarrier {
@@ -100,6 +126,7 @@ class ThreadPool {
       }
       fn_ = fn;
       ctx_ = ctx;
+      fp_control_ = GetFpControl();
       active_ = n;
       pending_ = n - 1;
       ++generation_;
@@ -118,13 +145,16 @@ class ThreadPool {
     for (;;) {
       Fn fn;
       void* ctx;
+      uint64_t fp_control;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_ != seen && id < active_; });
         seen = generation_;
         fn = fn_;
         ctx = ctx_;
+        fp_control = fp_control_;
       }
+      SetFpControl(fp_control);
       fn(ctx, id);
       {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -139,6 +169,7 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   Fn fn_ = nullptr;
   void* ctx_ = nullptr;
+  uint64_t fp_control_ = 0;
   int active_ = 0;
   int pending_ = 0;
   uint64_t generation_ = 0;
