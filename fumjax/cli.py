@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     from fumjax.distributed.partition_cli import add_partition_command
 
     add_partition_command(sub)
+    from fumjax.control.explain_cli import add_explain_command
+    from fumjax.control.tune_cli import add_tune_command
+
+    add_tune_command(sub)
+    add_explain_command(sub)
     return p
 
 

@@ -68,9 +68,14 @@ def test_explain_names_the_hand_wired_pathway(tmp_path):
     )  # the network does what it is built for
     population = np.array([-1, -1, -1, 0, 1, -1, -1, -1])
     ex = explain_raster(
-        spikes, np.asarray(net.pre), np.asarray(net.post), np.asarray(net.delay_steps), np.asarray(state.w),
-        population, sources=np.array([IN, D_IN]),
-    )  # fmt: skip
+        spikes,
+        np.asarray(net.pre),
+        np.asarray(net.post),
+        np.asarray(net.delay_steps),
+        np.asarray(state.w),
+        population,
+        sources=np.array([IN, D_IN]),
+    )
     assert ex.prediction == 0 and ex.population_counts[0] == 3
     assert ex.pathway == [IN, A, B, OUT0]
     # output 3's causal input: B (w 1) and D_IN (w 0.3), three coincidences each
@@ -80,8 +85,12 @@ def test_explain_names_the_hand_wired_pathway(tmp_path):
     assert top[(D_IN, OUT0)] == pytest.approx(0.9)
     assert (SILENT, B) not in top
     flows = {(e["from"], e["to"]): e["causal"] for e in ex.cluster_edges}
-    assert flows == {("input", "hidden"): 3.0, ("hidden", "hidden"): 3.0, ("hidden", "class 0"): 3.0,
-                     ("input", "class 0"): pytest.approx(0.9)}  # fmt: skip
+    assert flows == {
+        ("input", "hidden"): 3.0,
+        ("hidden", "hidden"): 3.0,
+        ("hidden", "class 0"): 3.0,
+        ("input", "class 0"): pytest.approx(0.9),
+    }
 
 
 def test_explain_checkpoint_round_trip_and_bad_input(tmp_path):
@@ -111,3 +120,23 @@ def test_explain_checkpoint_round_trip_and_bad_input(tmp_path):
     save_checkpoint(other, {"a": np.zeros(2)}, step=1)
     with pytest.raises(CheckpointError, match="not an explainable snapshot"):
         load_explainable(other)
+
+
+def test_explain_command_writes_json_and_png_and_never_overwrites(tmp_path, capsys):
+    from fumjax.cli import main
+    from fumjax.train.digits import DigitsRecipe, build_readout_network, recipe_config
+
+    net, pop = build_readout_network(128, 10, DigitsRecipe(n_per_class=1, encoding="regular"), seed=0)
+    cfg = recipe_config()
+    enc = {"n_in": 128, "p_max": 0.25, "in_amp_mV": 20.0, "encoding": "regular", "seed": 3}
+    save_explainable(tmp_path / "ck", net, fumjax.init_state(net, cfg), pop, config=cfg, encoding=enc, step=7)
+    out = str(tmp_path / "ex")
+    assert main(["explain", str(tmp_path / "ck"), "digits:5", "--out", out]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "ex.json").read_text())
+    assert (
+        summary["prediction"] == saved["prediction"] and summary["pathway"] == saved["pathways"][0]["neurons"]
+    )
+    assert (tmp_path / "ex.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["explain", str(tmp_path / "ck"), "digits:5", "--out", out]) == 2
+    assert "exists" in capsys.readouterr().err
