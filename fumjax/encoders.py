@@ -310,10 +310,22 @@ def _background_impl(
 ) -> Array:
     ids = ids[None, :]
     steps = first_step + jnp.arange(n_steps, dtype=jnp.int32)[:, None]
-    cdf = jnp.asarray(binomial_cdf_f32(n_inputs, p))
+    cdf = binomial_cdf_f32(n_inputs, p)
     u = _hash_u32(seed, _to_u32(ids), _to_u32(steps))
-    count = jnp.searchsorted(cdf, u, side="right")  # = #{k : CDF(k) <= u}
+    # count = #{k : CDF(k) <= u}. u < 1, so CDF entries that round to 1.0 never count: drop them. A short
+    # table is a few elementwise compares (fused, vectorized; ~10x faster on CPU than searchsorted's loop
+    # of gathers); a long one keeps searchsorted.
+    cdf = cdf[cdf < 1.0]
+    if cdf.size <= _MAX_COMPARES:
+        count = jnp.zeros(u.shape, jnp.int32)
+        for c in cdf:
+            count = count + (u >= jnp.float32(c)).astype(jnp.int32)
+    else:
+        count = jnp.searchsorted(jnp.asarray(cdf), u, side="right")
     return count.astype(jnp.float32) * jnp.float32(amp_mV)
+
+
+_MAX_COMPARES = 32
 
 
 # Irwin-Hall(4) over bytes: the sum of 4 independent uniform bytes has mean 510 and variance 4*(256^2-1)/12.

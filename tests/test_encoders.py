@@ -379,6 +379,19 @@ def test_background_inverse_cdf_exact():
     np.testing.assert_array_equal(got, want)
 
 
+def test_background_inverse_cdf_exact_long_table():
+    """200 inputs at p = 0.5: a CDF table too long for elementwise compares (searchsorted path)."""
+    u = np.asarray(uniform_hash(7, jnp.arange(50)[None, :], 3 + jnp.arange(30)[:, None]))
+    cdf = binomial_cdf_f32(200, 0.5)
+    assert (cdf < 1.0).sum() > 32
+    want = (u[..., None] >= cdf).sum(-1) * np.float32(0.5)
+    got = poisson_background_current(
+        seed=7, n_neurons=50, first_step=3, n_steps=30, n_inputs=200, rate_hz=500.0, amp_mV=0.5
+    )
+    np.testing.assert_array_equal(got, want)
+    assert 90 * 0.5 < float(np.mean(got)) < 110 * 0.5
+
+
 def test_background_jit_traced_first_step_and_shifts():
     kw = dict(seed=21, n_neurons=500, n_steps=30)
     f = jax.jit(lambda fs: poisson_background_current(first_step=fs, **kw))
