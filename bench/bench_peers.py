@@ -148,7 +148,7 @@ def child_fumjax(prob, variant: str, repeats: int, backend: str, chunk: int, all
         connectivity={"g_syn_mV": G_SYN, "w_clip": W_MAX, "delay_steps": 1},
         stdp={"a_plus": A_PLUS, "a_minus": A_MINUS, "tau_plus_ms": TAU_STDP, "tau_minus_ms": TAU_STDP},
         intrinsic={"enabled": False},  # simulate() never ends a window anyway
-        run={"dtype": "float32", "backend": backend},
+        run={"dtype": "float32", "backend": backend, "threads": 1},  # one core each
     )
     mode = "stdp" if variant == "stdp" else False
     exc = prob["exc"]
@@ -173,12 +173,22 @@ def child_fumjax(prob, variant: str, repeats: int, backend: str, chunk: int, all
         st = fumjax.init_state(net, cfg)
         fused_whole = "run_steps" in fused_ops() and bool(fused.run_steps_supported(st, net))
 
-    def run():
+    from fumjax.dynamics import _simulate, resolve_mode
+
+    mode_name = resolve_mode(mode, cfg)
+
+    def run(api: bool):
+        """One timed run. api: through fumjax.simulate (validates its inputs each call: NaN/Inf scans of the
+        state and of the (T, N) input, host syncs); else the jitted loop alone (dynamics._simulate), which
+        is what Brian2's loop timer and nest.Run measure."""
         state = fumjax.init_state(net, cfg)
         jax.block_until_ready(state)
         t0, c0 = time.perf_counter(), time.process_time()
         for c in chunks:
-            state, _ = fumjax.simulate(state, net, c, config=cfg, plasticity=mode, backend=backend)
+            if api:
+                state, _ = fumjax.simulate(state, net, c, config=cfg, plasticity=mode, backend=backend)
+            else:
+                state, _ = _simulate(state, net, c, cfg, mode_name, backend)
         jax.block_until_ready(state)
         return time.perf_counter() - t0, time.process_time() - c0, state
 
@@ -187,22 +197,27 @@ def child_fumjax(prob, variant: str, repeats: int, backend: str, chunk: int, all
     for shape in {c.shape for c in chunks}:
         c = next(x for x in chunks if x.shape == shape)
         jax.block_until_ready(fumjax.simulate(state, net, c, config=cfg, plasticity=mode, backend=backend))
-    walls, cpus, spikes = [], [], []
+    walls, cpus, spikes, api_walls, api_cpus = [], [], [], [], []
     for _ in range(repeats):
-        wall, cpu, state = run()
+        wall, cpu, state = run(api=False)
         walls.append(wall)
         cpus.append(cpu)
         spikes.append(int(jnp.sum(state.window_spikes)))
+        wall, cpu, _ = run(api=True)
+        api_walls.append(wall)
+        api_cpus.append(cpu)
     w_end = np.asarray(net.to_input_order(state.w), np.float64)
     return {
         "walls": walls,
         "cpus": cpus,
+        "api_walls": api_walls,
+        "api_cpus": api_cpus,
         "spikes": spikes,
         "mean_w_exc_end": float(w_end[exc[prob["pre"]]].mean()),
         "frac_w_exc_below_0": float((w_end[exc[prob["pre"]]] < 0).mean()),
-        "info": f"chunk {chunk} steps per simulate call; fused whole-run kernel: {fused_whole}"
-        if backend == "fused"
-        else f"chunk {chunk} steps per simulate call",
+        "info": f"chunk {chunk} steps per call"
+        + (f"; fused whole-run kernel: {fused_whole}" if backend == "fused" else "")
+        + f"; through fumjax.simulate (input checks): cpu {statistics.median(api_cpus):.3f} s",
         "version": f"fumjax {getattr(fumjax, '__version__', '?')}, jax {jax.__version__}",
     }
 
@@ -618,9 +633,11 @@ CAVEATS = """Caveats (semantic differences; all simulators get the same network 
   fumjax/Brian2) and applies facilitation lazily at the next presynaptic spike. Time = nest.Run only
   (nest.Prepare excluded and printed); a spike_recorder is attached.
 - fumjax STDP: only excitatory presynaptic neurons are plastic (Network plastic_pre), but its clip is [-1,
-  1] (w_clip), so depressed excitatory weights may go below 0, where Brian2/NEST stop at 0. fumjax's time
-  includes its per-call input checks (simulate validates the state: NaN/Inf scans with host syncs) once per
-  call, which is what separates fumjax-fused@50 (200 calls) from fumjax-fused (1 call).
+  1] (w_clip), so depressed excitatory weights may go below 0, where Brian2/NEST stop at 0; fumjax then
+  fires less (compare the per-spike ratio). fumjax's headline time is its jitted loop (dynamics._simulate,
+  one core, kernel threads = 1), like Brian2's loop timer and nest.Run; the time through the public
+  fumjax.simulate, which validates its inputs each call (NaN/Inf scans of the state and of the (T, N)
+  input, host syncs), is printed in the info column. fumjax-fused@50 makes 200 calls of 50 steps.
 - fumjax reads its input as a dense (T, N) current I_ext = 2.25 * S @ C (its API), computed before the timed
   loop; Brian2 and NEST get the same source spikes as events through input synapses.
 """
@@ -637,10 +654,23 @@ def _headline(rec: dict, metric: str) -> float:
     return rec["median_wall_s"]
 
 
-def run_one(sim, label, variant, chunk, n, n_syn, path, args, workdir) -> dict:
-    out = run_child(sim, variant, path, args, workdir, chunk)
+def merge_rounds(outs: list[dict]) -> dict:
+    """One child result from the results of --rounds interleaved runs: every timed value and load kept."""
+    bad = [o for o in outs if "error" in o]
+    if bad:
+        return bad[0]
+    merged = dict(outs[-1])
+    for key in ("walls", "cpus", "spikes", "api_walls", "api_cpus"):
+        if all(o.get(key) is not None for o in outs):
+            merged[key] = [x for o in outs for x in o[key]]
+    merged["loadavg_1min"] = [o["loadavg_1min"] for o in outs] if len(outs) > 1 else outs[0]["loadavg_1min"]
+    merged["process_s"] = sum(o.get("process_s", 0.0) for o in outs)
+    return merged
+
+
+def report_one(out: dict, label, variant, chunk, n, n_syn, args) -> dict:
     rec = {"simulator": label, "variant": variant, "neurons": n, "synapses": n_syn, **out}
-    if sim.startswith("fumjax"):
+    if label.startswith("fumjax"):
         rec["chunk"] = chunk
     if "error" in out:
         print(f"  {variant:6s} {label:20s} FAILED: {out['error']}", flush=True)
@@ -700,6 +730,7 @@ def parent_main(args) -> None:
                 f"(built in {time.perf_counter() - t0:.1f} s)",
                 flush=True,
             )
+            jobs = []  # (sim, label, variant, chunk)
             for variant in variants:
                 for sim in runnable:
                     if sim == "fumjax-reference" and n > args.reference_max_neurons:
@@ -713,7 +744,19 @@ def parent_main(args) -> None:
                         label = (
                             sim if not sim.startswith("fumjax") or chunk == chunks[0] else f"{sim}@{chunk}"
                         )
-                        results.append(run_one(sim, label, variant, chunk, n, n_syn, path, args, workdir))
+                        jobs.append((sim, label, variant, chunk))
+            # --rounds > 1: every job once per round, round-robin, so a change of the machine's load
+            # during the run hits every simulator alike.
+            outs: dict[int, list[dict]] = {k: [] for k in range(len(jobs))}
+            for rnd in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"  -- round {rnd + 1}/{args.rounds}, load {os.getloadavg()}", flush=True)
+                for k, (sim, _label, variant, chunk) in enumerate(jobs):
+                    if outs[k] and "error" in outs[k][-1]:
+                        continue
+                    outs[k].append(run_child(sim, variant, path, args, workdir, chunk))
+            for k, (_sim, label, variant, chunk) in enumerate(jobs):
+                results.append(report_one(merge_rounds(outs[k]), label, variant, chunk, n, n_syn, args))
             del prob
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -733,22 +776,26 @@ def parent_main(args) -> None:
         )
 
     print(
-        f"\nSeconds per {args.seconds:g} s of model time, median of {args.repeats}, one core each, "
+        f"\nSeconds per {args.seconds:g} s of model time, median of {args.repeats * args.rounds} "
+        f"({args.rounds} interleaved round(s) of {args.repeats}), one core each, "
         f"headline = {args.metric} time of the simulation loop; ratio = simulator / fumjax fused"
     )
     print(
         "| simulator | N | synapses | variant | median cpu s | median wall s | cpu runs | wall runs "
-        "| rate Hz | / fumjax fused |"
+        "| rate Hz | / fumjax fused | per spike / fumjax fused |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in ok:
         base = base_of(r)
         ratio = f"{r['median_s'] / base['median_s']:.2f}x" if base else "-"
+        per_spike = (
+            f"{r['median_s'] / r['rate_hz'] / (base['median_s'] / base['rate_hz']):.2f}x" if base else "-"
+        )
         cpu = f"{r['median_cpu_s']:.3f}" if r["median_cpu_s"] is not None else "-"
         wall = f"{r['median_wall_s']:.3f}" + (" (whole binary)" if r.get("wall_includes_loading") else "")
         print(
             f"| {r['simulator']} | {r['neurons']:,} | {r['synapses']:,} | {r['variant']} | {cpu} | {wall} | "
-            f"{_fmt(r.get('cpus'))} | {_fmt(r['walls'])} | {r['rate_hz']:.2f} | {ratio} |"
+            f"{_fmt(r.get('cpus'))} | {_fmt(r['walls'])} | {r['rate_hz']:.2f} | {ratio} | {per_spike} |"
         )
     print()
     for r in ok:
@@ -769,6 +816,7 @@ def parent_main(args) -> None:
         "settings": {
             "seconds": args.seconds,
             "repeats": args.repeats,
+            "rounds": args.rounds,
             "chunks": args.chunks,
             "seed": args.seed,
             "metric": args.metric,
@@ -787,7 +835,13 @@ def main() -> None:
     p.add_argument("--neurons", default="1000,10000", help="comma-separated sizes (100000 works, slowly)")
     p.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma-separated, from {', '.join(ALL_PEERS)}")
     p.add_argument("--variants", default="static,stdp")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per simulator process")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="interleaved rounds: every simulator's process runs once per round, round-robin",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="model time (dt = 1 ms)")
     p.add_argument(
         "--chunks",
