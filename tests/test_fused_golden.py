@@ -369,6 +369,12 @@ def test_bytes_per_synapse():
         got = fused.bytes_per_synapse(net, cfg, mode)
         assert got["plastic_total"] == plastic_total, (dtype, mode, got)
         assert got["total"] == pytest.approx(plastic_total + per_neuron_plastic), (dtype, mode, got)
+    # the whole run: state w + elig (float16) and the Network's arrays: pre, post, delay, in_syn,
+    # input_order (int32) and w0 (float32) per synapse; row_ptr, in_ptr (int32, N+1), tau, v_th (float32),
+    # excitatory, excitatory_pre, plastic_pre (bool) per neuron
+    want = 2 + 2 + 6 * 4 + (2 * 4 * 51 + 2 * 4 * 50 + 3 * 50) / 150
+    cfg16 = FumConfig().replace(neuron={"n_neurons": 50}, run={"dtype": "float16"})
+    assert fused.bytes_per_synapse(net, cfg16, "rstdp")["process_total"] == pytest.approx(want)
     off = fused.bytes_per_synapse(net, FumConfig().replace(neuron={"n_neurons": 50}), "off")
     assert off["plastic_total"] == 4 + 4 and off["total"] == pytest.approx(8 + 4 * 51 / 150)
     # a delay above 1 adds the int32 delay array
@@ -381,7 +387,6 @@ def test_bytes_per_synapse():
         np.asarray(net.excitatory),
         delay_steps=np.full(150, 2),
     )
-    cfg16 = FumConfig().replace(neuron={"n_neurons": 50}, run={"dtype": "float16"})
     assert fused.bytes_per_synapse(d, cfg16, "rstdp")["plastic_total"] == 16 + 4
     with pytest.raises(ValueError, match="mode"):
         fused.bytes_per_synapse(net, cfg16, "bogus")

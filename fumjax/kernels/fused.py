@@ -346,7 +346,9 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
     in-list STDP pass needs both the synapse and its presynaptic neuron). Per neuron (row_ptr, in_ptr,
     int32), spread over the synapses. mode: None -> cfg.plasticity.mode.
     Returns {name: bytes per synapse} with 'total' and 'plastic_total' (what a plastic synapse costs, i.e.
-    without the per-neuron share).
+    without the per-neuron share), and 'process_total': everything a run holds per synapse, i.e. the
+    state's w and elig plus every array of the Network (which also keeps w0, input_order and int32 delays
+    for the reference backend and the API).
     """
     from fumjax.state import weight_dtype  # lazy: kernels sit above state in the layers
 
@@ -369,4 +371,5 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
     parts["plastic_total"] = sum(parts.values())
     parts["per_neuron_share"] = per_neuron
     parts["total"] = parts["plastic_total"] + per_neuron
+    parts["process_total"] = (parts["w"] + parts["elig"]) + sum(net.nbytes.values()) / e
     return parts
