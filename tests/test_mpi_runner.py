@@ -45,11 +45,11 @@ def _launch(n: int, out: Path, *args: str, timeout: float = 240, check: bool = T
 
 
 @functools.cache
-def _single(mode: str, backend: str, stepwise: bool, amp_mV: float = 2.25):
+def _single(mode: str, backend: str, stepwise: bool, amp_mV: float = 2.25, delay: int = 1):
     """The single-process run: fumjax.run_driven, or (stepwise) the same windows through fumjax.step one
     step at a time (the path a part takes with the fused backend: fused LIF, jnp transmission/STDP)."""
     cfg = FumConfig().replace(drive={"amp_mV": amp_mV})
-    net = Network.distance_biased(N, seed=0)
+    net = Network.distance_biased(N, seed=0, delay_steps=delay)
     s = fumjax.init_state(net, cfg)
     if not stepwise:
         s, spikes, rewards = fumjax.run_driven(
@@ -74,7 +74,7 @@ def _single(mode: str, backend: str, stepwise: bool, amp_mV: float = 2.25):
     return s, np.stack(rasters), np.stack(rewards)
 
 
-def _assert_identical(out: Path, single, last_windows: int = WINDOWS):
+def _assert_identical(out: Path, single, last_windows: int = WINDOWS, delay: int = 1):
     state, raster, rewards = single
     got = np.load(out)
     assert got["raster"].shape == (last_windows, 50, N)
@@ -85,7 +85,7 @@ def _assert_identical(out: Path, single, last_windows: int = WINDOWS):
         want = np.asarray(getattr(state, f))
         assert got[f"state_{f}"].dtype == want.dtype, f
         assert np.array_equal(got[f"state_{f}"], want), f"state.{f} differs"
-    w0 = np.asarray(Network.distance_biased(N, seed=0).w0)
+    w0 = np.asarray(Network.distance_biased(N, seed=0, delay_steps=delay).w0)
     assert not np.array_equal(got["state_w"], w0)  # plasticity really changed the weights
 
 
@@ -145,14 +145,17 @@ def test_hung_rank_is_named_within_the_timeout(tmp_path):
     assert msg and msg.group(1) in "013", res.stderr[-3000:]
 
 
-def test_four_ranks_fused_stdp_dense_spikes_equal_single_process(tmp_path):
-    """Fused backend, plain STDP, a drive that makes more than 1/32 of a part fire at most steps (spikes
-    travel bit-packed then)."""
+def test_four_ranks_fused_stdp_dense_spikes_delay_2_equal_single_process(tmp_path):
+    """Fused backend, plain STDP, synaptic delay 2 (so D = 2), and a drive that makes more than 1/32 of a
+    part fire at most steps (spikes travel bit-packed then)."""
     pytest.importorskip("fumjax._core")
-    _launch(4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0")
-    single = _single("stdp", "fused", True, 4.0)
+    _launch(
+        4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0", "--delay", "2"
+    )
+    single = _single("stdp", "fused", True, 4.0, 2)
     assert (single[1].reshape(-1, N).mean(1) > 1 / 32).mean() > 0.4
-    _assert_identical(tmp_path / "out.npz", single)
+    _assert_identical(tmp_path / "out.npz", single, delay=2)
+    assert int(np.load(tmp_path / "out.npz")["cross_min_delay"]) == 2
 
 
 def test_cli_distributed_matches_single_process(tmp_path):

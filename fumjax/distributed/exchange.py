@@ -133,10 +133,10 @@ class Exchanger:
                 waited = time.monotonic() - start
                 if waited > timeout:
                     self.fail(pending, what, timeout)
-                if waited < 1e-2:
+                if waited < 2e-4:
                     os.sched_yield()  # low latency when the core is free, cooperative when it is not
-                else:
-                    time.sleep(1e-3)
+                else:  # a long wait: give the core to the ranks still computing (more ranks than cores)
+                    time.sleep(min(1e-3, 0.05 * waited))
 
     def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
         """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""

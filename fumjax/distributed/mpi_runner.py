@@ -140,6 +140,8 @@ class MpiRun:
         self.cross_min_delay = int(delays.min()) if delays.size else None
         self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
         self.run_s = 0.0  # time in run / run_driven
+        self.cpu_s = 0.0  # CPU time of this process in run / run_driven (< run_s: the rank waited or was
+        # descheduled)
         self.steps_run = 0
         self.events_sent = 0
         self.bytes_sent = 0  # spike messages to all peers, payload + envelope estimate
@@ -241,12 +243,13 @@ class MpiRun:
 
     def stats(self) -> list[dict]:
         """Every rank's run statistics: a list by rank of dicts with keys rank, steps, run_s, step_ms,
-        exchange_s, exchange_share, events_sent, bytes_sent."""
+        cpu_ms_per_step, exchange_s, exchange_share, events_sent, bytes_sent."""
         mine = {
             "rank": self.rank,
             "steps": self.steps_run,
             "run_s": self.run_s,
             "step_ms": 1e3 * self.run_s / max(self.steps_run, 1),
+            "cpu_ms_per_step": 1e3 * self.cpu_s / max(self.steps_run, 1),
             "exchange_s": self.exchange_s,
             "exchange_share": self.exchange_s / self.run_s if self.run_s else 0.0,
             "events_sent": self.events_sent,
@@ -375,8 +378,9 @@ class MpiRun:
         return functools.partial(self._compiled[key], *args)
 
     def _timed(self, fn, n_steps: int):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = jax.block_until_ready(fn())
         self.run_s += time.perf_counter() - t0
+        self.cpu_s += time.process_time() - c0
         self.steps_run += n_steps
         return out

@@ -1,8 +1,8 @@
 """One conservative MPI run under mpirun (tests/test_mpi_runner.py); rank 0 writes the result.
 
 mpirun -n P python tests/mpi/conservative_run.py OUT.npz [--n 500] [--windows 6] [--plasticity rstdp]
-    [--backend reference] [--ckpt-dir D --ckpt-every W] [--resume FILE] [--timeout 20] [--amp 2.25]
-    [--fault exit|hang --fault-rank R --fault-window K]
+    [--backend reference] [--ckpt-dir D --ckpt-every W] [--resume FILE] [--timeout 20]
+    [--amp 2.25] [--delay 1] [--fault exit|hang --fault-rank R --fault-window K]
 
 OUT.npz holds the raster (W, T, N) uint8 of the windows this run did, the rewards, and every field of the
 final whole-network state (prefix state_).
@@ -42,9 +42,10 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--fault", choices=("exit", "hang"))
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--fault-window", type=int, default=1)
+    ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (all synapses)")
     a = ap.parse_args(argv)
     cfg = FumConfig().replace(drive={"amp_mV": a.amp})
-    net = Network.distance_biased(a.n, seed=0)
+    net = Network.distance_biased(a.n, seed=0, delay_steps=a.delay)
     run = MpiRun(net, config=cfg, plasticity=a.plasticity, backend=a.backend, timeout_s=a.timeout)
     state = run.load_checkpoint(a.resume)[0] if a.resume else run.init_state()
     chunk = a.ckpt_every or (1 if a.fault else a.windows)

