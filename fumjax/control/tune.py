@@ -63,14 +63,15 @@ class TuneTask:
     objective: str = "accuracy"
     reward_window: int = 50
     seed: int = 0
+    n_seeds: int = 3  # the objective is the mean over task seeds seed, seed + 1, ... (items, order, weights)
 
     def __post_init__(self) -> None:
         if self.objective not in ("accuracy", "reward"):
             raise ValueError(f"objective = {self.objective!r}: must be 'accuracy' or 'reward'")
         if len(set(self.classes)) < 2 or not all(0 <= c <= 9 for c in self.classes):
             raise ValueError(f"classes = {self.classes}: need >= 2 distinct digits 0..9")
-        if min(self.n_train, self.n_val, self.epochs, self.n_per_class, self.reward_window) < 1:
-            raise ValueError("n_train, n_val, epochs, n_per_class and reward_window must be >= 1")
+        if min(self.n_train, self.n_val, self.epochs, self.n_per_class, self.reward_window, self.n_seeds) < 1:
+            raise ValueError("n_train, n_val, epochs, n_per_class, reward_window and n_seeds must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,7 @@ def _engine_config(task: TuneTask, gamma: float, base: FumConfig) -> FumConfig:
 )
 def _run_ensemble(
     theta,
+    w0,
     state,
     sie0,
     net,
@@ -153,7 +155,9 @@ def _run_ensemble(
     objective,
     rw,
 ):
-    """theta: (B, 5) eta and SIE weights per candidate -> (B,) objective."""
+    """theta: (B, 5) eta and SIE weights per candidate -> (B,) objective averaged over S task seeds.
+
+    w0: (S, E) initial weights; xt, yt: (S, n_train, ...) and xv, yv: (S, n_val, ...) items; seed: (S,)."""
     t_win = cfg.run.window_steps
     n = net.n_neurons
     out_mask = pop >= 0
@@ -172,7 +176,7 @@ def _run_ensemble(
         )
         return jnp.zeros((t_win, n), jnp.float32).at[:, :n_in].set(spk.astype(jnp.float32) * recipe.in_amp_mV)
 
-    def one(th):
+    def one(th, w_init, xt, yt, xv, yv, seed):
         eta, w_sie = th[0], th[1:]
 
         def item(carry, inp):
@@ -200,7 +204,7 @@ def _run_ensemble(
             )
             return (s.replace(w=w, v_th_mV=v_th), m, pred), (correct, reward)
 
-        carry = (state, sie0, jnp.int32(0))
+        carry = (state.replace(w=w_init), sie0, jnp.int32(0))
         ks = jnp.arange(xt.shape[0], dtype=jnp.int32)
         rewards = None
         for ep in range(epochs):  # epochs is static and small
@@ -217,7 +221,8 @@ def _run_ensemble(
         pred = jax.vmap(predict)(xv, jnp.arange(xv.shape[0], dtype=jnp.int32))
         return (pred == yv).mean()
 
-    return jax.vmap(one)(theta)
+    over_seeds = jax.vmap(one, in_axes=(None, 0, 0, 0, 0, 0, 0))
+    return jax.vmap(lambda th: over_seeds(th, w0, xt, yt, xv, yv, seed).mean())(theta)
 
 
 def evaluate_candidates(
@@ -231,17 +236,21 @@ def evaluate_candidates(
     run as one vmapped ensemble padded to `batch` (default len(params)): one compiled shape per gamma."""
     base = base or FumConfig()
     batch = batch or len(params)
-    xt, yt, xv, yv = _task_data(task)
     recipe = _recipe(task)
     n_classes = len(task.classes)
-    net, pop = digits.build_readout_network(2 * xt.shape[1], n_classes, recipe, task.seed)
+    seeds = [task.seed + i for i in range(task.n_seeds)]
+    data = [_task_data(dataclasses.replace(task, seed=s)) for s in seeds]
+    xt, yt, xv, yv = (np.stack(a) for a in zip(*data, strict=True))
+    nets = [digits.build_readout_network(2 * xt.shape[2], n_classes, recipe, s) for s in seeds]
+    net, pop = nets[0]  # same topology for every seed; only the initial weights differ
+    w0 = jnp.asarray(np.stack([np.asarray(m.w0) for m, _ in nets]))
     out = np.full(len(params), np.nan)
     gammas = sorted({float(p["gamma"]) for p in params})
     for g in gammas:
         idx = [i for i, p in enumerate(params) if float(p["gamma"]) == g]
         cfg = _engine_config(task, g, base)
         state = fumjax.init_state(net, cfg)
-        sie0 = sie.init_sie(n_classes, xt.shape[1], cfg)
+        sie0 = sie.init_sie(n_classes, xt.shape[2], cfg)
         for lo in range(0, len(idx), batch):
             chunk = idx[lo : lo + batch]
             theta = np.array(
@@ -250,6 +259,7 @@ def evaluate_candidates(
             theta = np.concatenate([theta, np.repeat(theta[-1:], batch - len(chunk), 0)])
             res = _run_ensemble(
                 jnp.asarray(theta),
+                w0,
                 state,
                 sie0,
                 net,
@@ -259,10 +269,10 @@ def evaluate_candidates(
                 jnp.asarray(yt),
                 jnp.asarray(xv),
                 jnp.asarray(yv),
-                jnp.uint32(task.seed),
+                jnp.asarray(seeds, jnp.uint32),
                 cfg=cfg,
                 recipe=recipe,
-                n_in=2 * xt.shape[1],
+                n_in=2 * xt.shape[2],
                 n_classes=n_classes,
                 epochs=task.epochs,
                 objective=task.objective,

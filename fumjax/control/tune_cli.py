@@ -43,6 +43,9 @@ def add_tune_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=2, help="passes over the training items (default 2)")
     p.add_argument("--seed", type=int, default=0, help="task and sampler seed (default 0)")
     p.add_argument(
+        "--task-seeds", type=int, default=3, help="objective = mean over this many task seeds (default 3)"
+    )
+    p.add_argument(
         "--confirm-seeds",
         type=int,
         default=2,
@@ -77,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         objective=args.objective,
         reward_window=args.reward_window,
+        n_seeds=args.task_seeds,
         seed=args.seed,
     )
     if trials_out.exists():
