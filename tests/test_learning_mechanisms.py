@@ -101,3 +101,21 @@ def test_reward_only_learning_smoke_two_classes():
     assert h["test_accuracy"][-1] >= 0.9, h
     assert h["initial_test_accuracy"] <= 0.75, h  # untrained: near chance
     assert net.n_synapses == 16 * 4 + 4 * 3
+
+
+def test_anneal_relax_returns_thresholds_to_baseline():
+    """With anneal_relax = 1 the last (annealing) epoch stops threshold increases and sets v_th back to the
+    baseline each window: v_th - 1 * (v_th - v_th0) = v_th0. Without it the outputs keep their offsets
+    (+theta_plus per spike)."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (20, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 20).astype(np.int32)
+    common = dict(n_per_class=2, encoding="regular", theta_plus_mV=0.5, theta_relax=0.0, anneal_epochs=1)
+    out = {}
+    for relax in (0.0, 1.0):
+        recipe = DigitsRecipe(**common, anneal_relax=relax)
+        h = train_readout(x, y, x, y, config=recipe_config(), recipe=recipe, epochs=2, seed=0, n_classes=2)
+        v_th = np.asarray(h["final_state"].v_th_mV)[8:]  # the 4 output neurons after 8 on/off inputs
+        out[relax] = v_th - np.asarray(h["network"].v_th_mV)[8:]
+    assert out[0.0].max() >= 0.5  # at least one output spiked: offsets of whole multiples of 0.5 mV
+    np.testing.assert_allclose(out[1.0], 0.0, atol=1e-5)

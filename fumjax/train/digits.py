@@ -26,7 +26,10 @@ Train-level mechanisms here (all FUM-described, none uses labels except through 
   gives every item the same total input drive (per-trial drive normalization).
 - inter-item rest: membrane, traces, pending input and eligibility are reset between items (equivalent to a
   long silent gap between stimuli), so one item's eligibility is not credited with the next item's reward.
-- annealing: the last anneal_epochs epochs run with eta * anneal_eta.
+- annealing: the last anneal_epochs epochs run with eta * anneal_eta; with anneal_relax > 0 they also stop
+  the threshold increases and relax the thresholds back to baseline, so the last epochs learn, and the test
+  decides, without the homeostatic offsets (which otherwise bias the winner-take-all toward the neurons that
+  fired least).
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class DigitsRecipe:
     init: str = "uniform"  # initial weights: "uniform" random or "ones" (flat)
     anneal_epochs: int = 0  # the last k epochs run with eta * anneal_eta
     anneal_eta: float = 0.25
+    anneal_relax: float = 0.0  # > 0: in the annealing epochs thresholds stop rising and relax by this
+    # fraction per window toward their baseline, so the last epochs learn (and the test decides) without the
+    # homeostatic offsets
 
 
 def recipe_config(
@@ -395,6 +401,9 @@ def train_readout(
         kw_ep = kw
         if ep >= epochs - recipe.anneal_epochs:  # annealing: smaller reward-update steps
             kw_ep = dict(kw, cfg=cfg.replace(plasticity={"eta": cfg.plasticity.eta * recipe.anneal_eta}))
+            if recipe.anneal_relax > 0:
+                relaxed = dataclasses.replace(recipe, theta_plus_mV=0.0, theta_relax=recipe.anneal_relax)
+                kw_ep = dict(kw_ep, recipe=relaxed)
         state, acc, silent = _train_epoch(
             state,
             net,
@@ -445,6 +454,7 @@ def default_recipe() -> DigitsRecipe:
         theta_relax=0.001,
         anneal_epochs=3,
         anneal_eta=0.25,
+        anneal_relax=0.02,
     )
 
 
