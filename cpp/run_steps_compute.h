@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "thread_pool.h"
@@ -272,6 +273,49 @@ FUMJAX_ALWAYS_INLINE void ApplyDw(W* __restrict w, W* __restrict elig, int64_t k
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+constexpr bool kX86Simd = true;
+// The learning in-list pass, 8 entries at a time (float32 storage; called only from the AVX2+FMA code, as a
+// function of its own, compiled for that target, once per spiking post neuron):
+// gather dw of the 8 pre and the 8 synapse values, the same operations as ApplyDw lane by lane (max/min
+// with the clip first give the scalar selects' results), store lane by lane. The synapses of one in-list
+// are distinct, so no two lanes write the same place. Returns the first entry not done.
+template <PlasticityMode kMode>
+__attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, const int32_t* __restrict syn,
+                                        const int32_t* __restrict pre_of, const float* __restrict dw_pre,
+                                        float* __restrict w, float* __restrict elig, float inv, float lo_clip,
+                                        float hi_clip) {
+  const __m256 inv8 = _mm256_set1_ps(inv), lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
+  alignas(32) int32_t k8[8];
+  alignas(32) float v8[8];
+  for (; q + 8 <= p1; q += 8) {
+    const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(syn + q));
+    const __m256i jj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q));
+    const __m256 dw = _mm256_i32gather_ps(dw_pre, jj, 4);
+    __m256 out;
+    float* dst;
+    if constexpr (kMode == PlasticityMode::kRstdp) {
+      out = _mm256_fmadd_ps(dw, inv8, _mm256_i32gather_ps(elig, kk, 4));
+      dst = elig;
+    } else {
+      const __m256 nw = _mm256_add_ps(_mm256_i32gather_ps(w, kk, 4), dw);
+      out = _mm256_min_ps(hi8, _mm256_max_ps(lo8, nw));  // (nw < lo ? lo : nw), then (x > hi ? hi : x)
+      dst = w;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(k8), kk);
+    _mm256_store_ps(v8, out);
+    for (int l = 0; l < 8; ++l) dst[k8[l]] = v8[l];
+  }
+  return q;
+}
+#else
+constexpr bool kX86Simd = false;
+template <PlasticityMode kMode, typename... Args>
+FUMJAX_ALWAYS_INLINE int32_t InListAvx2(int32_t q, Args...) {
+  return q;
+}
+#endif
+
 // Thread p's share of the whole run. Errors (an index out of range) set sh.error; all threads stop after
 // the next barrier, so none waits on a barrier the others never reach.
 template <bool kFma, PlasticityMode kMode, bool kD1, typename T, typename W>
@@ -433,7 +477,11 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
           sh.error.store(-3);
           goto step_done;
         }
-        for (int32_t q = p0; q < p1; ++q) {
+        int32_t q = p0;
+        if constexpr (kFma && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
+          if (lin && !checked) q = InListAvx2<kMode>(q, p1, l_syn, l_pre, dw_silent, w, elig, inv, neg_clip, clip);
+        }
+        for (; q < p1; ++q) {
           const int32_t k = l_syn[q];
           if (checked && static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
             sh.error.store(-1);
