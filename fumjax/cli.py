@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     from fumjax.distributed.partition_cli import add_partition_command
 
     add_partition_command(sub)
+    from fumjax.train.cli_train import add_train_command
+
+    add_train_command(sub)
     from fumjax.control.explain_cli import add_explain_command
     from fumjax.control.tune_cli import add_tune_command
 
