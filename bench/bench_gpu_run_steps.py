@@ -37,15 +37,18 @@ def timeit(fn, *args, reps=7):
     return statistics.median(ts), min(ts)
 
 
-def _set_path(path: str, csize: int | None = None) -> None:
+def _set_path(path: str, csize: int | None = None, body: str = "auto") -> None:
     os.environ["FUMJAX_GPU_RUN_PATH"] = path
+    os.environ["FUMJAX_GPU_CLUSTER_BODY"] = body
     if csize is None:
         os.environ.pop("FUMJAX_GPU_CLUSTER", None)
     else:
         os.environ["FUMJAX_GPU_CLUSTER"] = str(csize)
 
 
-def fum1k(paths=("cluster", "block"), sweep=(1, 2, 4, 8, 16)):
+def fum1k(
+    paths=("cluster", "block"), sweep=((4, "auto"), (8, "auto"), (16, "auto"), (8, "pull"), (16, "pull"))
+):
     cfg = FumConfig()  # N = 1000, K = 50, window 50 steps, rstdp
     net = fumjax.build_network(cfg)
     st = fumjax.init_state(net, cfg)
@@ -101,9 +104,9 @@ def fum1k(paths=("cluster", "block"), sweep=(1, 2, 4, 8, 16)):
         kernel_alone(path, "rstdp", i_ext10k, reps=7)
         learning(path)
     if "cluster" in paths:
-        for c in sweep:
-            _set_path("cluster", c)
-            kernel_alone(f"cluster C={c}", "rstdp", i_ext)
+        for c, body in sweep:
+            _set_path("cluster", c, body)
+            kernel_alone(f"cluster C={c} {body}", "rstdp", i_ext)
         _set_path("auto")
         # Staging cost per call: 20 calls of 50 steps vs one call of 1000 (kernel alone, no end_window).
         run50 = jax.jit(
@@ -132,11 +135,12 @@ def fum1k(paths=("cluster", "block"), sweep=(1, 2, 4, 8, 16)):
 
         return jax.lax.scan(win, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
 
-    med, mn = timeit(learn_ref, st, i_ext, reps=3)
-    print(f"  reference backend on GPU, same full learning: median {med * 1e3:.3f} ms / 1000 steps")
+    if os.environ.get("BENCH_REFERENCE", "1") == "1":
+        med, mn = timeit(learn_ref, st, i_ext, reps=3)
+        print(f"  reference backend on GPU, same full learning: median {med * 1e3:.3f} ms / 1000 steps")
     print("\nsummary (ms per 1000 steps unless noted; median, min):")
     for label, what, med, mn in rows:
-        print(f"  {label:14s} {what:22s} {med:8.3f} {mn:8.3f}")
+        print(f"  {label:20s} {what:22s} {med:8.3f} {mn:8.3f}")
 
 
 def large(n=100_000, k=100, steps=200):
@@ -168,6 +172,6 @@ if __name__ == "__main__":
     print(jax.devices(), "path:", os.environ.get("FUMJAX_GPU_RUN_PATH", "auto"))
     what = sys.argv[1:] or ["fum1k", "large"]
     if "fum1k" in what:
-        fum1k()
+        fum1k(paths=tuple(os.environ.get("BENCH_PATHS", "cluster,block").split(",")))
     if "large" in what:
         large()

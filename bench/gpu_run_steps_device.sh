@@ -12,14 +12,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 tail -3 $OUT/build.log
 stage_t built
 cd /tmp
-STAGES=${STAGES:-test,san,ncu,bench}
-has() { [[ ",$STAGES," == *",$1,"* ]]; }
-if has test; then
+STAGES=${STAGES:-test,san,ncu,bench}  # run in this order
+do_test() {
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -rsxX -s --maxfail=5 $OLDPWD/tests/test_fused_gpu.py ${PYTEST_ARGS} 2>&1 \
     | tee $OUT/pytest.log | grep -E "passed|failed|xfail|XFAIL|rror|exact raster|^(cluster|block|multi) " | cut -c1-400 | tail -70
   stage_t tests
-fi
-if has san; then
+}
+do_san() {
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
   for tool in memcheck racecheck; do
     echo "######## $tool" >> $OUT/san.log
@@ -28,8 +27,8 @@ if has san; then
   done
   unset XLA_PYTHON_CLIENT_PREALLOCATE
   stage_t sanitizer
-fi
-if has ncu; then
+}
+do_ncu() {
   STALLS=$(for r in barrier long_scoreboard short_scoreboard mio_throttle lg_throttle membar wait branch_resolving \
     no_instruction math_pipe_throttle dispatch_stall not_selected selected misc sleeping; do
     echo -n "smsp__warp_issue_stalled_${r}_per_warp_active.pct,"; done | sed 's/,$//')
@@ -43,8 +42,9 @@ if has ncu; then
   done
   grep -E "path|RunSteps|Duration|Elapsed Cycles|SM Frequency|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|stalled|Dynamic Shared|rc=" $OUT/ncu.txt | cut -c1-150 | head -70
   stage_t ncu
-fi
-if has bench; then
+}
+do_bench() {
   timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log | grep -v "^W0\|^I0" | tail -45
   stage_t bench
-fi
+}
+for st in ${STAGES//,/ }; do do_$st; done

@@ -466,6 +466,11 @@ struct ClusterPlan {
   uint32_t off_pre = 0;
   uint32_t off_lpost = 0;
   uint32_t off_delay = 0;
+  uint32_t off_rend = 0;    // event body: local out-CSR row ends (N int32)
+  uint32_t off_hit = 0;     // event body: hit bitmaps (2 x hit_words uint32)
+  uint32_t off_lrow = 0;    // event body: entries grouped by presynaptic neuron (uint16)
+  int32_t hit_words = 0;
+  int32_t force_pull = 0;   // FUMJAX_GPU_CLUSTER_BODY=pull
   uint32_t bytes = 0;
 };
 
@@ -495,14 +500,83 @@ __device__ __forceinline__ uint32_t ClusterRank() {
 #endif
 }
 
+// x (rank 0: every CTA holds the same replica; pending trace update of the last step), step, elig_t0.
+template <typename T, int kMode>
+__device__ __forceinline__ void WriteBackShared(const GpuArgs<T>& a, int32_t rank, const T* xb, const uint8_t* spkb,
+                                                int32_t s0, int32_t t0_init) {
+  if (rank != 0) return;
+  const int32_t n = a.n;
+  const bool upd = kMode != 0 && a.t_steps > 0;  // x is only advanced in plastic modes (buffer 0 otherwise)
+  const int32_t lastpar = upd ? (a.t_steps - 1) & 1 : 0;
+  const T* xl = xb + lastpar * n;
+  const uint8_t* sl = spkb + lastpar * n;
+  for (int32_t j = threadIdx.x; j < n; j += blockDim.x) {
+    a.x[j] = upd ? Fma(xl[j], a.decay_x, static_cast<T>(sl[j])) : xl[j];
+  }
+  if (threadIdx.x == 0) {
+    *a.step = s0 + a.t_steps;
+    if (kMode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
+  }
+}
+
+// Staged w (stdp) or eligibility (rstdp) back to their synapse slots k = in_syn[cta_p0 + q].
+template <typename T, int kMode>
+__device__ __forceinline__ void WriteBackSynapses(const GpuArgs<T>& a, int32_t cta_p0, int32_t n_entries,
+                                                  const uint16_t* pre_sh, const T* w_sh, const T* el_sh) {
+  for (int32_t q = threadIdx.x; q < n_entries; q += blockDim.x) {
+    if (pre_sh[q] == kNoPre) continue;
+    const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+    if (kMode == 2) {
+      a.elig[k] = el_sh[q];
+    } else {
+      a.w[k] = w_sh[q];
+    }
+  }
+}
+
+// In-place exclusive prefix sum of arr[0, n) over the CTA (kClusterThreads threads); ends with a barrier.
+__device__ __forceinline__ void BlockExclusiveScan(int32_t* arr, int32_t n) {
+  __shared__ int32_t warp_sum[kClusterWarps];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t per = (n + kClusterThreads - 1) / kClusterThreads;
+  const int32_t b = min(n, tid * per), en = min(n, b + per);
+  int32_t sum = 0;
+  for (int32_t i = b; i < en; ++i) sum += arr[i];
+  int32_t incl = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t up = __shfl_up_sync(FUMJAX_FULL_MASK, incl, o);
+    if (lane >= o) incl += up;
+  }
+  if (lane == 31) warp_sum[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    const int32_t tw = warp_sum[lane];
+    int32_t sc = tw;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t up = __shfl_up_sync(FUMJAX_FULL_MASK, sc, o);
+      if (lane >= o) sc += up;
+    }
+    warp_sum[lane] = sc - tw;
+  }
+  __syncthreads();
+  int32_t run = warp_sum[warp] + incl - sum;
+  for (int32_t i = b; i < en; ++i) {
+    const int32_t c = arr[i];
+    arr[i] = run;
+    run += c;
+  }
+  __syncthreads();
+}
+
 template <typename T, int kMode, bool kD1>
-__global__ void __launch_bounds__(kClusterThreads, 1) RunStepsClusterKernel(GpuArgs<T> a, ClusterPlan plan) {
+__device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan& plan, int32_t rank) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr bool kPlastic = kMode != 0;
   constexpr bool kRstdp = kMode == 2;
   constexpr int kU = sizeof(T) == 4 ? 4 : 2;  // synapses per lane in flight
   const int32_t n = a.n, e = a.e, d = kD1 ? 1 : a.d, P = plan.p;
-  const int32_t rank = static_cast<int32_t>(ClusterRank());
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t pc = kClusterWarps * P;                 // posts per CTA
   const int32_t cta_i0 = rank * pc;
@@ -748,8 +822,8 @@ __global__ void __launch_bounds__(kClusterThreads, 1) RunStepsClusterKernel(GpuA
     __syncwarp();
   }
 
-  // ---- write back ----
-  const int32_t lastpar = (a.t_steps - 1) & 1;
+  // ---- write back (after every warp's last synapse pass) ----
+  __syncthreads();
   if (own) {
     if (kPlastic && a.t_steps > 0) y = Fma(y, a.decay_y, static_cast<T>(prev_spk));
     a.v[my_i] = v;
@@ -762,30 +836,307 @@ __global__ void __launch_bounds__(kClusterThreads, 1) RunStepsClusterKernel(GpuA
       for (int32_t r = 0; r < d; ++r) a.ring[static_cast<int64_t>(r) * n + my_i] = ring_sh[r * pc + warp * P + lane];
     }
   }
-  if (rank == 0) {
-    const T* xl = xb + (a.t_steps > 0 ? lastpar : 0) * n;
-    const uint8_t* sl = spkb + lastpar * n;
-    for (int32_t j = tid; j < n; j += kClusterThreads) {
-      a.x[j] = (kPlastic && a.t_steps > 0) ? Fma(xl[j], a.decay_x, static_cast<T>(sl[j])) : xl[j];
-    }
-    if (tid == 0) {
-      *a.step = s0 + a.t_steps;
-      if (kRstdp && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
-    }
+  WriteBackShared<T, kMode>(a, rank, xb, spkb, s0, t0_init);
+  if (staged && kPlastic) WriteBackSynapses<T, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
+}
+
+// Event body (the default where a CTA's synapses fit): thread tid of CTA c owns post c*32*P + tid. Staging
+// also builds a CTA-local out-CSR (entries grouped by presynaptic neuron, by counting sort). Per step, after
+// the cluster barrier: (C1) each warp ballots 32 spike flags and, for each spiking pre, sets the hit bits of
+// that pre's local synapses; the warp of a spiking post applies STDP to its synapses whose pre was silent;
+// CTA barrier; (C2) each post's thread walks its own hit bits in ascending synapse order: transmission (same
+// order as the reference scatter) and STDP of the synapses whose pre spiked. Only synapses touched by a spike
+// are visited. The other parity's bitmap is cleared for the next step. Spike output is buffered in a register
+// for 32 steps, so the cluster barrier's release never waits on global stores.
+template <typename T, int kMode, bool kD1>
+__device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan& plan, int32_t rank) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr bool kPlastic = kMode != 0;
+  constexpr bool kRstdp = kMode == 2;
+  constexpr int kU = 4;
+  const int32_t n = a.n, e = a.e, d = kD1 ? 1 : a.d;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t pc = kClusterWarps * plan.p;
+  const int32_t cta_i0 = rank * pc;
+  const int32_t n_own = max(0, min(pc, n - cta_i0));
+  const bool own = tid < n_own;
+  const int32_t my_i = cta_i0 + tid;
+
+  T* xb = reinterpret_cast<T*>(smem);
+  uint8_t* spkb = smem + plan.off_spk;
+  uint8_t* code = smem + plan.off_code;
+  T* ring_sh = reinterpret_cast<T*>(smem + plan.off_ring);  // (D, pc), D > 1 only
+  int32_t* rend = reinterpret_cast<int32_t*>(smem + plan.off_rend);
+  uint32_t* hit = reinterpret_cast<uint32_t*>(smem + plan.off_hit);
+  T* w_sh = reinterpret_cast<T*>(smem + plan.off_w);
+  T* el_sh = reinterpret_cast<T*>(smem + plan.off_elig);
+  uint16_t* pre_sh = reinterpret_cast<uint16_t*>(smem + plan.off_pre);
+  uint16_t* lrow = reinterpret_cast<uint16_t*>(smem + plan.off_lrow);
+  uint8_t* dl_sh = smem + plan.off_delay;
+  const int32_t hit_words = plan.hit_words;
+
+  auto in_at = [&](int32_t i) {
+    const int32_t q = __ldg(a.in_ptr + min(max(i, 0), n));
+    return min(max(q, 0), e);
+  };
+  const int32_t cta_p0 = in_at(cta_i0);
+  const int32_t cta_p1 = max(cta_p0, in_at(cta_i0 + n_own));
+  const int32_t n_entries = cta_p1 - cta_p0;  // <= plan.cap (checked by the caller)
+  int32_t my_q0 = 0, my_q1 = 0;                // this post's entries (local indices)
+  if (own) {
+    my_q0 = min(max(in_at(my_i), cta_p0), cta_p1) - cta_p0;
+    my_q1 = max(my_q0, min(max(in_at(my_i + 1), cta_p0), cta_p1) - cta_p0);
   }
-  if (staged && kPlastic) {
-    for (int32_t q = tid; q < n_entries; q += kClusterThreads) {
-      if (pre_sh[q] == kNoPre) continue;
-      const int32_t k = __ldg(a.in_syn + cta_p0 + q);
-      if (kRstdp) {
-        a.elig[k] = el_sh[q];
-      } else {
-        a.w[k] = w_sh[q];
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;
+
+  // ---- stage: replicas, synapses (in-list order), local out-CSR ----
+  for (int32_t j = tid; j < n; j += kClusterThreads) {
+    xb[j] = a.x[j];
+    code[j] = __ldg(a.excitatory + j);
+    rend[j] = 0;
+  }
+  for (int32_t wd = tid; wd < 2 * hit_words; wd += kClusterThreads) hit[wd] = 0;
+  __syncthreads();
+  for (int32_t qb = 0; qb < n_entries; qb += kU * kClusterThreads) {
+    int32_t kk[kU], jj[kU], dd[kU];
+    T wv[kU], ev[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int32_t q = qb + u * kClusterThreads + tid;
+      kk[u] = q < n_entries ? __ldg(a.in_syn + cta_p0 + q) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      jj[u] = -1;
+      dd[u] = 1;
+      wv[u] = ev[u] = T(0);
+      if (static_cast<uint32_t>(kk[u]) < static_cast<uint32_t>(e)) {
+        jj[u] = __ldg(a.pre + kk[u]);
+        if (!kD1) dd[u] = __ldg(a.delay + kk[u]);
+        wv[u] = a.w[kk[u]];
+        if (kRstdp) ev[u] = a.elig[kk[u]];
       }
     }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int32_t q = qb + u * kClusterThreads + tid;
+      if (q >= n_entries) continue;
+      const bool ok = static_cast<uint32_t>(jj[u]) < static_cast<uint32_t>(n) && dd[u] >= 1 && dd[u] <= d;
+      pre_sh[q] = ok ? static_cast<uint16_t>(jj[u]) : kNoPre;
+      w_sh[q] = ok ? wv[u] : T(0);
+      if (kRstdp) el_sh[q] = ok ? ev[u] : T(0);
+      if (!kD1) dl_sh[q] = static_cast<uint8_t>(dd[u]);
+      if (ok) atomicAdd(&rend[jj[u]], 1);
+    }
+  }
+  __syncthreads();
+  BlockExclusiveScan(rend, n);  // row starts
+  for (int32_t q = tid; q < n_entries; q += kClusterThreads) {
+    const uint16_t j = pre_sh[q];
+    if (j != kNoPre) lrow[atomicAdd(&rend[j], 1)] = static_cast<uint16_t>(q);  // rend[j]: end of row j
+  }
+
+  T v = T(0), ratio = T(0), vth = T(0), y = T(0), ring_i = T(0), cur1 = T(0), cur2 = T(0);
+  int32_t rf = 0, ws = 0;
+  uint32_t prev_spk = 0, spk_hist = 0;
+  if (own) {
+    v = a.v[my_i];
+    ratio = Div(a.dt, a.tau[my_i]);
+    vth = a.v_th[my_i];
+    rf = a.refrac[my_i];
+    ws = a.window_spikes[my_i];
+    y = a.y[my_i];
+    if (kD1) {
+      ring_i = a.ring[my_i];
+    } else {
+      for (int32_t r = 0; r < d; ++r) ring_sh[r * pc + tid] = a.ring[static_cast<int64_t>(r) * n + my_i];
+    }
+    if (a.t_steps > 0) cur1 = a.i_ext[my_i];
+    if (a.t_steps > 1) cur2 = a.i_ext[static_cast<int64_t>(n) + my_i];
+  }
+  ClusterArriveWait();  // every CTA running (DSMEM), staging visible
+
+  for (int32_t t = 0; t < a.t_steps; ++t) {
+    const int32_t s = s0 + t;
+    const int32_t slot = FloorMod(s, d);
+    const int32_t par = t & 1;
+    T* xc = xb + par * n;
+    uint8_t* sp = spkb + par * n;
+    uint32_t* hit_now = hit + par * hit_words;
+    // (A) traces, LIF, spike flags to every CTA.
+    if (kPlastic && t > 0) {
+      const T* xp = xb + (par ^ 1) * n;
+      const uint8_t* spp = spkb + (par ^ 1) * n;
+      for (int32_t j = tid; j < n; j += kClusterThreads) xc[j] = Fma(xp[j], a.decay_x, static_cast<T>(spp[j]));
+      y = Fma(y, a.decay_y, static_cast<T>(prev_spk));
+    }
+    bool spiked = false;
+    if (own) {
+      T in;
+      if constexpr (kD1) {
+        in = Add(ring_i, cur1);
+        ring_i = T(0);
+      } else {
+        T& rnow = ring_sh[slot * pc + tid];
+        in = Add(rnow, cur1);
+        rnow = T(0);
+      }
+      spiked = Lif(a, v, rf, ratio, vth, in);
+      ws += spiked;
+      prev_spk = spiked;
+      spk_hist |= static_cast<uint32_t>(spiked) << (t & 31);
+      cur1 = cur2;
+      for (int32_t r = 0; r < plan.csize; ++r) RemoteShared(sp, r)[my_i] = static_cast<uint8_t>(spiked);
+    }
+    ClusterArriveWait();
+
+    // Global traffic after the barrier: prefetch, spike output every 32 steps.
+    if (own) {
+      if (t + 2 < a.t_steps) cur2 = a.i_ext[static_cast<int64_t>(t + 2) * n + my_i];
+      if ((t & 31) == 31 || t + 1 == a.t_steps) {
+        const int32_t tb = t & ~31;
+        for (int32_t b = 0; b <= t - tb; ++b) {
+          a.spikes[static_cast<int64_t>(tb + b) * n + my_i] = static_cast<uint8_t>((spk_hist >> b) & 1u);
+        }
+        spk_hist = 0;
+      }
+    }
+    T inv = T(1);
+    if (kRstdp) {
+      const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
+      inv = __ldg(a.inv_pow + JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1));
+      if (c.renorm) {  // uniform: dense renormalization before this step's additions
+        const T scale = __ldg(a.gamma_pow + c.scale_idx);
+        for (int32_t q = tid; q < n_entries; q += kClusterThreads) el_sh[q] = Mul(el_sh[q], scale);
+        __syncthreads();
+      }
+    }
+
+    // (C1) hit bits of the spiking pres' local synapses.
+    for (int32_t c0 = warp * 32; c0 < n; c0 += kClusterThreads) {
+      const int32_t j = c0 + lane;
+      uint32_t m = __ballot_sync(FUMJAX_FULL_MASK, j < n && sp[j] != 0);
+      while (m) {
+        const int32_t jr = c0 + __ffs(m) - 1;
+        m &= m - 1;
+        const int32_t r1 = rend[jr];
+        for (int32_t r = (jr > 0 ? rend[jr - 1] : 0) + lane; r < r1; r += 32) {
+          const int32_t q = lrow[r];
+          atomicOr(&hit_now[q >> 5], 1u << (q & 31));
+        }
+      }
+    }
+    // (C1) STDP of a spiking post's synapses whose pre was silent (ltd = 0), by the post's warp.
+    if (kPlastic) {
+      uint32_t m = __ballot_sync(FUMJAX_FULL_MASK, spiked);
+      while (m) {
+        const int b = __ffs(m) - 1;
+        m &= m - 1;
+        const int32_t q0 = __shfl_sync(FUMJAX_FULL_MASK, my_q0, b);
+        const int32_t q1 = __shfl_sync(FUMJAX_FULL_MASK, my_q1, b);
+        for (int32_t q = q0 + lane; q < q1; q += 32) {
+          const uint16_t j16 = pre_sh[q];
+          if (j16 == kNoPre) continue;
+          const int32_t j = j16;
+          const uint8_t cj = code[j];
+          if (sp[j] != 0 || cj == 2) continue;
+          const T diff = Sub(Mul(a.a_plus, Mul(xc[j], a.decay_x)), T(0));
+          const T dw = cj == 1 ? diff : -diff;
+          if (kRstdp) {
+            el_sh[q] = Fma(dw, inv, el_sh[q]);
+          } else {
+            const T nw = Add(w_sh[q], dw);
+            const T lo = nw < -a.w_clip ? -a.w_clip : nw;
+            w_sh[q] = lo > a.w_clip ? a.w_clip : lo;
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    // (C2) each post: its hit synapses in ascending order -- transmission, then STDP (pre spiked).
+    if (own) {
+      for (int32_t wd = my_q0 >> 5; wd < (my_q1 + 31) >> 5; ++wd) {
+        uint32_t bits = hit_now[wd];
+        const int32_t lo = my_q0 - wd * 32, hi = my_q1 - wd * 32;
+        if (lo > 0) bits &= ~0u << lo;
+        if (hi < 32) bits &= (1u << hi) - 1u;
+        while (bits) {
+          const int32_t q = wd * 32 + __ffs(bits) - 1;
+          bits &= bits - 1;
+          const int32_t j = pre_sh[q];
+          const T wk = w_sh[q];
+          const T val = Mul(a.g_syn, wk);
+          if constexpr (kD1) {
+            ring_i = Add(ring_i, val);
+          } else {
+            int32_t rs = slot + dl_sh[q];
+            if (rs >= d) rs -= d;
+            T& dst = ring_sh[rs * pc + tid];
+            dst = Add(dst, val);
+          }
+          const uint8_t cj = code[j];
+          if (kPlastic && cj != 2) {
+            const T ltp = spiked ? Mul(a.a_plus, Mul(xc[j], a.decay_x)) : T(0);
+            const T ltd = Mul(a.a_minus, Mul(y, a.decay_y));
+            const T diff = Sub(ltp, ltd);
+            const T dw = cj == 1 ? diff : -diff;
+            if (kRstdp) {
+              el_sh[q] = Fma(dw, inv, el_sh[q]);
+            } else {
+              const T nw = Add(wk, dw);
+              const T lo2 = nw < -a.w_clip ? -a.w_clip : nw;
+              w_sh[q] = lo2 > a.w_clip ? a.w_clip : lo2;
+            }
+          }
+        }
+      }
+    }
+    uint32_t* hit_next = hit + (par ^ 1) * hit_words;
+    for (int32_t wd = tid; wd < hit_words; wd += kClusterThreads) hit_next[wd] = 0;
+  }
+
+  // ---- write back ----
+  __syncthreads();
+  if (own) {
+    if (kPlastic && a.t_steps > 0) y = Fma(y, a.decay_y, static_cast<T>(prev_spk));
+    a.v[my_i] = v;
+    a.refrac[my_i] = rf;
+    a.window_spikes[my_i] = ws;
+    a.y[my_i] = y;
+    if (kD1) {
+      a.ring[my_i] = ring_i;
+    } else {
+      for (int32_t r = 0; r < d; ++r) a.ring[static_cast<int64_t>(r) * n + my_i] = ring_sh[r * pc + tid];
+    }
+  }
+  WriteBackShared<T, kMode>(a, rank, xb, spkb, s0, t0_init);
+  if (kPlastic) WriteBackSynapses<T, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
+}
+
+// The cluster kernel: the event body when every CTA's synapses fit its shared memory (a uniform decision:
+// each CTA reads all CTAs' in-list bounds), else the pull body (which falls back to global memory).
+template <typename T, int kMode, bool kD1>
+__global__ void __launch_bounds__(kClusterThreads, 1)
+    RunStepsClusterKernel(GpuArgs<T> a, ClusterPlan pull, ClusterPlan event) {
+  const int32_t rank = static_cast<int32_t>(ClusterRank());
+  bool fits = event.force_pull == 0 && event.cap > 0;
+  const int32_t pc = kClusterWarps * event.p;
+  for (int32_t r = 0; r < event.csize && fits; ++r) {
+    const int32_t i0 = min(r * pc, a.n), i1 = min(i0 + pc, a.n);
+    const int32_t p0 = min(max(__ldg(a.in_ptr + i0), 0), a.e);
+    const int32_t p1 = min(max(__ldg(a.in_ptr + i1), 0), a.e);
+    fits = p1 - p0 <= event.cap;
+  }
+  if (fits) {
+    EventBody<T, kMode, kD1>(a, event, rank);
+  } else {
+    PullBody<T, kMode, kD1>(a, pull, rank);
   }
 }
 #endif  // !FUMJAX_USE_HIP
+
 
 // =====================================================================================================
 // Multi-kernel path.
@@ -939,6 +1290,7 @@ DeviceInfo GetDeviceInfo() {
 // Shared-memory layout of the cluster path for C CTAs; false when the path cannot take the network.
 template <typename T>
 bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int64_t max_smem, ClusterPlan* plan) {
+  max_smem -= 256;  // static shared memory of the kernel (BlockExclusiveScan)
   if (n < 1 || n >= kNoPre || d < 1 || d > 255 || csize < 1) return false;
   const int64_t warps = static_cast<int64_t>(csize) * kClusterWarps;
   const int64_t p = (n + warps - 1) / warps;
@@ -972,9 +1324,49 @@ bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, i
   return true;
 }
 
+// Shared-memory layout of the event body (same post partition as PlanCluster's).
+template <typename T>
+bool PlanEvent(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int64_t max_smem, ClusterPlan* plan) {
+  ClusterPlan pull;
+  if (!PlanCluster<T>(n, e, d, mode, csize, max_smem, &pull)) return false;
+  max_smem -= 256;
+  const int64_t pc = static_cast<int64_t>(pull.p) * kClusterWarps;
+  auto al = [](int64_t b) { return (b + 15) / 16 * 16; };
+  *plan = pull;
+  int64_t off = pull.off_ring;
+  if (d > 1) off += al(d * pc * static_cast<int64_t>(sizeof(T)));
+  plan->off_rend = static_cast<uint32_t>(off);
+  off += al(4 * n);
+  // Per synapse: w, elig (rstdp), pre and out-CSR slot (uint16), delay (D > 1), 2 hit bits (1/4 byte).
+  const int64_t entry_bytes4 = 4 * (static_cast<int64_t>(sizeof(T)) * (mode == 2 ? 2 : 1) + 4 + (d > 1 ? 1 : 0)) + 1;
+  if (off + 64 > max_smem) return false;
+  const int64_t cap = std::min((max_smem - off - 64) * 4 / entry_bytes4 / 64 * 64, (e + 63) / 64 * 64);
+  if (cap <= 0) return false;
+  plan->hit_words = static_cast<int32_t>(cap / 32);
+  plan->off_hit = static_cast<uint32_t>(off);
+  off += 2 * (cap / 32) * 4;
+  plan->off_w = static_cast<uint32_t>(off);
+  off += cap * static_cast<int64_t>(sizeof(T));
+  plan->off_elig = static_cast<uint32_t>(off);
+  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(T));
+  plan->off_pre = static_cast<uint32_t>(off);
+  off += cap * 2;
+  plan->off_lrow = static_cast<uint32_t>(off);
+  off += cap * 2;
+  plan->off_delay = static_cast<uint32_t>(off);
+  if (d > 1) off += cap;
+  plan->off_lpost = plan->off_delay;  // unused by the event body
+  plan->bytes = static_cast<uint32_t>(off);
+  plan->cap = static_cast<int32_t>(cap);
+  return off <= max_smem;
+}
+
 // Launches (or, with a == nullptr, only checks that a cluster of plan.csize CTAs can be scheduled).
 template <typename T, int kMode, bool kD1>
-hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& plan, hipStream_t stream) {
+hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& pull, const ClusterPlan& event,
+                          hipStream_t stream) {
+  ClusterPlan plan = pull;  // the launch's shared memory: the larger of the two layouts
+  plan.bytes = std::max(pull.bytes, event.bytes);
   auto* kern = &RunStepsClusterKernel<T, kMode, kD1>;
   static uint32_t allowed = 48 * 1024;  // per-function limits, raised once (host calls only: capture-safe)
   static bool nonportable = false;
@@ -1007,22 +1399,27 @@ hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& plan, hipStrea
     if (err != hipSuccess) return err;
     return clusters >= 1 ? hipSuccess : cudaErrorInvalidClusterSize;
   }
-  return cudaLaunchKernelEx(&cfg, kern, *a, plan);
+  return cudaLaunchKernelEx(&cfg, kern, *a, pull, event);
 }
 
 template <typename T>
-hipError_t ClusterLaunch(const GpuArgs<T>* a, int32_t mode, bool d1, const ClusterPlan& plan, hipStream_t stream) {
+hipError_t ClusterLaunch(const GpuArgs<T>* a, int32_t mode, bool d1, const ClusterPlan& pull,
+                         const ClusterPlan& event, hipStream_t stream) {
   switch (mode) {
-    case 0: return d1 ? ClusterLaunchT<T, 0, true>(a, plan, stream) : ClusterLaunchT<T, 0, false>(a, plan, stream);
-    case 1: return d1 ? ClusterLaunchT<T, 1, true>(a, plan, stream) : ClusterLaunchT<T, 1, false>(a, plan, stream);
-    default: return d1 ? ClusterLaunchT<T, 2, true>(a, plan, stream) : ClusterLaunchT<T, 2, false>(a, plan, stream);
+    case 0:
+      return d1 ? ClusterLaunchT<T, 0, true>(a, pull, event, stream) : ClusterLaunchT<T, 0, false>(a, pull, event, stream);
+    case 1:
+      return d1 ? ClusterLaunchT<T, 1, true>(a, pull, event, stream) : ClusterLaunchT<T, 1, false>(a, pull, event, stream);
+    default:
+      return d1 ? ClusterLaunchT<T, 2, true>(a, pull, event, stream) : ClusterLaunchT<T, 2, false>(a, pull, event, stream);
   }
 }
 
 // Picks the cluster size: the requested one (FUMJAX_GPU_CLUSTER, default 8) or the next smaller that
 // plans and schedules. `need_staged`: only accept a plan whose expected per-CTA synapses fit shared memory.
 template <typename T>
-bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged, ClusterPlan* plan) {
+bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged, ClusterPlan* pull,
+                   ClusterPlan* event) {
   if (info.cc_major < 9) return false;
   int32_t want = 8;
   if (const char* env = std::getenv("FUMJAX_GPU_CLUSTER")) want = std::atoi(env);
@@ -1037,7 +1434,7 @@ bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged
   };
   static std::mutex mu;
   static Key last_key;
-  static ClusterPlan last_plan;
+  static ClusterPlan last_pull, last_event;
   static bool last_ok = false;
   std::lock_guard<std::mutex> lock(mu);
   Key key;
@@ -1048,26 +1445,29 @@ bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged
   key.want = want;
   key.dev = info.device;
   key.need = need_staged;
-  if (key == last_key) {
-    *plan = last_plan;
-    return last_ok;
-  }
-  bool ok = false;
-  for (int32_t c = want; c >= 1 && !ok; c = c > 8 ? 8 : c / 2) {
-    ClusterPlan p;
-    if (!PlanCluster<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &p)) continue;
-    if (need_staged && (static_cast<int64_t>(a.e) / c) * 5 / 4 + 256 > p.cap) continue;
-    if (ClusterLaunch<T>(nullptr, a.mode, a.d == 1, p, nullptr) != hipSuccess) {
-      (void)hipGetLastError();  // clear a sticky launch-config error
-      continue;
+  if (!(key == last_key)) {
+    bool ok = false;
+    for (int32_t c = want; c >= 1 && !ok; c = c > 8 ? 8 : c / 2) {
+      ClusterPlan p, ev;
+      if (!PlanCluster<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &p)) continue;
+      if (!PlanEvent<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &ev)) ev.cap = 0;
+      if (need_staged && (static_cast<int64_t>(a.e) / c) * 5 / 4 + 256 > std::max(p.cap, ev.cap)) continue;
+      if (ClusterLaunch<T>(nullptr, a.mode, a.d == 1, p, ev, nullptr) != hipSuccess) {
+        (void)hipGetLastError();  // clear a launch-configuration error
+        continue;
+      }
+      last_pull = p;
+      last_event = ev;
+      ok = true;
     }
-    *plan = p;
-    ok = true;
+    last_key = key;
+    last_ok = ok;
   }
-  last_key = key;
-  last_plan = *plan;
-  last_ok = ok;
-  return ok;
+  *pull = last_pull;
+  *event = last_event;
+  const char* body = std::getenv("FUMJAX_GPU_CLUSTER_BODY");  // pull: force the pull body (tests, timings)
+  event->force_pull = body != nullptr && std::strcmp(body, "pull") == 0;
+  return last_ok;
 }
 #endif  // !FUMJAX_USE_HIP
 
@@ -1103,8 +1503,10 @@ hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
   // Cluster path: where forced (any network it can plan), or by default where the synapses fit.
   const bool forced_cluster = force != nullptr && std::strcmp(force, "cluster") == 0;
   if (forced_cluster || force == nullptr || std::strcmp(force, "auto") == 0) {
-    ClusterPlan plan;
-    if (ChooseCluster<T>(a, info, !forced_cluster, &plan)) return ClusterLaunch<T>(&a, a.mode, a.d == 1, plan, stream);
+    ClusterPlan pull, event;
+    if (ChooseCluster<T>(a, info, !forced_cluster, &pull, &event)) {
+      return ClusterLaunch<T>(&a, a.mode, a.d == 1, pull, event, stream);
+    }
   }
 #endif
   const size_t shared = BlockSharedBytes<T>(a.n, a.d);

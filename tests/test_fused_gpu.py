@@ -149,19 +149,23 @@ def test_gpu_matches_cpu_reference(n, delays, mode, path):
     assert_match(c)
 
 
-@pytest.mark.parametrize("csize", [1, 2, 16])
+@pytest.mark.parametrize(
+    "csize,body", [(1, "auto"), (2, "auto"), (4, "auto"), (16, "auto"), (8, "pull"), (16, "pull")]
+)
 @pytest.mark.parametrize("delays", ["1", "mixed"])
-def test_cluster_sizes(csize, delays, monkeypatch):
-    """Cluster of 1 (synapses of N = 1000 x 50 overflow one CTA: global fallback), 2 and 16 CTAs (falls back
-    to the largest size the device schedules); 8 is the default, run above."""
+def test_cluster_sizes(csize, body, delays, monkeypatch):
+    """Cluster path at other sizes and bodies on N = 1000 x 50: 1 and 2 CTAs overflow shared memory (pull
+    body, global fallback); 4 and 16 (or the largest the device schedules) run the event body; pull forced
+    at 8 and 16. The default (8 CTAs, event body) runs above."""
     if not _cluster_path_available():
         pytest.skip("cluster path needs compute capability >= 9.0")
     monkeypatch.setenv("FUMJAX_GPU_RUN_PATH", "cluster")
     monkeypatch.setenv("FUMJAX_GPU_CLUSTER", str(csize))
+    monkeypatch.setenv("FUMJAX_GPU_CLUSTER_BODY", body)
     net, cfg, state, i_ext = make_case(1000, 50, delays, seed=11 + csize, t_steps=300)
     for mode in ("stdp", "rstdp"):
         c = compare(*run_both(net, cfg, state, i_ext, mode))
-        print("cluster", csize, delays, mode, c)
+        print("cluster", csize, body, delays, mode, c)
         assert_bitwise(c)
 
 
