@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -110,13 +112,26 @@ struct Scalars {
 };
 
 constexpr int64_t kInPreMinSteps = 1000;
-// Automatic thread count (threads = 0): one thread per this many synapses, at most the usable cores; a
-// small network's step is too short to split (a barrier costs about as much as its work).
+// Automatic thread count (threads = 0): one thread per this many synapses, at most the usable cores that
+// other work leaves idle (cores minus the 1-minute load average, which counts this process too, so at
+// least 1): a small network's step is too short to split (a barrier costs about as much as its work),
+// and on an oversubscribed machine every barrier waits for a descheduled thread.
 constexpr int64_t kSynapsesPerAutoThread = 200000;
+
+int IdleCores() {
+  const int cores = AvailableCores();
+#if defined(__linux__) || defined(__APPLE__)
+  double load[1];
+  if (getloadavg(load, 1) == 1) {
+    return std::max(1, std::min(cores, cores + 1 - static_cast<int>(std::ceil(load[0]))));
+  }
+#endif
+  return cores;
+}
 
 int ResolveThreads(int32_t requested, int64_t n, int64_t e) {
   int64_t t = requested;
-  if (t <= 0) t = std::min<int64_t>(AvailableCores(), std::max<int64_t>(1, e / kSynapsesPerAutoThread));
+  if (t <= 0) t = std::min<int64_t>(IdleCores(), std::max<int64_t>(1, e / kSynapsesPerAutoThread));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, std::max<int64_t>(1, n))));
 }
 

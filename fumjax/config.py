@@ -147,7 +147,7 @@ class RunConfig:
     dtype: str = _p("float32", choices=("float32", "float64", "float16", "bfloat16"))
     backend: str = _p("reference", choices=("reference", "fused"))
     seed: int = _p(0, 0, 2**32 - 1)
-    threads: int = _p(0, 0, 4096, doc="fused CPU kernel threads; 0 = automatic (up to all usable cores)")
+    threads: int = _p(0, 0, 4096, doc="fused CPU kernel threads; 0 = automatic (up to the idle usable cores)")
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,8 @@ def run_steps_supported(state, net) -> bool:
 
 def resolve_threads(threads: int | None, cfg) -> int:
     """Kernel thread count of a call: the argument, else cfg.run.threads; 0 means automatic (one thread per
-    200k synapses, at most the cores this process may use). Results do not depend on it."""
+    200k synapses, at most the cores this process may use that the load average leaves idle). Results do
+    not depend on it."""
     t = getattr(cfg.run, "threads", 0) if threads is None else threads
     if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or t < 0:
         raise ValueError(f"threads = {t!r}: must be an int >= 0 (0 = automatic)")
