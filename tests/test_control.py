@@ -137,14 +137,21 @@ def test_stability_module_rules_and_cooldown():
     assert mod.update(s0, _metrics(50, hist))[1] == []
 
 
-def test_soc_module_acts_on_runaway_avalanche_only():
-    mod = SOCModule(n_neurons=100)
-    quiet = np.tile([0, 1, 2, 1, 0, 0, 3, 0, 1, 0], 10)  # small avalanches
+def test_soc_module_judges_accumulated_windows():
+    mod = SOCModule(n_neurons=100, span_windows=2, max_index=10.0)  # only the large-avalanche rule here
+    quiet = np.tile([0, 1, 2, 1, 0, 0, 3, 0, 1, 0], 5)  # small avalanches
     runaway = quiet.copy()
-    runaway[40:60] = 30  # one avalanche of 600 spikes > 0.1 N
-    s, acts = mod.update(ControlState(), Metrics(50, {}, {}, {"counts": runaway}))
-    assert [a.name for a in acts] == ["soc_intervention"] and "avalanche of" in acts[0].reason
-    assert s.inhibition_scale == pytest.approx(1.1) and s.eta_scale == pytest.approx(0.9)
+    runaway[20:40] = 30  # median of both windows: 1; one run of 20 steps x 29 spikes above it > 0.1 N
+    s, acts = mod.update(ControlState(), Metrics(50, {}, {}, {"counts": quiet}))
+    assert acts == [] and len(s.memo["soc"]) == 1  # kept, judged once span_windows are in
+    s, acts = mod.update(s, Metrics(100, {}, {}, {"counts": runaway}))
+    assert [a.name for a in acts] == ["soc_intervention"] and "avalanche of 580 spikes" in acts[0].reason
+    assert (
+        s.inhibition_scale == pytest.approx(1.1) and s.eta_scale == pytest.approx(0.9) and s.memo["soc"] == ()
+    )
+    s, acts = mod.update(s, Metrics(150, {}, {}, {"counts": quiet}))
+    s, acts = mod.update(s, Metrics(200, {}, {}, {"counts": quiet}))
+    assert acts == [] and s.eta_scale == pytest.approx(0.9)
     assert mod.update(ControlState(), Metrics(50, {}))[1] == []
 
 

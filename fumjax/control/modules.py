@@ -75,7 +75,8 @@ class StabilityModule:
             for knob, factor in changes.items():
                 hi = self.max_inhibition_scale if knob == "inhibition_scale" else 1.0
                 st = _scale(st, knob, factor, self.min_eta_scale, hi)
-            acts.append(Action(step, self.name, rule, reason, changes))
+            params = {k.replace("_scale", "_factor"): v for k, v in changes.items()}
+            acts.append(Action(step, self.name, rule, reason, params))
             return _acted(st, self.name, rule, step)
 
         if g > self.global_var_max:
@@ -117,19 +118,32 @@ class InteractionModule:
         pairs = ", ".join(f"r({a}, {b}) = {r:+.2f}" for a, b, r in metrics.interactions)
         state = _scale(state, "eta_scale", 0.9, self.min_scale, 1.0)
         state = _scale(state, "growth_scale", 0.9, self.min_scale, 1.0)
-        act = Action(metrics.step, self.name, "damp_interactions", f"correlated metric histories: {pairs}",
-                     {"eta_scale": 0.9, "growth_scale": 0.9})  # fmt: skip
+        act = Action(
+            metrics.step,
+            self.name,
+            "damp_interactions",
+            f"correlated metric histories: {pairs}",
+            {"eta_factor": 0.9, "growth_factor": 0.9},
+        )
         return _acted(state, self.name, "damp", metrics.step), [act]
 
 
 @dataclasses.dataclass(frozen=True)
 class SOCModule:
-    """Self-organized criticality control (C.3) through `fumjax.train.soc.soc_control` on the window's
-    population spike counts (metrics.arrays["counts"]): inhibition x1.1 and eta x0.9 when the criticality
-    index exceeds max_index or an avalanche exceeds large_fraction of the n_neurons."""
+    """Self-organized criticality control (C.3) through `fumjax.train.soc.soc_control`.
+
+    Population spike counts per step (metrics.arrays["counts"]) are collected over span_windows windows;
+    every span_windows windows the series is judged: inhibition x1.1 and eta x0.9 when the criticality index
+    exceeds max_index or an avalanche exceeds large_fraction of n_neurons. A network with ongoing activity
+    (spikes in every step) has no silent steps to separate avalanches, so counts are taken above a threshold,
+    by default the median count of the series (`threshold="median"`; a number for a fixed one): an avalanche
+    is a run of steps above it, its size the spikes above it. Fewer than min_avalanches -> no judgement.
+    """
 
     n_neurons: int
     name: str = "soc"
+    span_windows: int = 20
+    threshold: str | float = "median"
     max_index: float = 0.2
     large_fraction: float = 0.1
     min_avalanches: int = 10
@@ -140,18 +154,25 @@ class SOCModule:
         counts = metrics.arrays.get("counts")
         if counts is None:
             return state, []
+        kept = state.memo.get(self.name, ()) + (np.asarray(counts),)
+        if len(kept) < self.span_windows:
+            return state.remember(self.name, kept), []
+        state = state.remember(self.name, ())
+        series = np.concatenate(kept).astype(np.float64)
+        thr = float(np.median(series)) if self.threshold == "median" else float(self.threshold)
         decision, m = soc_control(
-            counts, self.n_neurons, max_index=self.max_index, large_fraction=self.large_fraction
+            np.maximum(series - thr, 0.0),
+            self.n_neurons,
+            max_index=self.max_index,
+            large_fraction=self.large_fraction,
         )
-        too_few = m["avalanches"] < self.min_avalanches and m["largest_avalanche"] <= self.large_fraction * (
-            self.n_neurons
-        )
-        if too_few or (decision.inhibition_factor == 1.0 and decision.eta_factor == 1.0):
+        if m["avalanches"] < self.min_avalanches or decision.eta_factor == decision.inhibition_factor == 1.0:
             return state, []
         state = _scale(state, "inhibition_scale", decision.inhibition_factor, 0.0, self.max_inhibition_scale)
         state = _scale(state, "eta_scale", decision.eta_factor, self.min_eta_scale, 1.0)
         params = {"inhibition_factor": decision.inhibition_factor, "eta_factor": decision.eta_factor}
-        return state, [Action(metrics.step, self.name, "soc_intervention", decision.reason, params)]
+        reason = f"{decision.reason} (counts above {thr:g} over {series.size} steps, tau {m['tau']:.2f})"
+        return state, [Action(metrics.step, self.name, "soc_intervention", reason, params)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +316,9 @@ class AnomalyResponse:
     mode enters the diagnostic mode (eta x diagnostic_eta_factor, detailed logging, novelty weight x0.9).
     Anomalies persisting for persist_steps (FUM: 10,000) fall back to the simplified mode (static STDP window,
     no structural plasticity). After recover_steps without an anomaly the mode returns to normal.
+    A flagged window stays out of the fitted history for forget_steps (default 2 x persist_steps) and then
+    rejoins it: a lasting change of regime becomes the new baseline instead of being flagged forever
+    (absolute limits remain the StabilityModule's job).
     """
 
     name: str = "anomaly"
@@ -305,6 +329,7 @@ class AnomalyResponse:
     refit_windows: int = 10
     persist_steps: int = 10_000
     recover_steps: int = 2_500
+    forget_steps: int | None = None
     require: str = "any"
     iforest_margin: float = 0.05
     gmm_margin: float = 5.0
@@ -318,8 +343,10 @@ class AnomalyResponse:
         if not keys:
             return state, []
         hist = np.stack([np.asarray(metrics.history[k], np.float64) for k in keys], axis=1)[:-1]
-        flags = np.asarray(memo["flags"][-hist.shape[0] :] if hist.shape[0] else (), bool)
-        flags = np.concatenate([np.zeros(hist.shape[0] - flags.size, bool), flags])
+        forget = 2 * self.persist_steps if self.forget_steps is None else self.forget_steps
+        flagged_at = np.asarray(memo["flags"][-hist.shape[0] :] if hist.shape[0] else (), np.int64)
+        flagged_at = np.concatenate([np.full(hist.shape[0] - flagged_at.size, -1), flagged_at])
+        flags = (flagged_at >= 0) & (metrics.step - flagged_at < forget)
         past = hist[~flags][-self.fit_windows :]
         det = memo["det"]
         if det is None or det.keys != keys or memo["age"] >= self.refit_windows:
@@ -333,7 +360,7 @@ class AnomalyResponse:
         memo["age"] += 1
         memo["det"] = det
         if det is None:
-            memo["flags"] = (tuple(memo["flags"]) + (False,))[-self.fit_windows * 2 :]
+            memo["flags"] = (tuple(memo["flags"]) + (-1,))[-self.fit_windows * 2 :]
             return state.remember(self.name, memo), []
         s = score_window(
             det,
@@ -342,7 +369,9 @@ class AnomalyResponse:
             gmm_margin=self.gmm_margin,
             require=self.require,
         )
-        memo["flags"] = (tuple(memo["flags"]) + (s["anomaly"],))[-self.fit_windows * 2 :]
+        memo["flags"] = (tuple(memo["flags"]) + (metrics.step if s["anomaly"] else -1,))[
+            -self.fit_windows * 2 :
+        ]
         step, acts = metrics.step, []
         if s["anomaly"]:
             memo["last"] = step
