@@ -1,6 +1,8 @@
 #!/bin/bash
 # One device call: build, GPU tests, compute-sanitizer, Nsight Compute, timings. Logs under $OUT (5 files).
-#   STAGES=test,san,ncu,bench (default all); PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS narrow each stage.
+#   STAGES=test,san,ncu,bench (default all, run in the order given); PYTEST_K (a -k expression, may hold
+#   spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage. ncu on the cluster
+#   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
 # If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
 # committed sources only, not other work in progress in a shared checkout.
 set -o pipefail
@@ -14,7 +16,7 @@ stage_t built
 cd /tmp
 STAGES=${STAGES:-test,san,ncu,bench}  # run in this order
 do_test() {
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -rsxX -s --maxfail=5 $OLDPWD/tests/test_fused_gpu.py ${PYTEST_ARGS} 2>&1 \
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -rsxX -s --maxfail=5 $OLDPWD/tests/test_fused_gpu.py ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS} 2>&1 \
     | tee $OUT/pytest.log | grep -E "passed|failed|xfail|XFAIL|rror|exact raster|^(cluster|block|multi) " | cut -c1-400 | tail -70
   stage_t tests
 }
@@ -34,7 +36,7 @@ do_ncu() {
     echo -n "smsp__warp_issue_stalled_${r}_per_warp_active.pct,"; done | sed 's/,$//')
   for path in ${NCU_PATHS:-cluster block}; do
     echo "######## path $path" >> $OUT/ncu.txt
-    FUMJAX_GPU_RUN_PATH=$path timeout ${NCU_TIMEOUT:-90} ncu --clock-control none -k regex:RunSteps --launch-skip 1 -c 1 \
+    FUMJAX_GPU_RUN_PATH=$path timeout ${NCU_TIMEOUT:-150} ncu --clock-control none -k regex:RunSteps --launch-skip 1 -c 1 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis --metrics $STALLS \
       python3 $OLDPWD/bench/ncu_gpu_run_steps.py >> $OUT/ncu.txt 2>&1

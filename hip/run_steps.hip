@@ -6,8 +6,12 @@
 //   eligibility:  e_hat' = fma(dw, inv_pow[step + 1 - t0], e_hat)
 //   everything else one rounding per operation (explicit _rn intrinsics, built with --fmad=false).
 //
-// Two execution paths, chosen per call from N, D and the dtype (FUMJAX_GPU_RUN_PATH=block|multi forces one):
+// Three execution paths, chosen per call from N, D and the dtype (FUMJAX_GPU_RUN_PATH=block|multi forces one;
+// cluster is opt-in, see its section below):
 //
+// * cluster (CUDA, compute capability >= 9.0): a thread-block cluster, synapses staged in shared memory by post,
+//   spike flags exchanged through distributed shared memory, one cluster barrier per step, inputs summed in
+//   the reference's order (bit-exact by construction).
 // * block: ONE persistent thread block of 1024 threads runs all T steps. Each thread owns R consecutive
 //   neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring, spike flags and the
 //   spike list live in shared memory. Per step: (A) input + LIF + pending trace update of the previous
@@ -1500,11 +1504,11 @@ hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
   const DeviceInfo info = GetDeviceInfo();
   const char* force = std::getenv("FUMJAX_GPU_RUN_PATH");
 #if !defined(FUMJAX_USE_HIP)
-  // Cluster path: where forced (any network it can plan), or by default where the synapses fit.
-  const bool forced_cluster = force != nullptr && std::strcmp(force, "cluster") == 0;
-  if (forced_cluster || force == nullptr || std::strcmp(force, "auto") == 0) {
+  // Cluster path: opt-in (FUMJAX_GPU_RUN_PATH=cluster) until tests/test_fused_gpu.py has passed on a GPU with
+  // the event body (bench/GPU_RUN_STEPS.md); then the default wherever ChooseCluster(need_staged) accepts.
+  if (force != nullptr && std::strcmp(force, "cluster") == 0) {
     ClusterPlan pull, event;
-    if (ChooseCluster<T>(a, info, !forced_cluster, &pull, &event)) {
+    if (ChooseCluster<T>(a, info, /*need_staged=*/false, &pull, &event)) {
       return ClusterLaunch<T>(&a, a.mode, a.d == 1, pull, event, stream);
     }
   }

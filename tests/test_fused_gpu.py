@@ -1,12 +1,12 @@
 """GPU whole-run kernel (hip/run_steps.hip) against the reference backend run on the CPU.
 
 The reference (`dynamics._simulate`, backend 'reference', jitted on the CPU device) is the truth. Three GPU
-paths are run. The cluster path (Hopper thread-block cluster, the default for small networks) sums each
-neuron's inputs in ascending synapse order like the reference, so its rasters, v and ring must match
-exactly. The block and multi paths add several spikes arriving at one neuron in one step with atomicAdd, in
-no fixed order; from three addends on the sums can differ by an ulp, which can flip a spike sitting exactly on
-threshold and then the rasters diverge. Most runs still match exactly; `test_exact_match_rate` measures how
-many (default path).
+paths are run. The cluster path (Hopper thread-block cluster; opt-in with FUMJAX_GPU_RUN_PATH=cluster until
+these tests have passed on a GPU with its event body) sums each neuron's inputs in ascending synapse order
+like the reference, so its rasters, v and ring must match exactly. The block and multi paths add several
+spikes arriving at one neuron in one step with atomicAdd, in no fixed order; from three addends on the sums
+can differ by an ulp, which can flip a spike sitting exactly on threshold and then the rasters diverge. Most
+runs still match exactly; `test_exact_match_rate` measures how many (default path: block for these sizes).
 """
 
 from __future__ import annotations
