@@ -171,18 +171,17 @@ def load_settings(path: str | Path | None, seed: int = 0) -> tuple[TrainSettings
 
 @dataclasses.dataclass(frozen=True)
 class TrainerState:
-    """Everything a run carries between chunks (a pytree of arrays; checkpointed whole).
-
-    state: network State; sie: SIEState; v_th0 (N,) baseline thresholds; alive (N,) bool; grown (N,) bool
-    (revived by growth); cluster_of (N,) int32 activity cluster; n_clusters () int32; cluster_avg (K,) and
-    cluster_cnt (K,) reward averages per activity cluster; pop_avg (G,) EMA of the window reward of the
-    windows each population took part in; pop_cnt (G,) int32; pop_err_x (G, D) the last input on which the
-    population should have won and did not (or, unlabeled, won with a negative SIE reward); pop_self_avg (G,),
-    pop_self_cnt (G,): the same EMA of the SIE reward over unlabeled windows the population won; dom_rate (N,)
-    Hz: EMA (weight 0.02) of each output's rate over the windows of its own domain (pruning); persistent
-    (E,) bool tags; eta_scale () SOC learning-rate scale;
-    recent (H, N) int16 spike counts of the last H windows (clustering features); n_windows () int32;
-    prev_cluster () int32."""
+    """Everything a run carries between chunks (a pytree of arrays; checkpointed whole). state: network
+    State; sie: SIEState; v_th0 (N,) baseline thresholds; alive (N,) bool; grown (N,) int8 (phase of its
+    growth, 0 = there from the start); cluster_of (N,) int32 activity cluster; n_clusters () int32;
+    cluster_avg (K,) and cluster_cnt (K,) reward averages per activity cluster; pop_avg (G,) EMA of the
+    window reward of the windows each population took part in; pop_cnt (G,) int32; pop_err_x (G, D) the
+    last input on which the population should have won and did not (or, unlabeled, won with a negative SIE
+    reward); pop_self_avg (G,), pop_self_cnt (G,): the same EMA of the SIE reward over unlabeled windows
+    the population won; dom_rate (N,) Hz: EMA (weight 0.02) of each output's rate over the windows of its
+    own domain (pruning); persistent (E,) bool tags; eta_scale () SOC learning-rate scale; recent (H, N)
+    int16 spike counts of the last H windows (clustering features); n_windows () int32; prev_cluster ()
+    int32."""
 
     state: State
     sie: SIEState
@@ -316,7 +315,7 @@ def init_trainer(ro: Readout, alive: np.ndarray, spec: ReadoutSpec, input_dim: i
         sie=init_sie_state(spec, input_dim, cfg),
         v_th0=jnp.asarray(net.v_th_mV),
         alive=jnp.asarray(alive),
-        grown=jnp.zeros(n, bool),
+        grown=jnp.zeros(n, jnp.int8),
         cluster_of=jnp.zeros(n, jnp.int32),
         n_clusters=jnp.ones((), jnp.int32),
         cluster_avg=jnp.zeros(spec.k_clusters, jnp.float32),
@@ -398,7 +397,9 @@ def grow(
     """Growth on low population reward: revive a dead slot of each population whose avg reward is below the
     threshold (lowest first; at most max(1, grow_max_fraction x alive outputs) per event, never beyond the
     slots), its incoming weights set to the population's last missed input (on/off code, normalized).
-    self_supervised: use the SIE reward averages of unlabeled windows and grow_threshold_self."""
+    self_supervised (phase 3): the SIE reward averages of unlabeled windows and grow_threshold_self decide,
+    and the new neuron starts from random weights (FUM's growth): without a label, the winner's population
+    is not known to be the right home for the input it missed. `grown` records the phase (2 or 3)."""
     if self_supervised:
         avg, cnt, thr = np.asarray(ts.pop_self_avg), np.asarray(ts.pop_self_cnt), settings.grow_threshold_self
     else:
@@ -426,11 +427,14 @@ def grow(
         if free.size == 0:
             continue
         slot = free[0]
-        code = np.concatenate([err_x[g], 1.0 - err_x[g]])
         syn = np.flatnonzero((post == slot) & ro.plastic_syn)
-        vec = code[pre[syn]]
+        if self_supervised:
+            vec = np.random.default_rng([int(ts.n_windows), int(slot)]).uniform(0.0, 1.0, syn.size)
+        else:
+            vec = np.concatenate([err_x[g], 1.0 - err_x[g]])[pre[syn]]
         w[syn] = vec / max(np.linalg.norm(vec), 1e-12) * spec.w_norm
-        alive[slot] = grown[slot] = True
+        alive[slot] = True
+        grown[slot] = 3 if self_supervised else 2
         v_th[slot] = v_th0[slot] = ro.v_th_alive_mV[slot]
         cnt[g], avg[g] = 0, 0.0
         n_grown += 1
@@ -454,16 +458,18 @@ def grow(
 def prune_silent(
     ts: TrainerState, ro: Readout, settings: TrainSettings, rates_hz: np.ndarray
 ) -> tuple[TrainerState, int]:
-    """Pruning of silent grown neurons (rate over its domain's windows, rates_hz (N,), below prune_rate_hz;
-    at most 1% of the alive outputs per event): they become dead slots again. Their only targets are lateral
+    """Pruning of silent neurons grown in phase 3 (rate over its domain's windows, rates_hz (N,), below
+    prune_rate_hz; what phases 1-2 learned is kept; at most 1% of the alive outputs per event): they become
+    dead slots again. Their only targets are lateral
     inhibitory synapses, so no downstream threshold needs compensating (an output drives no other input)."""
     alive, grown = np.array(ts.alive), np.array(ts.grown)
-    cand = np.flatnonzero(grown & alive & (rates_hz >= 0) & (rates_hz < settings.prune_rate_hz))
+    cand = np.flatnonzero((grown == 3) & alive & (rates_hz >= 0) & (rates_hz < settings.prune_rate_hz))
     limit = max(1, int(0.01 * np.count_nonzero(alive & (ro.pop >= 0))))
     ids = cand[np.argsort(rates_hz[cand], kind="stable")[:limit]]
     if ids.size == 0:
         return ts, 0
-    alive[ids] = grown[ids] = False
+    alive[ids] = False
+    grown[ids] = 0
     v_th = np.array(ts.state.v_th_mV)
     v_th[ids] = fumjax.plasticity.DISABLED_V_TH_MV
     v0 = np.array(ts.v_th0)

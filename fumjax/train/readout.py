@@ -14,9 +14,9 @@ with the most spikes) against the target gives the external reward r in {+1, -1}
 self-benefit of the rates into the total reward R. Weights change only as
     w += eta_eff(R) * r_pop[population of post] * e,    eta_eff(R) = eta * (1 + (2 sigmoid(R) - 1)),
 with r_pop the population-level (cluster-level) reward: targeted from r when labeled (`population_reward`),
-self-supervised when unlabeled (the network's own winner gets clip(R, 0, 1)). Persistent synapses learn at
-eta * persistent_factor. Incoming weights are then L2-normalized (synaptic scaling) and thresholds adapt per
-spike. No gradients anywhere; labels enter only through r.
+self-supervised when unlabeled (the network's own winner, when clearly ahead, gets clip(R, 0, 1)).
+Persistent synapses learn at eta * persistent_factor. Incoming weights are then L2-normalized (synaptic
+scaling) and thresholds adapt per spike. No gradients anywhere; labels enter only through r.
 """
 
 from __future__ import annotations
@@ -198,10 +198,12 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
         big_r = comp["reward"]
         # self-supervised: the network's own answer is reinforced by the SIE's positive reward; a negative R
         # (habituated, below the TD expectation) withholds reinforcement rather than reversing it
+        # (a confident answer only: the runner-up below (1 - margin) x the winner's spikes, as in the labeled
+        # phases' "clear right answer")
+        runner = jnp.max(jnp.where(jnp.arange(spec.n_pops) == winner, -1, jnp.where(in_dom, pc, -1)))
+        clear = any_spk & (runner < (1.0 - spec.margin) * pc[winner])
         r_self = (
-            jnp.zeros((spec.n_pops,), jnp.float32)
-            .at[winner]
-            .set(jnp.where(any_spk, jnp.clip(big_r, 0, 1), 0))
+            jnp.zeros((spec.n_pops,), jnp.float32).at[winner].set(jnp.where(clear, jnp.clip(big_r, 0, 1), 0))
         )
         r_pop = jnp.where(
             it["labeled"], population_reward(pc, label, spec.correct_reward, spec.margin), r_self
