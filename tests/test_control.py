@@ -155,6 +155,21 @@ def test_soc_module_judges_accumulated_windows():
     assert mod.update(ControlState(), Metrics(50, {}))[1] == []
 
 
+def test_soc_module_lowers_inhibition_when_subcritical():
+    # isolated single spikes: every avalanche has size 1, so the MLE tau is 1 + n / (n ln 2) = 2.44 (> 1.7)
+    counts = np.tile([1, 0, 0, 0], 50)
+    tau = 1 + 1 / np.log(2.0)
+    s, acts = SOCModule(n_neurons=100, span_windows=1, threshold=0.0).update(
+        ControlState(inhibition_scale=2.0), Metrics(50, {}, {}, {"counts": counts})
+    )
+    assert [a.name for a in acts] == ["soc_intervention"] and f"tau {tau:.2f}" in acts[0].reason
+    assert s.inhibition_scale == pytest.approx(2.0 / 1.1) and s.eta_scale == 1.0
+    s, _ = SOCModule(n_neurons=100, span_windows=1, threshold=0.0, direction_aware=False).update(
+        ControlState(inhibition_scale=2.0), Metrics(50, {}, {}, {"counts": counts})
+    )
+    assert s.inhibition_scale == pytest.approx(2.2) and s.eta_scale == pytest.approx(0.9)  # FUM's rule
+
+
 def test_load_module_defers_and_resumes_background_work():
     mgr = ControlManager([LoadModule(temp_max_c=80.0), ClusteringSchedule(interval_steps=100)])
     s = ControlState()

@@ -138,6 +138,9 @@ class SOCModule:
     (spikes in every step) has no silent steps to separate avalanches, so counts are taken above a threshold,
     by default the median count of the series (`threshold="median"`; a number for a fixed one): an avalanche
     is a run of steps above it, its size the spikes above it. Fewer than min_avalanches -> no judgement.
+    FUM's rule raises inhibition whichever side of 1.5 tau lies; with direction_aware (default) an index
+    breach with tau > 1.5 (avalanches too small: subcritical) lowers inhibition (x1/1.1) instead and leaves
+    eta alone, since more inhibition would push the network further from criticality.
     """
 
     n_neurons: int
@@ -149,6 +152,7 @@ class SOCModule:
     min_avalanches: int = 10
     min_eta_scale: float = 0.05
     max_inhibition_scale: float = 4.0
+    direction_aware: bool = True
 
     def update(self, state: ControlState, metrics: Metrics) -> tuple[ControlState, list[Action]]:
         counts = metrics.arrays.get("counts")
@@ -168,10 +172,15 @@ class SOCModule:
         )
         if m["avalanches"] < self.min_avalanches or decision.eta_factor == decision.inhibition_factor == 1.0:
             return state, []
-        state = _scale(state, "inhibition_scale", decision.inhibition_factor, 0.0, self.max_inhibition_scale)
-        state = _scale(state, "eta_scale", decision.eta_factor, self.min_eta_scale, 1.0)
-        params = {"inhibition_factor": decision.inhibition_factor, "eta_factor": decision.eta_factor}
+        inh, eta = decision.inhibition_factor, decision.eta_factor
+        subcritical = decision.reason.startswith("criticality") and m["tau"] > 1.5
+        if self.direction_aware and subcritical:
+            inh, eta = 1.0 / decision.inhibition_factor, 1.0
+        state = _scale(state, "inhibition_scale", inh, 0.0, self.max_inhibition_scale)
+        state = _scale(state, "eta_scale", eta, self.min_eta_scale, 1.0)
+        params = {"inhibition_factor": inh, "eta_factor": eta}
         reason = f"{decision.reason} (counts above {thr:g} over {series.size} steps, tau {m['tau']:.2f})"
+        reason += "; subcritical: inhibition lowered" if self.direction_aware and subcritical else ""
         return state, [Action(metrics.step, self.name, "soc_intervention", reason, params)]
 
 

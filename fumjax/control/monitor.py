@@ -169,14 +169,14 @@ def window_metrics(
     return values, {"counts": np.asarray(counts), "cluster_var": mv["cluster_var"]}
 
 
-# Pairs whose correlation means an interaction (E.7). (variance_global, reward_total) is left out on purpose:
-# fumjax's self-benefit reward is a function of the rate variance, so that pair correlates by construction.
+# Pairs whose correlation means an interaction (E.7). (variance_global, reward_total) and
+# (variance_region_max, reward_total) are left out on purpose: fumjax's self-benefit reward is a function of
+# the rate variance (and with <= 10 clusters a region is the whole network): they correlate by construction.
 DEFAULT_INTERACTION_PAIRS: tuple[tuple[str, str], ...] = (
     ("variance_global", "debt_fraction"),
     ("reward_total", "debt_fraction"),
     ("variance_global", "criticality_index"),
     ("reward_total", "criticality_index"),
-    ("variance_region_max", "reward_total"),
 )
 
 
