@@ -2,6 +2,7 @@
 it spent in the spike exchange, with the exchange split into its own cost and waiting for other ranks.
 
 Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--backend reference]
+       python bench/bench_mpi.py --transport 6264 [--ranks 2 4] [--probe 200]   (the exchange alone)
 Launches `mpirun -n P` for each P (one XLA thread per rank) and prints one JSON line per P; rank 0 of each
 job also prints a line per rank. The exchange share counts the time a rank spends in the exchange callback
 (encode, send, wait for every peer's message, decode); "own cost" is the same exchange measured after a
@@ -114,6 +115,72 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def transport(args: argparse.Namespace) -> None:
+    """One step's message (args.transport bytes) exchanged alone, after a barrier each time: the
+    deadline-polled point-to-point all-gather of MpiRun vs MPI Allgatherv (blocking, cannot name a dead
+    rank), and the cost of an ordered io_callback per step inside a jitted scan."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.experimental import io_callback
+    from mpi4py import MPI
+
+    from fumjax.distributed.exchange import Exchanger
+
+    ex = Exchanger(MPI.COMM_WORLD, timeout_s=600.0)
+    comm = ex.comm
+    payload = np.random.default_rng(ex.rank).integers(0, 255, args.transport, dtype=np.uint8)
+    sizes = np.array(comm.allgather(payload.nbytes))
+    recv = np.empty(sizes.sum(), np.uint8)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+    def timed(fn):
+        out = []
+        for _ in range(args.probe):
+            ex.barrier("probe")
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return 1e6 * float(np.median(out))
+
+    p2p_us = timed(lambda: ex.allgather_bytes(payload, "probe"))
+    agv_us = timed(lambda: comm.Allgatherv(payload, [recv, sizes, offsets, MPI.BYTE]))
+    steps = 1000
+    spec = jax.ShapeDtypeStruct((4,), jnp.float32)
+
+    def cb(x):
+        return np.asarray(x)
+
+    with_cb = jax.jit(
+        lambda x: jax.lax.scan(
+            lambda c, _: (io_callback(cb, spec, c + 1, ordered=True), None), x, None, length=steps
+        )[0]
+    )
+    without = jax.jit(lambda x: jax.lax.scan(lambda c, _: (c + 1, None), x, None, length=steps)[0])
+    x = jnp.zeros(4, jnp.float32)
+    for f in (with_cb, without):
+        jax.block_until_ready(f(x))
+    t0 = time.perf_counter()
+    jax.block_until_ready(with_cb(x))
+    t1 = time.perf_counter()
+    jax.block_until_ready(without(x))
+    cb_us = 1e6 * ((t1 - t0) - (time.perf_counter() - t1)) / steps
+    res = ex.allgather_obj((p2p_us, agv_us, cb_us), "results")
+    if ex.rank == 0:
+        print(
+            json.dumps(
+                {
+                    "ranks": ex.size,
+                    "bytes": args.transport,
+                    "p2p_deadline_us": [round(r[0], 1) for r in res],
+                    "allgatherv_us": [round(r[1], 1) for r in res],
+                    "io_callback_us_per_step": [round(r[2], 1) for r in res],
+                }
+            ),
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--neurons", type=int, default=100_000)
@@ -121,8 +188,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="rounded down to whole windows (min 1)")
     ap.add_argument("--backend", choices=("reference", "fused"), default="reference")
     ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
+    ap.add_argument("--transport", type=int, metavar="BYTES", help="time only the exchange of BYTES per rank")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker and args.transport:
+        transport(args)
+        return
     if args.worker:
         worker(args)
         return
@@ -137,6 +208,7 @@ def main() -> None:
         )
         cmd += [sys.executable, os.path.abspath(__file__), "--worker", "--neurons", str(args.neurons)]
         cmd += ["--steps", str(args.steps), "--backend", args.backend, "--probe", str(args.probe)]
+        cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
         print(f"# {p} ranks: job wall {time.perf_counter() - t0:.1f} s", flush=True)

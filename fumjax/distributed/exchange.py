@@ -118,7 +118,6 @@ class Exchanger:
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         pending = list(sources)
         start = time.monotonic()
-        idle = 0
         while pending:
             arrived = [q for q in pending if probe(q)]
             if arrived:
@@ -126,17 +125,11 @@ class Exchanger:
                 for q in arrived:
                     self.last_seen[q] = (now, what)
                 pending = [q for q in pending if q not in arrived]
-                idle = 0
                 continue
-            idle += 1
-            if idle > 64:  # after a short spin, yield the core (ranks may outnumber cores)
-                waited = time.monotonic() - start
-                if waited > timeout:
-                    self.fail(pending, what, timeout)
-                if waited < 2e-4:
-                    os.sched_yield()  # low latency when the core is free, cooperative when it is not
-                else:  # a long wait: give the core to the ranks still computing (more ranks than cores)
-                    time.sleep(min(1e-3, 0.05 * waited))
+            waited = time.monotonic() - start
+            if waited > timeout:
+                self.fail(pending, what, timeout)
+            _back_off(waited)
 
     def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
         """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""
@@ -147,7 +140,19 @@ class Exchanger:
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.monotonic()
         while not MPI.Request.Testall(sends):
-            if time.monotonic() - start > timeout:
+            waited = time.monotonic() - start
+            if waited > timeout:
                 stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
                 self.fail(stuck or list(dests), what + " (send not taken)", timeout)
-            time.sleep(2e-5)
+            _back_off(waited)
+
+
+def _back_off(waited_s: float) -> None:
+    """Between polls: spin for 50 us (a message from a rank on another core is usually that close), then
+    yield the core up to 200 us, then sleep (ranks may outnumber cores: give the core to those computing)."""
+    if waited_s < 5e-5:
+        return
+    if waited_s < 2e-4:
+        os.sched_yield()
+    else:
+        time.sleep(min(1e-3, 0.05 * waited_s))
