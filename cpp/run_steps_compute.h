@@ -198,37 +198,43 @@ struct RunShared {
   std::vector<T> yd_post[2];       // (N,) y_i * decay_y: a spiking pre's LTD is a_minus * yd_post[i]
   std::vector<int32_t> spike_list[2];  // (N,) thread p's spikes at [lo_p, lo_p + count)
   std::vector<int32_t> spike_count[2];  // (P,)
+  bool no_refractory = false;      // refractory_steps 0 and refrac all 0: LIF skips refrac
   SpinBarrier barrier;
   std::atomic<int> error{0};
   explicit RunShared(int p) : barrier(p) {}
 };
 
 // Input and LIF for one step over neurons [0, n) of the given pointers: I = ring_now + i_ext (ring_now
-// then zeroed); v' = fma(dt/tau, v_rest - v, v) + I; refractory/spike/reset as reference.lif_step; window
-// count += spike. A function of its own so that the __restrict parameters let GCC vectorize without alias
-// versioning.
-template <bool kFma, typename T>
+// then zeroed); v' = fma(dt/tau, v_rest - v, v) + I; refractory/spike/reset as reference.lif_step. A
+// function of its own so that the __restrict parameters let GCC vectorize without alias versioning.
+// kRefrac false: no neuron is refractory and none becomes so (refractory_steps 0, refrac all 0 at the
+// start), so refrac stays 0 and is neither read nor written (less memory traffic per step).
+template <bool kFma, bool kRefrac, typename T>
 FUMJAX_ALWAYS_INLINE void LifInput(int64_t n, T* __restrict ring_now, const T* __restrict iext,
                                    const T* __restrict ratio, const T* __restrict v_th, T v_rest, T v_reset,
                                    int32_t refractory_steps, T* __restrict v, int32_t* __restrict refrac,
-                                   uint8_t* __restrict spk, int32_t* __restrict wspk) {
+                                   uint8_t* __restrict spk) {
   const T zero = T(0);
   for (int64_t i = 0; i < n; ++i) {
     const T cur = ring_now[i] + iext[i];
     ring_now[i] = zero;
     const T vk = v[i];
     const T vn = MulAdd<kFma>(ratio[i], v_rest - vk, vk) + cur;
-    const int32_t r = refrac[i];
-    const bool free = r <= 0;  // not refractory: may spike
     const bool ge = vn >= v_th[i];
-    const bool spiked = ge & free;
-    const bool keep = free & !ge;  // refractory or spiking -> v_reset (one select, as in lif_compute.h)
-    v[i] = keep ? vn : v_reset;
-    spk[i] = static_cast<uint8_t>(spiked);
-    const int32_t dec = static_cast<int32_t>(static_cast<uint32_t>(r) - 1u);  // wrapping, like jnp int32
-    const int32_t held = dec > 0 ? dec : 0;
-    refrac[i] = spiked ? refractory_steps : held;
-    wspk[i] += static_cast<int32_t>(spiked);
+    if constexpr (kRefrac) {
+      const int32_t r = refrac[i];
+      const bool free = r <= 0;  // not refractory: may spike
+      const bool spiked = ge & free;
+      const bool keep = free & !ge;  // refractory or spiking -> v_reset (one select, as in lif_compute.h)
+      v[i] = keep ? vn : v_reset;
+      spk[i] = static_cast<uint8_t>(spiked);
+      const int32_t dec = static_cast<int32_t>(static_cast<uint32_t>(r) - 1u);  // wrapping, like jnp int32
+      const int32_t held = dec > 0 ? dec : 0;
+      refrac[i] = spiked ? refractory_steps : held;
+    } else {
+      v[i] = ge ? v_reset : vn;
+      spk[i] = static_cast<uint8_t>(ge);
+    }
   }
 }
 
@@ -357,8 +363,13 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
     uint8_t* __restrict spk = a.spikes + t * n;
 
     // ---- own neurons: input + LIF (vectorized; branch-free selects) ----
-    LifInput<kFma, T>(own, ring_now + lo, a.i_ext + t * n + lo, sh.ratio.data() + lo, a.v_th + lo, a.v_rest,
-                      a.v_reset, a.refractory_steps, a.v + lo, a.refrac + lo, spk + lo, a.window_spikes + lo);
+    if (sh.no_refractory) {
+      LifInput<kFma, false, T>(own, ring_now + lo, a.i_ext + t * n + lo, sh.ratio.data() + lo, a.v_th + lo,
+                               a.v_rest, a.v_reset, a.refractory_steps, a.v + lo, a.refrac + lo, spk + lo);
+    } else {
+      LifInput<kFma, true, T>(own, ring_now + lo, a.i_ext + t * n + lo, sh.ratio.data() + lo, a.v_th + lo,
+                              a.v_rest, a.v_reset, a.refractory_steps, a.v + lo, a.refrac + lo, spk + lo);
+    }
 
     // ---- own spike list (ascending), skipping zero words fast ----
     int32_t* __restrict my_list = sh.spike_list[b].data() + lo;
@@ -380,6 +391,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
       }
     }
     sh.spike_count[b][p] = static_cast<int32_t>(ns);
+    for (int64_t c = 0; c < ns; ++c) a.window_spikes[my_list[c]] += 1;  // sparse: only the spiking
 
     T* __restrict ltp_pre = sh.ltp_pre[b].data();
     T* __restrict dw_silent = sh.dw_silent_pre[b].data();
@@ -531,6 +543,8 @@ void PrepareShared(const RunStepsArgs<T, W>& a, RunShared<T, W>& sh) {
   sh.ratio.resize(static_cast<size_t>(a.n));
   // dt / tau is loop-invariant (tau changes only between windows); XLA hoists it the same way.
   for (int64_t i = 0; i < a.n; ++i) sh.ratio[i] = a.dt / a.tau[i];
+  sh.no_refractory = a.refractory_steps == 0;
+  for (int64_t i = 0; i < a.n && sh.no_refractory; ++i) sh.no_refractory = a.refrac[i] == 0;
   const bool plastic = a.mode != PlasticityMode::kOff;
   for (int b = 0; b < 2; ++b) {
     sh.spike_list[b].resize(static_cast<size_t>(a.n));
