@@ -452,7 +452,7 @@ def default_recipe() -> DigitsRecipe:
         margin=0.5,
         theta_plus_mV=0.05,
         theta_relax=0.001,
-        anneal_epochs=3,
+        anneal_epochs=4,
         anneal_eta=0.25,
         anneal_relax=0.02,
     )
