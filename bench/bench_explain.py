@@ -4,8 +4,9 @@
 
 Writes OUT/ckpt-*.npz (explainable snapshot) and OUT/item<IDX>.json/.png for the first correctly classified
 test item, and prints per item (the first --items): target, prediction, the traced pathway (input channel ->
-output neuron), whether the pathway's output neuron belongs to the target's population, and whether its input channel is a lit pixel ("on"
-channel of a pixel >= 0.5) or a dark one ("off" channel of a pixel < 0.5); then one JSON line.
+output neuron), whether the pathway's output neuron belongs to the target's population, and whether its
+input channel is the "on" channel of a pixel >= 0.5 or the "off" channel of a pixel < 0.5 (the channel with
+the higher rate); then one JSON line.
 """
 
 from __future__ import annotations
