@@ -154,6 +154,7 @@ struct RunStepsArgs {
   const W* gamma_pow = nullptr;       // (K+1,) in the storage type, as the reference rounds it
   const T* inv_pow = nullptr;         // (K+1,)
   bool rows_sorted = true;            // posts ascending within each row (lets threads bisect rows)
+  bool rows_unique = false;           // posts strictly ascending within each row (validated calls)
   bool validated = false;             // every index array already checked: the loops skip their checks
 
   // Scalars, already rounded to T like jnp's weak-typed Python floats.
@@ -196,6 +197,7 @@ struct RunShared {
   std::vector<T> ltp_pre[2];       // (N,) a_plus * x_j decayed: LTP a spiking post reads from pre j
   std::vector<T> dw_silent_pre[2]; // (N,) in-list dw of pre j: +-ltp, or 0 if j spiked (row pass) or static
   std::vector<T> yd_post[2];       // (N,) y_i * decay_y: a spiking pre's LTD is a_minus * yd_post[i]
+  std::vector<T> spk_f[2];          // (N,) this step's spikes as 0/1 (plastic modes)
   std::vector<int32_t> spike_list[2];  // (N,) thread p's spikes at [lo_p, lo_p + count)
   std::vector<int32_t> spike_count[2];  // (P,)
   bool no_refractory = false;      // refractory_steps 0 and refrac all 0: LIF skips refrac
@@ -246,7 +248,8 @@ template <bool kFma, typename T>
 FUMJAX_ALWAYS_INLINE void StdpTermsAndTraces(int64_t n, T* __restrict x, T* __restrict y,
                                              const uint8_t* __restrict spk, const uint8_t* __restrict code,
                                              T a_plus, T dx, T dy, T* __restrict ltp_pre,
-                                             T* __restrict dw_silent, T* __restrict yd_post) {
+                                             T* __restrict dw_silent, T* __restrict yd_post,
+                                             T* __restrict spk_f) {
   const T zero = T(0);
   // Branch-free (bitwise &, selects) so that GCC vectorizes the loop.
   for (int64_t i = 0; i < n; ++i) {
@@ -260,6 +263,7 @@ FUMJAX_ALWAYS_INLINE void StdpTermsAndTraces(int64_t n, T* __restrict x, T* __re
     const bool learns = (si == 0) & (ci != 2);
     dw_silent[i] = learns ? signed_dw : zero;
     const T s = static_cast<T>(si);
+    spk_f[i] = s;
     x[i] = MulAdd<kFma>(xi, dx, s);
     y[i] = MulAdd<kFma>(yi, dy, s);
   }
@@ -314,8 +318,54 @@ __attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, co
   }
   return q;
 }
+
+// One row's synapses [k, k1), 8 at a time (float32 storage, D = 1, posts distinct within the row, so the
+// gather-add-scatter of the ring loses nothing; called only from AVX2+FMA code): transmission ring[i] +=
+// g * w (multiply and add rounded apart, as the scalar code), then, if the row learns, the pair STDP of the
+// scalar code lane by lane (spike select, fma, sign flip as an exact xor, clip as max/min or the
+// eligibility fma). Returns the first synapse not done.
+template <PlasticityMode kMode>
+__attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, const int32_t* __restrict post,
+                                                    float* __restrict w, float* __restrict elig,
+                                                    float* __restrict ring, const float* __restrict spk_f,
+                                                    const float* __restrict yd, float g, bool learn,
+                                                    float ltp_j, bool excitatory, float neg_a_minus,
+                                                    float inv, float lo_clip, float hi_clip) {
+  const __m256 g8 = _mm256_set1_ps(g), zero8 = _mm256_setzero_ps(), ltp8 = _mm256_set1_ps(ltp_j);
+  const __m256 na8 = _mm256_set1_ps(neg_a_minus), inv8 = _mm256_set1_ps(inv);
+  const __m256 lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
+  const __m256 flip = _mm256_set1_ps(excitatory ? 0.0f : -0.0f);
+  alignas(32) int32_t i8[8];
+  alignas(32) float r8[8];
+  for (; k + 8 <= k1; k += 8) {
+    const __m256i ii = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(post + k));
+    const __m256 w8 = _mm256_loadu_ps(w + k);
+    const __m256 ring8 = _mm256_add_ps(_mm256_i32gather_ps(ring, ii, 4), _mm256_mul_ps(g8, w8));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i8), ii);
+    _mm256_store_ps(r8, ring8);
+    for (int l = 0; l < 8; ++l) ring[i8[l]] = r8[l];
+    if constexpr (kMode != PlasticityMode::kOff) {
+      if (learn) {
+        const __m256 s8 = _mm256_i32gather_ps(spk_f, ii, 4);
+        const __m256 ltp = _mm256_blendv_ps(zero8, ltp8, _mm256_cmp_ps(s8, zero8, _CMP_NEQ_UQ));
+        const __m256 diff = _mm256_fmadd_ps(na8, _mm256_i32gather_ps(yd, ii, 4), ltp);
+        const __m256 dw = _mm256_xor_ps(diff, flip);
+        if constexpr (kMode == PlasticityMode::kRstdp) {
+          _mm256_storeu_ps(elig + k, _mm256_fmadd_ps(dw, inv8, _mm256_loadu_ps(elig + k)));
+        } else {
+          _mm256_storeu_ps(w + k, _mm256_min_ps(hi8, _mm256_max_ps(lo8, _mm256_add_ps(w8, dw))));
+        }
+      }
+    }
+  }
+  return k;
+}
 #else
 constexpr bool kX86Simd = false;
+template <PlasticityMode kMode, typename... Args>
+FUMJAX_ALWAYS_INLINE int32_t RowAvx2(int32_t k, Args...) {
+  return k;
+}
 template <PlasticityMode kMode, typename... Args>
 FUMJAX_ALWAYS_INLINE int32_t InListAvx2(int32_t q, Args...) {
   return q;
@@ -353,6 +403,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
   const bool bisect = nt > 1 && a.rows_sorted;
   const bool filter = nt > 1 && !a.rows_sorted;
   const bool checked = !a.validated;
+  const bool vec_rows = a.validated && a.rows_unique && !filter;
 
   int32_t s = *a.step;
   int32_t t0 = *a.elig_t0;
@@ -399,7 +450,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
     T inv = T(1);
     if constexpr (plastic) {
       StdpTermsAndTraces<kFma, T>(own, a.x + lo, a.y + lo, spk + lo, code + lo, a.a_plus, a.decay_x, a.decay_y,
-                                  ltp_pre + lo, dw_silent + lo, yd_post + lo);
+                                  ltp_pre + lo, dw_silent + lo, yd_post + lo, sh.spk_f[b].data() + lo);
     }
     if constexpr (rstdp) {
       // Dense renormalization every K steps, of the synapses this thread owns (by post), before any of
@@ -448,7 +499,14 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         const T ltp_j = ltp_pre[j];
         const uint8_t code_j = code[j];  // 2: a static presynaptic neuron, no STDP on its synapses
         const bool learn = plastic && code_j != 2;
-        for (int32_t k = k0; k < k1; ++k) {
+        int32_t k = k0;
+        if constexpr (kFma && kD1 && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
+          if (vec_rows) {
+            k = RowAvx2<kMode>(k0, k1, post, w, elig, ring_now, plastic ? sh.spk_f[b].data() : nullptr,
+                               yd_post, g, learn, ltp_j, code_j == 1, neg_a_minus, inv, neg_clip, clip);
+          }
+        }
+        for (; k < k1; ++k) {
           const int32_t i = post[k];
           if (checked && static_cast<uint64_t>(static_cast<uint32_t>(i)) >= static_cast<uint64_t>(n)) {
             sh.error.store(-1);
@@ -552,6 +610,7 @@ void PrepareShared(const RunStepsArgs<T, W>& a, RunShared<T, W>& sh) {
     if (plastic) {
       sh.ltp_pre[b].resize(static_cast<size_t>(a.n));
       sh.dw_silent_pre[b].resize(static_cast<size_t>(a.n));
+      sh.spk_f[b].resize(static_cast<size_t>(a.n));
       sh.yd_post[b].resize(static_cast<size_t>(a.n));
     }
   }

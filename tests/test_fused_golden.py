@@ -133,7 +133,8 @@ CASES = [
     (300, 0.5, "mixed", ("off", "stdp", "rstdp"), 0, 0.95, 300, 1.0),
     (1000, 1.0, "one", ("stdp", "rstdp"), 0, 0.95, 200, 0.85),  # all excitatory: runaway above ~0.95
     (300, 0.8, "mixed", ("rstdp",), 3, 0.8, 300, 1.0),  # refractory; K = 41 < T: renormalizes mid-call
-    (200, 0.8, "one", ("stdp", "rstdp"), 2, 0.95, 1000, 1.0),  # T >= 1000: the in_pre path of the kernel
+    # T >= 1000: indices checked once per call, learning in-list, vectorized rows (float32, D = 1)
+    (200, 0.8, "one", ("off", "stdp", "rstdp"), 2, 0.95, 1000, 1.0),
 ]
 
 
