@@ -23,6 +23,8 @@ from fumjax.state import State, compute_dtype
 
 __all__ = [
     "step",
+    "lif_phase",
+    "synapse_phase",
     "simulate",
     "end_window",
     "simulate_window",
@@ -49,9 +51,22 @@ def step(
     `exchange` maps this part's spikes (N,) to the spikes of every neuron `net.pre` names (N_pre,) when the
     network is one part of a partition (collectives or MPI); None for a whole network.
     """
-    nc, cc = cfg.neuron, cfg.connectivity
-    d = net.max_delay
-    slot = state.step % d
+    state, spikes = lif_phase(state, net, i_ext_mV, cfg, backend)
+    spikes_pre = spikes if exchange is None else exchange(spikes)
+    state = synapse_phase(state, net, spikes_pre, spikes, cfg, mode, backend)
+    return state.replace(step=state.step + 1), spikes
+
+
+def lif_phase(
+    state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, backend: str
+) -> tuple[State, Array]:
+    """First half of `step` (state.step unchanged): read and clear the input due now, LIF, count spikes.
+
+    Needs no spike of this step, so with every delay >= D a part can run it for D steps before exchanging.
+    Returns (state, spikes (N,) uint8).
+    """
+    nc = cfg.neuron
+    slot = state.step % net.max_delay
     i_mV = state.ring_mV[slot] + i_ext_mV.astype(state.v_mV.dtype)
     ring = state.ring_mV.at[slot].set(0.0)
     v, spikes, refrac = get_kernel("lif_step", backend)(
@@ -65,7 +80,26 @@ def step(
         dt_ms=nc.dt_ms,
         refractory_steps=nc.refractory_steps,
     )
-    spikes_pre = spikes if exchange is None else exchange(spikes)
+    new = state.replace(
+        v_mV=v, refrac_left=refrac, ring_mV=ring, window_spikes=state.window_spikes + spikes.astype(jnp.int32)
+    )
+    return new, spikes
+
+
+def synapse_phase(
+    state: State,
+    net: Network,
+    spikes_pre: Array,
+    spikes: Array,
+    cfg: FumConfig,
+    mode: str,
+    backend: str,
+) -> State:
+    """Second half of `step` (state.step unchanged): transmission of this step's spikes into the delay ring
+    and STDP. spikes_pre: (N_pre,) spikes of the neurons `net.pre` names; spikes: (N,) this network's."""
+    cc = cfg.connectivity
+    d = net.max_delay
+    ring = state.ring_mV
     if d == 1:
         syn = get_kernel("propagate", backend)(
             state.w, spikes_pre, net.pre, net.post, net.n_neurons, g_syn_mV=cc.g_syn_mV
@@ -94,19 +128,7 @@ def step(
         else:
             elig, t0 = _add_eligibility(elig, t0, dw, state.step, cfg)
         x, y = plasticity.increment_traces(x, y, spikes_pre, spikes)
-    new = state.replace(
-        v_mV=v,
-        refrac_left=refrac,
-        ring_mV=ring,
-        w=w,
-        elig=elig,
-        elig_t0=t0,
-        x_pre=x,
-        y_post=y,
-        window_spikes=state.window_spikes + spikes.astype(jnp.int32),
-        step=state.step + 1,
-    )
-    return new, spikes
+    return state.replace(ring_mV=ring, w=w, elig=elig, elig_t0=t0, x_pre=x, y_post=y)
 
 
 def _add_eligibility(
