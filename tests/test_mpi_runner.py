@@ -99,7 +99,8 @@ def two_rank_run(tmp_path_factory):
 
 def test_two_ranks_equal_single_process(two_rank_run):
     _assert_identical(two_rank_run / "out.npz", _single("rstdp", "reference", False))
-    assert int(np.load(two_rank_run / "out.npz")["cross_min_delay"]) == 1
+    got = np.load(two_rank_run / "out.npz")
+    assert int(got["cross_min_delay"]) == 1 and got["exchanges"].tolist() == [WINDOWS * 50] * 2
     names = sorted(p.name for p in (two_rank_run / "ckpt").iterdir())
     assert names == ["ckpt-0000000150.npz", "ckpt-0000000300.npz"]
 
@@ -145,17 +146,20 @@ def test_hung_rank_is_named_within_the_timeout(tmp_path):
     assert msg and msg.group(1) in "013", res.stderr[-3000:]
 
 
-def test_four_ranks_fused_stdp_dense_spikes_delay_2_equal_single_process(tmp_path):
-    """Fused backend, plain STDP, synaptic delay 2 (so D = 2), and a drive that makes more than 1/32 of a
-    part fire at most steps (spikes travel bit-packed then)."""
+def test_four_ranks_fused_stdp_dense_spikes_delay_3_equal_single_process(tmp_path):
+    """Fused backend, plain STDP, synaptic delay 3: spikes exchanged once per block of D = 3 steps (a
+    window of 50 steps = 16 blocks + one of 2), and a drive that makes more than 1/32 of a part fire at most
+    steps (blocks travel bit-packed then)."""
     pytest.importorskip("fumjax._core")
     _launch(
-        4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0", "--delay", "2"
+        4, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0", "--delay", "3"
     )
-    single = _single("stdp", "fused", True, 4.0, 2)
+    single = _single("stdp", "fused", True, 4.0, 3)
     assert (single[1].reshape(-1, N).mean(1) > 1 / 32).mean() > 0.4
-    _assert_identical(tmp_path / "out.npz", single, delay=2)
-    assert int(np.load(tmp_path / "out.npz")["cross_min_delay"]) == 2
+    _assert_identical(tmp_path / "out.npz", single, delay=3)
+    got = np.load(tmp_path / "out.npz")
+    assert int(got["cross_min_delay"]) == 3
+    assert got["exchanges"].tolist() == [WINDOWS * 17] * 4
 
 
 def test_cli_distributed_matches_single_process(tmp_path):

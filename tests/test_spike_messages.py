@@ -37,3 +37,23 @@ def test_no_spikes_is_a_header_only():
     assert msg.view(np.int32).tolist() == [0, 0]
     out = np.zeros(10, np.uint8)
     assert decode_spikes(msg, np.arange(10, dtype=np.int32), out) == 0 and not out.any()
+
+
+def test_a_block_of_steps_travels_in_one_message():
+    """k = 3 steps of a part: events are k_row * N + global id; dense blocks are bit-packed row by row."""
+    members = np.array([2, 5, 9], np.int32)  # a part of a network of N = 10
+    block = np.zeros((3, 3), np.uint8)
+    block[2, 1] = 1  # step 7 + 2, neuron 5: 1 of 9 bits, 1 * 32 > 9 -> bit-packed
+    msg = encode_spikes(block, members, 7, 10)
+    assert msg[:8].view(np.int32).tolist() == [7, 1] and msg[8:].tolist() == [0b00000001, 0]  # flat bit 7
+    out = np.zeros((3, 10), np.uint8)
+    assert decode_spikes(msg, members, out) == 7
+    assert [tuple(x) for x in np.argwhere(out)] == [(2, 5)]
+    members = np.arange(100, 200, dtype=np.int32)  # 100 neurons, 3 steps, 2 spikes: events
+    block = np.zeros((3, 100), np.uint8)
+    block[0, 4] = block[2, 99] = 1
+    msg = encode_spikes(block, members, 40, 300)
+    assert msg.view(np.int32).tolist() == [40, 0, 104, 2 * 300 + 199]
+    out = np.zeros((3, 300), np.uint8)
+    assert decode_spikes(msg, members, out) == 40
+    assert [tuple(x) for x in np.argwhere(out)] == [(0, 104), (2, 199)]

@@ -1,19 +1,22 @@
-"""Exact (`conservative`) runs across MPI ranks: one rank per METIS part, spike events exchanged every step.
+"""Exact (`conservative`) runs across MPI ranks: one rank per METIS part, spikes exchanged every D steps.
 
 Rank p owns the neurons `part.members[p]` (contiguous in the partition's renumbering) and every synapse
 whose post neuron it owns, in the whole network's CSR order (`split_part`), so each post neuron sums its
 inputs in the same order as the single-process run. Each rank runs the jitted step of its part under
-`lax.scan`; at every step an ordered `io_callback` sends the rank's spike events (step, global source ids)
-to every other rank and assembles the (N,) presynaptic spike vector the step needs (`Exchanger`: one
+`lax.scan`; an ordered `io_callback` sends the rank's spike events (step, global source ids) to every
+other rank and assembles the (N,) presynaptic spike vector of each step (`Exchanger`: one
 message per peer, polled against a deadline, so a dead or hung rank is named and the job aborted).
 Drive and all randomness are keyed by (seed, global neuron id, step); at a window's end the ranks gather
 the (N,) running rates so that every rank computes the SIE reward from the same array as the single
 process. Hence, for the same seed, 1, 2 or 4 ranks give the same rasters, weights, eligibility and
 thresholds as `fumjax.run_driven`/`fumjax.simulate`, bit for bit.
 
-Spikes are exchanged every step even when D, the minimum delay of the synapses that cross parts, is
-larger: STDP of step t reads the presynaptic spikes of step t (LTD) and the traces they build (LTP at
-t + 1), so an exact run needs them at step t; only the synaptic input could wait D steps.
+Spikes are exchanged every D steps, D = the minimum delay of all synapses (the partition's crossing synapses
+can only have longer ones; with the config's uniform delay both are the same). A block of D steps first runs
+the LIF half of the step (`lif_phase`) for all D steps (every input it needs was sent at least D steps
+earlier), exchanges the (D, n_p) spikes once, then runs transmission and STDP (`synapse_phase`) of the D
+steps in order: per neuron and synapse the same operations in the same order as `step`, so still exact.
+With D = 1 the step runs whole with the exchange inside it.
 
 Checkpoints are coordinated: every rank stops at the same window end, rank 0 gathers the whole-network
 state and writes it atomically (`fumjax.train.checkpoint`). A checkpoint holds no partition, so a run
@@ -46,7 +49,15 @@ from fumjax.distributed.partition import (
     split_part,
     split_state_part,
 )
-from fumjax.dynamics import _end_window, check_state, resolve_mode, running_rate_hz, step
+from fumjax.dynamics import (
+    _end_window,
+    check_state,
+    lif_phase,
+    resolve_mode,
+    running_rate_hz,
+    step,
+    synapse_phase,
+)
 from fumjax.encoders import poisson_background_current
 from fumjax.kernels import resolve_backend
 from fumjax.network import Network
@@ -59,27 +70,38 @@ _EVENTS, _BITMASK = 0, 1  # spike message kinds
 _MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
 
 
-def encode_spikes(spikes_local: np.ndarray, members: np.ndarray, step_now: int) -> np.ndarray:
-    """One step's spike message of a part: uint8 bytes of int32 (step, kind) then the events (global source
-    ids, int32) or, when that is smaller (more than 1/32 of the part fired), the part's spikes bit-packed."""
-    fired = np.flatnonzero(spikes_local)
-    if 32 * fired.shape[0] > spikes_local.shape[0]:
-        return np.concatenate(
-            [np.array([step_now, _BITMASK], np.int32).view(np.uint8), np.packbits(spikes_local.astype(bool))]
-        )
-    msg = np.empty(2 + fired.shape[0], np.int32)
-    msg[0], msg[1], msg[2:] = step_now, _EVENTS, members[fired]
+def encode_spikes(
+    spikes_local: np.ndarray, members: np.ndarray, step_now: int, n_total: int = 0
+) -> np.ndarray:
+    """A part's spike message for steps step_now.. : uint8 bytes of int32 (step, kind) then the events or,
+    when that is smaller (more than 1/32 of the block fired), the block bit-packed.
+
+    spikes_local: (n_p,) one step or (k, n_p) k steps; an event is the int32 k_row * n_total + global id
+    (n_total = N, only needed for k > 1).
+    """
+    block = spikes_local.reshape(-1, spikes_local.shape[-1])
+    rows, cols = np.nonzero(block)
+    if 32 * rows.shape[0] > block.size:
+        head = np.array([step_now, _BITMASK], np.int32).view(np.uint8)
+        return np.concatenate([head, np.packbits(block.reshape(-1).astype(bool))])
+    msg = np.empty(2 + rows.shape[0], np.int32)
+    msg[0], msg[1] = step_now, _EVENTS
+    np.add(rows * n_total if block.shape[0] > 1 else 0, members[cols], out=msg[2:], casting="unsafe")
     return msg.view(np.uint8)
 
 
 def decode_spikes(msg: np.ndarray, members: np.ndarray, spikes_pre: np.ndarray) -> int:
-    """Set spikes_pre[id] = 1 for the spikes of a message from the part with `members`; returns its step."""
+    """Set the spikes of a message from the part with `members` in spikes_pre ((N,) or (k, N), k steps);
+    returns the message's first step."""
     step_now, kind = msg[:8].view(np.int32)
+    flat = spikes_pre.reshape(-1)
     if kind == _EVENTS:
-        spikes_pre[msg[8:].view(np.int32)] = 1
+        flat[msg[8:].view(np.int32)] = 1
     else:
-        bits = np.unpackbits(msg[8:], count=members.shape[0])
-        spikes_pre[members[np.flatnonzero(bits)]] = 1
+        k = flat.shape[0] // spikes_pre.shape[-1]
+        bits = np.unpackbits(msg[8:], count=k * members.shape[0]).reshape(k, members.shape[0])
+        rows, cols = np.nonzero(bits)
+        flat[rows * spikes_pre.shape[-1] + members[cols]] = 1
     return int(step_now)
 
 
@@ -111,10 +133,12 @@ class MpiRun:
         part: Partition | None = None,
         partition_seed: int = 0,
         timeout_s: float = 60.0,
+        exchange_every: int | None = None,
     ) -> None:
         """Partition `net` over the ranks of comm (default COMM_WORLD; METIS on rank 0, broadcast) and split
         out this rank's part. timeout_s: how long an exchange waits for a peer before naming it and
-        aborting the job."""
+        aborting the job. exchange_every: steps between spike exchanges, at most (and by default) the
+        minimum synaptic delay D."""
         if comm is None:
             from mpi4py import MPI
 
@@ -138,6 +162,19 @@ class MpiRun:
         delays = np.asarray(net.delay_steps)[cross]
         #: minimum delay of the synapses that cross parts (None if none cross)
         self.cross_min_delay = int(delays.min()) if delays.size else None
+        #: steps between exchanges: the minimum delay of all synapses (<= cross_min_delay), so that no
+        #: spike of a block of that many steps is input to the block
+        self.exchange_every = int(np.asarray(net.delay_steps).min()) if net.n_synapses else 1
+        if exchange_every is not None:
+            if not 1 <= exchange_every <= self.exchange_every:
+                raise ValueError(
+                    f"exchange_every = {exchange_every}: must be in [1, {self.exchange_every}] "
+                    "(the minimum synaptic delay)"
+                )
+            self.exchange_every = int(exchange_every)
+        if self.exchange_every * net.n_neurons >= 2**31:
+            raise ValueError(f"exchange_every = {self.exchange_every}: events of a block need int32 ids")
+        self.n_exchanges = 0
         self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
         self.run_s = 0.0  # time in run / run_driven
         self.cpu_s = 0.0  # CPU time of this process in run / run_driven (< run_s: the rank waited or was
@@ -243,7 +280,7 @@ class MpiRun:
 
     def stats(self) -> list[dict]:
         """Every rank's run statistics: a list by rank of dicts with keys rank, steps, run_s, step_ms,
-        cpu_ms_per_step, exchange_s, exchange_share, events_sent, bytes_sent."""
+        cpu_ms_per_step, exchange_s, exchange_share, events_sent, bytes_sent, exchanges."""
         mine = {
             "rank": self.rank,
             "steps": self.steps_run,
@@ -254,6 +291,7 @@ class MpiRun:
             "exchange_share": self.exchange_s / self.run_s if self.run_s else 0.0,
             "events_sent": self.events_sent,
             "bytes_sent": self.bytes_sent,
+            "exchanges": self.n_exchanges,
         }
         return self.ex.allgather_obj(mine, "run statistics")
 
@@ -309,12 +347,12 @@ class MpiRun:
     # ---- exchange callbacks (run on the host inside the jitted scan) --------------------------------
 
     def _exchange_spikes(self, spikes_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
+        """spikes_local (n_p,) of step step_now or (k, n_p) of steps step_now.. -> (N,) or (k, N)."""
         t0 = time.perf_counter()
-        step_now = int(step_now)
-        got = self.ex.allgather_bytes(
-            encode_spikes(spikes_local, self.members, step_now), f"the spikes of step {step_now}"
-        )
-        spikes_pre = np.zeros(self.net.n_neurons, np.uint8)
+        step_now, n = int(step_now), self.net.n_neurons
+        msg = encode_spikes(spikes_local, self.members, step_now, n)
+        got = self.ex.allgather_bytes(msg, f"the spikes of step {step_now}")
+        spikes_pre = np.zeros(spikes_local.shape[:-1] + (n,), np.uint8)
         for q, raw in enumerate(got):
             sent_step = decode_spikes(raw, self.part.members[q], spikes_pre)
             if sent_step != step_now:
@@ -323,6 +361,7 @@ class MpiRun:
                 )
         self.events_sent += int(np.count_nonzero(spikes_local))
         self.bytes_sent += (len(got[self.rank]) + _MPI_ENVELOPE_BYTES) * (self.size - 1)
+        self.n_exchanges += 1
         self.exchange_s += time.perf_counter() - t0
         return spikes_pre
 
@@ -338,16 +377,51 @@ class MpiRun:
     # ---- compiled programs --------------------------------------------------------------------------
 
     def _steps(self, net: Network, state: State, i_ext: Array) -> tuple[State, Array]:
-        spec = jax.ShapeDtypeStruct((self.net.n_neurons,), jnp.uint8)
+        """T = i_ext.shape[0] steps, one exchange per exchange_every steps: (state, spikes (T, n_p))."""
+        if self.exchange_every == 1:
+            spec = jax.ShapeDtypeStruct((self.net.n_neurons,), jnp.uint8)
+            cfg, mode, backend = self.cfg, self.mode, self.backend
+
+            def body(s: State, i_t: Array) -> tuple[State, Array]:
+                def exchange(spikes: Array) -> Array:
+                    return io_callback(self._exchange_spikes, spec, spikes, s.step, ordered=True)
+
+                return step(s, net, i_t, cfg, mode, backend, exchange=exchange)
+
+            return jax.lax.scan(body, state, i_ext)
+        d, (t, n_p) = self.exchange_every, i_ext.shape
+        n_full, rest = divmod(t, d)
+        spikes = []
+        if n_full:
+            blocks = i_ext[: n_full * d].reshape(n_full, d, n_p)
+            state, sp = jax.lax.scan(lambda s, i_blk: self._block(net, s, i_blk), state, blocks)
+            spikes.append(sp.reshape(n_full * d, n_p))
+        if rest:
+            state, sp = self._block(net, state, i_ext[n_full * d :])
+            spikes.append(sp)
+        return state, jnp.concatenate(spikes) if len(spikes) > 1 else spikes[0]
+
+    def _block(self, net: Network, state: State, i_blk: Array) -> tuple[State, Array]:
+        """k <= D steps with one exchange: LIF for all k (every delay is >= D, so no spike of the block is
+        input to it), exchange the (k, n_p) spikes, then transmission and STDP of the k steps in order.
+        Per neuron and synapse these are the operations of `step`, in the same order."""
         cfg, mode, backend = self.cfg, self.mode, self.backend
+        t0 = state.step
 
-        def body(s: State, i_t: Array) -> tuple[State, Array]:
-            def exchange(spikes: Array) -> Array:
-                return io_callback(self._exchange_spikes, spec, spikes, s.step, ordered=True)
+        def lif(s: State, i_t: Array) -> tuple[State, Array]:
+            s, sp = lif_phase(s, net, i_t, cfg, backend)
+            return s.replace(step=s.step + 1), sp
 
-            return step(s, net, i_t, cfg, mode, backend, exchange=exchange)
+        state, spikes = jax.lax.scan(lif, state, i_blk)
+        spec = jax.ShapeDtypeStruct((i_blk.shape[0], self.net.n_neurons), jnp.uint8)
+        spikes_pre = io_callback(self._exchange_spikes, spec, spikes, t0, ordered=True)
 
-        return jax.lax.scan(body, state, i_ext)
+        def synapses(s: State, sp: tuple[Array, Array]) -> tuple[State, None]:
+            s = synapse_phase(s, net, sp[0], sp[1], cfg, mode, backend)
+            return s.replace(step=s.step + 1), None
+
+        state, _ = jax.lax.scan(synapses, state.replace(step=t0), (spikes_pre, spikes))
+        return state, spikes
 
     @functools.cache  # noqa: B019 - one program per MpiRun
     def _run_program(self):

@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
             rewards=np.concatenate(rewards),
             cross_min_delay=run.cross_min_delay,
             exchange_share=np.array([s["exchange_share"] for s in stats]),
+            exchanges=np.array([s["exchanges"] for s in stats]),
             **fields,
         )
 
