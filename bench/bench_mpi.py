@@ -1,7 +1,7 @@
 """Conservative MPI runs of the default distance-biased network on CPU: per-rank step time and the share of
 it spent in the spike exchange, with the exchange split into its own cost and waiting for other ranks.
 
-Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--backend reference]
+Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--delay 1]
        python bench/bench_mpi.py --transport 6264 [--ranks 2 4] [--probe 200]   (the exchange alone)
 Launches `mpirun -n P` for each P (one XLA thread per rank) and prints one JSON line per P; rank 0 of each
 job also prints a line per rank. The exchange share counts the time a rank spends in the exchange callback
@@ -28,7 +28,11 @@ def worker(args: argparse.Namespace) -> None:
     from fumjax.config import FumConfig
     from fumjax.distributed.mpi_runner import MpiRun, encode_spikes
 
-    cfg = FumConfig().replace(neuron={"n_neurons": args.neurons}, run={"backend": args.backend})
+    cfg = FumConfig().replace(
+        neuron={"n_neurons": args.neurons},
+        run={"backend": args.backend},
+        connectivity={"delay_steps": args.delay},
+    )
     t0 = time.perf_counter()
     net = fumjax.build_network(cfg)
     build_s = time.perf_counter() - t0
@@ -101,6 +105,7 @@ def worker(args: argparse.Namespace) -> None:
                 "cut_fraction": round(run.part.cut_fraction, 5),
                 "balance": round(run.part.balance, 4),
                 "cross_min_delay": run.cross_min_delay,
+                "exchange_every": run.exchange_every,
                 "mean_rate_hz": round(total / (net.n_neurons * steps * cfg.neuron.dt_ms / 1000.0), 2),
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
@@ -188,6 +193,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="rounded down to whole windows (min 1)")
     ap.add_argument("--backend", choices=("reference", "fused"), default="reference")
     ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
+    ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (= steps per exchange)")
     ap.add_argument("--transport", type=int, metavar="BYTES", help="time only the exchange of BYTES per rank")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,6 +214,7 @@ def main() -> None:
         )
         cmd += [sys.executable, os.path.abspath(__file__), "--worker", "--neurons", str(args.neurons)]
         cmd += ["--steps", str(args.steps), "--backend", args.backend, "--probe", str(args.probe)]
+        cmd += ["--delay", str(args.delay)]
         cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)

@@ -123,6 +123,7 @@ def simulate_distributed(args: argparse.Namespace, cfg) -> int:
         "ranks": run.size,
         "cut_fraction": round(run.part.cut_fraction, 5),
         "cross_min_delay": run.cross_min_delay,
+        "exchange_every": run.exchange_every,
         "step_ms_per_rank": [round(s["step_ms"], 4) for s in stats],
         "exchange_share_per_rank": [round(s["exchange_share"], 4) for s in stats],
         "events_sent_per_rank": [s["events_sent"] for s in stats],
