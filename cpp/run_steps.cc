@@ -190,7 +190,6 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   // without checks; several threads split each row by post, by bisection when the posts of every row
   // ascend (as Network builds them), which would also skip a bad post index.
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
-    bool unique = true;
     for (int64_t j = 0; j < a.n; ++j) {
       const int32_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
       if (k0 < 0 || k1 < k0 || k1 > a.e) {
@@ -200,10 +199,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         if (static_cast<uint64_t>(static_cast<uint32_t>(a.post[k])) >= static_cast<uint64_t>(a.n)) {
           return bad_index();
         }
-        if (k > k0 && a.post[k] <= a.post[k - 1]) {
-          unique = false;
-          if (a.post[k] < a.post[k - 1]) a.rows_sorted = false;
-        }
+        if (k > k0 && a.post[k] < a.post[k - 1]) a.rows_sorted = false;
       }
     }
     if (a.d > 1) {
@@ -228,7 +224,6 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         }
       }
     }
-    a.rows_unique = unique;
     a.validated = true;
   }
   // Long plastic runs: a learning in-list without the synapses of static presynaptic neurons (their dw is

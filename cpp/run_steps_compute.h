@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -154,7 +155,6 @@ struct RunStepsArgs {
   const W* gamma_pow = nullptr;       // (K+1,) in the storage type, as the reference rounds it
   const T* inv_pow = nullptr;         // (K+1,)
   bool rows_sorted = true;            // posts ascending within each row (lets threads bisect rows)
-  bool rows_unique = false;           // posts strictly ascending within each row (validated calls)
   bool validated = false;             // every index array already checked: the loops skip their checks
 
   // Scalars, already rounded to T like jnp's weak-typed Python floats.
@@ -289,18 +289,26 @@ constexpr bool kX86Simd = true;
 // function of its own, compiled for that target, once per spiking post neuron):
 // gather dw of the 8 pre and the 8 synapse values, the same operations as ApplyDw lane by lane (max/min
 // with the clip first give the scalar selects' results), store lane by lane. The synapses of one in-list
-// are distinct, so no two lanes write the same place. Returns the first entry not done.
+// are distinct, so no two lanes write the same place. pre_of null: each entry's pre is gathered from pre
+// (pre_all). Indices are range-checked per block (k < e, j < n, both as unsigned); a bad block stops the
+// vector loop there and the scalar loop reports it. Returns the first entry not done.
 template <PlasticityMode kMode>
 __attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, const int32_t* __restrict syn,
-                                        const int32_t* __restrict pre_of, const float* __restrict dw_pre,
+                                        const int32_t* __restrict pre_of, const int32_t* __restrict pre_all,
+                                        int32_t n, int32_t e, const float* __restrict dw_pre,
                                         float* __restrict w, float* __restrict elig, float inv, float lo_clip,
                                         float hi_clip) {
   const __m256 inv8 = _mm256_set1_ps(inv), lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
+  const __m256i bias = _mm256_set1_epi32(INT32_MIN);  // unsigned compares through signed ones
+  const __m256i e8 = _mm256_xor_si256(_mm256_set1_epi32(e), bias), n8 = _mm256_xor_si256(_mm256_set1_epi32(n), bias);
   alignas(32) int32_t k8[8];
   alignas(32) float v8[8];
   for (; q + 8 <= p1; q += 8) {
     const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(syn + q));
-    const __m256i jj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q));
+    if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(e8, _mm256_xor_si256(kk, bias))) != -1) break;
+    const __m256i jj = pre_of != nullptr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q))
+                                         : _mm256_i32gather_epi32(pre_all, kk, 4);
+    if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(n8, _mm256_xor_si256(jj, bias))) != -1) break;
     const __m256 dw = _mm256_i32gather_ps(dw_pre, jj, 4);
     __m256 out;
     float* dst;
@@ -319,13 +327,15 @@ __attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, co
   return q;
 }
 
-// One row's synapses [k, k1), 8 at a time (float32 storage, D = 1, posts distinct within the row, so the
-// gather-add-scatter of the ring loses nothing; called only from AVX2+FMA code): transmission ring[i] +=
+// One row's synapses [k, k1), 8 at a time (float32 storage, D = 1; called only from AVX2+FMA code). Each
+// block's posts must be in [0, n) and strictly ascending (across blocks too), so the row's posts are
+// distinct and the gather-add-scatter of the ring loses nothing; the first block that is not stops the
+// vector loop and the scalar loop goes on from there. Per block: transmission ring[i] +=
 // g * w (multiply and add rounded apart, as the scalar code), then, if the row learns, the pair STDP of the
 // scalar code lane by lane (spike select, fma, sign flip as an exact xor, clip as max/min or the
 // eligibility fma). Returns the first synapse not done.
 template <PlasticityMode kMode>
-__attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, const int32_t* __restrict post,
+__attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, int32_t n, const int32_t* __restrict post,
                                                     float* __restrict w, float* __restrict elig,
                                                     float* __restrict ring, const float* __restrict spk_f,
                                                     const float* __restrict yd, float g, bool learn,
@@ -335,10 +345,16 @@ __attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, const
   const __m256 na8 = _mm256_set1_ps(neg_a_minus), inv8 = _mm256_set1_ps(inv);
   const __m256 lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
   const __m256 flip = _mm256_set1_ps(excitatory ? 0.0f : -0.0f);
+  const __m256i n8 = _mm256_set1_epi32(n), rot = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+  __m256i prev = _mm256_set1_epi32(-1);  // lane 0: the last post of the previous block
   alignas(32) int32_t i8[8];
   alignas(32) float r8[8];
   for (; k + 8 <= k1; k += 8) {
     const __m256i ii = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(post + k));
+    const __m256i before = _mm256_blend_epi32(_mm256_permutevar8x32_epi32(ii, rot), prev, 1);
+    const __m256i ok = _mm256_and_si256(_mm256_cmpgt_epi32(ii, before), _mm256_cmpgt_epi32(n8, ii));
+    if (_mm256_movemask_epi8(ok) != -1) break;  // ii > before >= -1 also gives ii >= 0
+    prev = _mm256_permutevar8x32_epi32(ii, rot);
     const __m256 w8 = _mm256_loadu_ps(w + k);
     const __m256 ring8 = _mm256_add_ps(_mm256_i32gather_ps(ring, ii, 4), _mm256_mul_ps(g8, w8));
     _mm256_store_si256(reinterpret_cast<__m256i*>(i8), ii);
@@ -403,7 +419,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
   const bool bisect = nt > 1 && a.rows_sorted;
   const bool filter = nt > 1 && !a.rows_sorted;
   const bool checked = !a.validated;
-  const bool vec_rows = a.validated && a.rows_unique && !filter;
+  const bool vec_rows = !filter;
 
   int32_t s = *a.step;
   int32_t t0 = *a.elig_t0;
@@ -502,7 +518,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         int32_t k = k0;
         if constexpr (kFma && kD1 && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
           if (vec_rows) {
-            k = RowAvx2<kMode>(k0, k1, post, w, elig, ring_now, plastic ? sh.spk_f[b].data() : nullptr,
+            k = RowAvx2<kMode>(k0, k1, static_cast<int32_t>(n), post, w, elig, ring_now, plastic ? sh.spk_f[b].data() : nullptr,
                                yd_post, g, learn, ltp_j, code_j == 1, neg_a_minus, inv, neg_clip, clip);
           }
         }
@@ -549,7 +565,8 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         }
         int32_t q = p0;
         if constexpr (kFma && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
-          if (lin && !checked) q = InListAvx2<kMode>(q, p1, l_syn, l_pre, dw_silent, w, elig, inv, neg_clip, clip);
+          q = InListAvx2<kMode>(q, p1, l_syn, lin ? l_pre : nullptr, pre, static_cast<int32_t>(n),
+                                static_cast<int32_t>(e), dw_silent, w, elig, inv, neg_clip, clip);
         }
         for (; q < p1; ++q) {
           const int32_t k = l_syn[q];

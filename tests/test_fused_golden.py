@@ -323,6 +323,19 @@ def test_threads_bit_identical(rows):
                 assert a.tobytes() == b.tobytes(), (rows, mode, name, seed)
 
 
+def test_unsorted_rows_one_thread():
+    """Rows whose posts do not ascend: the kernel's vectorized row blocks (float32, D = 1) must hand them to
+    the scalar loop, which keeps the synapse order."""
+    seed = _fresh_seed()
+    n = 300
+    cfg = FumConfig().replace(neuron={"n_neurons": n})
+    net = _unsorted_rows(_network(n, 0.8, "one", seed), seed)
+    i_ext = _drive(n, 300, seed, jnp.float32)
+    for mode in ("off", "stdp", "rstdp"):
+        (ref, s_ref), (got, s_got) = _run_both(net, cfg, mode, i_ext)
+        _assert_same(ref, got, s_ref, s_got, f"unsorted rows, 1 thread, mode={mode} seed={seed}")
+
+
 def test_threads_from_config():
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n}, run={"threads": 2})
