@@ -85,8 +85,14 @@ def score_window(
         raise ValueError(f"values has shape {v.shape}, expected ({len(det.keys)},)")
     if not np.all(np.isfinite(v)):
         bad = [k for k, x in zip(det.keys, v, strict=True) if not np.isfinite(x)]
-        return {"iforest_score": float("nan"), "gmm_loglik": float("nan"), "iforest_flag": True,
-                "gmm_flag": True, "anomaly": True, "nonfinite": ",".join(bad)}  # fmt: skip
+        return {
+            "iforest_score": float("nan"),
+            "gmm_loglik": float("nan"),
+            "iforest_flag": True,
+            "gmm_flag": True,
+            "anomaly": True,
+            "nonfinite": ",".join(bad),
+        }
     z = _standardize(v, det.center, det.scale)[None, :]
     s_if = float(det.iforest.score_samples(z)[0])
     s_gmm = float(det.gmm.score_samples(z)[0])

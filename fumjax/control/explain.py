@@ -215,8 +215,17 @@ def draw_explanation(ex: Explanation, path: str, *, max_edges: int = 60, title: 
         colors = ["tab:red" if (a, b) in on_path else "0.6" for a, b in g.edges]
         widths = [0.5 + 3.0 * d["weight"] / wmax for *_, d in g.edges(data=True)]
         node_col = ["tab:red" if v in ex.pathway else "tab:blue" for v in g.nodes]
-        nx.draw_networkx(g, pos, ax=ax1, node_color=node_col, edge_color=colors, width=widths, node_size=160,
-                         font_size=6, arrowsize=8)  # fmt: skip
+        nx.draw_networkx(
+            g,
+            pos,
+            ax=ax1,
+            node_color=node_col,
+            edge_color=colors,
+            width=widths,
+            node_size=160,
+            font_size=6,
+            arrowsize=8,
+        )
     ax1.set_title(f"causal synapses (pathway in red): {' -> '.join(map(str, ex.pathway))}", fontsize=9)
     ax1.axis("off")
     cg = nx.DiGraph()
@@ -226,9 +235,16 @@ def draw_explanation(ex: Explanation, path: str, *, max_edges: int = 60, title: 
     if cg.number_of_edges():
         pos = nx.circular_layout(cg)
         cmax = max(d["weight"] for *_, d in cg.edges(data=True)) or 1.0
-        nx.draw_networkx(cg, pos, ax=ax2, node_color="tab:green", node_size=900, font_size=8,
-                         width=[0.5 + 5.0 * d["weight"] / cmax for *_, d in cg.edges(data=True)],
-                         connectionstyle="arc3,rad=0.1")  # fmt: skip
+        nx.draw_networkx(
+            cg,
+            pos,
+            ax=ax2,
+            node_color="tab:green",
+            node_size=900,
+            font_size=8,
+            width=[0.5 + 5.0 * d["weight"] / cmax for *_, d in cg.edges(data=True)],
+            connectionstyle="arc3,rad=0.1",
+        )
     ax2.set_title("cluster-level reasoning graph (causal contribution)", fontsize=9)
     ax2.axis("off")
     fig.suptitle(title or f"prediction: class {ex.prediction}", fontsize=11)

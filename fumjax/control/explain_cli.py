@@ -111,20 +111,38 @@ def explain_checkpoint(checkpoint: str | Path, input_spec: str) -> tuple[Explana
     n_in = int(enc["n_in"])
     x, target = _input_intensities(input_spec, n_in // 2)
     net = Network.from_arrays(
-        a["pre"], a["post"], a["w"], a["tau_ms"], a["v_th_mV"], a["excitatory"],
-        delay_steps=a["delay_steps"], plastic_pre=a["plastic_pre"],
-    )  # fmt: skip
+        a["pre"],
+        a["post"],
+        a["w"],
+        a["tau_ms"],
+        a["v_th_mV"],
+        a["excitatory"],
+        delay_steps=a["delay_steps"],
+        plastic_pre=a["plastic_pre"],
+    )
     state = fumjax.init_state(net, cfg)
     t_win = cfg.run.window_steps
-    spk = encode_item(jnp.asarray(x), seed=int(enc["seed"]), first_step=0, n_steps=t_win,
-                      p_max=float(enc["p_max"]), encoding=enc["encoding"])  # fmt: skip
+    spk = encode_item(
+        jnp.asarray(x),
+        seed=int(enc["seed"]),
+        first_step=0,
+        n_steps=t_win,
+        p_max=float(enc["p_max"]),
+        encoding=enc["encoding"],
+    )
     i_ext = jnp.zeros((t_win, net.n_neurons), jnp.float32).at[:, :n_in].set(spk * float(enc["in_amp_mV"]))
     _, spikes = fumjax.simulate(state, net, i_ext, config=cfg, plasticity="off")
     sources = np.flatnonzero(np.asarray(spk).any(0))
     ex = explain_raster(
-        np.asarray(spikes), a["pre"], a["post"], a["delay_steps"], a["w"], a["population"], sources,
+        np.asarray(spikes),
+        a["pre"],
+        a["post"],
+        a["delay_steps"],
+        a["w"],
+        a["population"],
+        sources,
         clusters=a.get("clusters"),
-    )  # fmt: skip
+    )
     info = {
         "input": input_spec,
         "target": target,
@@ -164,8 +182,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fumjax explain: {title}; population spikes {ex.population_counts}")
     for pw in ex.pathways[:3]:
         chain = " -> ".join(map(str, pw["neurons"]))
-        print(f"  pathway to output {pw['output']} ({pw['spikes']} spikes): {chain}"
-              f"  (share product {pw['share_product']:.3f})")  # fmt: skip
+        print(
+            f"  pathway to output {pw['output']} ({pw['spikes']} spikes): {chain}"
+            f"  (share product {pw['share_product']:.3f})"
+        )
     for e in ex.cluster_edges[:5]:
         print(f"  {e['from']} -> {e['to']}: causal {e['causal']:.3f}")
     summary = {

@@ -110,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
         "best_params": res["best_params"],
     }
     if args.confirm_seeds > 0:
-        fresh = [dataclasses.replace(task, seed=args.seed + 1000 + i) for i in range(args.confirm_seeds)]
+        step = task.n_seeds  # draws of disjoint task seeds
+        fresh = [
+            dataclasses.replace(task, seed=args.seed + 1000 + i * step) for i in range(args.confirm_seeds)
+        ]
         both = [evaluate_candidates([res["default_params"], res["best_params"]], t, base=base) for t in fresh]
         summary["confirm_default"] = [round(float(b[0]), 4) for b in both]
         summary["confirm_best"] = [round(float(b[1]), 4) for b in both]
