@@ -355,6 +355,8 @@ class MpiRun:
     def _exchange_spikes(self, spikes_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
         """spikes_local (n_p,) of step step_now or (k, n_p) of steps step_now.. -> (N,) or (k, N)."""
         t0 = time.perf_counter()
+        # callbacks may receive jax Arrays: numpy here, or every reshape below dispatches (and compiles) an op
+        spikes_local = np.asarray(spikes_local)
         step_now, n = int(step_now), self.net.n_neurons
         msg = encode_spikes(spikes_local, self.members, step_now, n)
         got = self.ex.allgather_bytes(msg, f"the spikes of step {step_now}")
@@ -373,6 +375,7 @@ class MpiRun:
 
     def _gather_rates(self, rates_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
+        rates_local = np.asarray(rates_local)
         got = self.ex.allgather_bytes(rates_local, f"the rates at step {int(step_now)}")
         rates = np.empty(self.net.n_neurons, rates_local.dtype)
         for q, raw in enumerate(got):
