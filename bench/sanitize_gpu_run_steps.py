@@ -23,6 +23,7 @@ for path in os.environ.get("SAN_PATHS", "cluster,block,multi").split(","):
     for csize, body in cases:
         os.environ["FUMJAX_GPU_CLUSTER"] = csize or "8"
         os.environ["FUMJAX_GPU_CLUSTER_BODY"] = body
+        jax.clear_caches()  # a new kernel choice needs a new program (captured CUDA graphs update in place)
         n, k = 300, 30
         for delays in ("1", "mixed"):
             net, cfg, state, i_ext = make_case(n, k, delays, seed=3, t_steps=100)
