@@ -195,15 +195,7 @@ class FumConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> FumConfig:
         """Load a TOML file whose tables are the sections of FumConfig."""
-        path = Path(path)
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict, the inverse of from_dict."""
@@ -275,3 +267,15 @@ def _check_pairs(cfg: FumConfig) -> None:
             f"connectivity.k_per_neuron = {c.k_per_neuron}: must be in [0, {n.n_neurons - 1}] "
             f"(at most N-1 for neuron.n_neurons = {n.n_neurons})"
         )
+
+
+def read_toml(path: str | Path) -> dict:
+    """The tables of a TOML file as a dict; ConfigError naming the file when it is missing or not TOML."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None

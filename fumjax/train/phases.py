@@ -147,16 +147,10 @@ def load_settings(path: str | Path | None, seed: int = 0) -> tuple[TrainSettings
     cfg = default_engine_config(seed)
     if path is None:
         return TrainSettings(), cfg
-    from fumjax.config import tomllib
+    from fumjax.config import read_toml
 
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     train = data.pop("train", {})
     if not isinstance(train, dict):
         raise ConfigError(f"{path}: [train] must be a table")
