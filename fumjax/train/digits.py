@@ -62,6 +62,7 @@ __all__ = [
     "population_reward",
     "kwta_mask",
     "adapt_thresholds",
+    "rest_state",
     "train_digits",
     "train_readout",
 ]
@@ -270,7 +271,7 @@ def build_readout_network(
 # ---- training and evaluation -------------------------------------------------------------------------------
 
 
-def _rest(state: State, v_rest: float) -> State:
+def rest_state(state: State, v_rest: float) -> State:
     """Inter-item rest: membrane at rest, traces, pending input, eligibility and refractoriness cleared."""
     return state.replace(
         v_mV=jnp.full_like(state.v_mV, v_rest),
@@ -294,7 +295,7 @@ def _train_epoch(state, net, pop, v_th0, xs, ys, epoch_seed, *, cfg, recipe, n_i
     def item(s, inp):
         x, y, k = inp
         if recipe.reset_between_items:
-            s = _rest(s, cfg.neuron.v_rest_mV)
+            s = rest_state(s, cfg.neuron.v_rest_mV)
         spk = encode_item(
             x,
             seed=epoch_seed,
@@ -341,7 +342,7 @@ def _predict(state, net, pop, xs, seed, *, cfg, recipe, n_in, n_classes):
     t_win = cfg.run.window_steps
     n = net.n_neurons
     out_mask = pop >= 0
-    s0 = _rest(state, cfg.neuron.v_rest_mV)
+    s0 = rest_state(state, cfg.neuron.v_rest_mV)
 
     def one(x, k):
         spk = encode_item(

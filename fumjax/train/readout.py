@@ -35,15 +35,19 @@ from fumjax.config import FumConfig
 from fumjax.network import Network
 from fumjax.plasticity import DISABLED_V_TH_MV, eta_effective
 from fumjax.sie import SIEState
-from fumjax.state import State, eligibility
-from fumjax.train.digits import _rest as _digits_rest
-from fumjax.train.digits import adapt_thresholds, encode_item, normalize_incoming, population_reward
+from fumjax.state import eligibility
+from fumjax.train.digits import (
+    adapt_thresholds,
+    encode_item,
+    normalize_incoming,
+    population_reward,
+    rest_state,
+)
 
 __all__ = [
     "ReadoutSpec",
     "Readout",
     "build_readout",
-    "rest",
     "run_chunk",
     "predict",
     "window_spikes",
@@ -136,11 +140,6 @@ def build_readout(n_classes: np.ndarray, spec: ReadoutSpec, alive_per_pop: int, 
     return ro, alive
 
 
-def rest(state: State, v_rest: float) -> State:
-    """Inter-item rest (as in train.digits): membrane at rest; traces, pending input, eligibility cleared."""
-    return _digits_rest(state, v_rest)
-
-
 def _drive(x: Array, dom: Array, k: Array, seed: Array, out_dom: Array, spec: ReadoutSpec, t_win: int):
     """External current (T, N) mV: input spikes of item x and the context current on other domains."""
     n = out_dom.shape[0]
@@ -181,7 +180,7 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
 
     def window(c, it):
         s0, sie, v_th0, prev_c = c
-        s = rest(s0, cfg.neuron.v_rest_mV)
+        s = rest_state(s0, cfg.neuron.v_rest_mV)
         i_ext = _drive(it["x"], it["dom"], it["k"], seed, consts["out_dom"], spec, t_win)
         s, spikes = fumjax.simulate(s, net, i_ext, config=cfg, plasticity="rstdp")
         counts = spikes.sum(0, dtype=jnp.int32)
@@ -239,7 +238,7 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
 def predict(state, consts, x, dom, seed, *, cfg: FumConfig, spec: ReadoutSpec):
     """Frozen-weight answers (M,) (class within the domain, -1 when silent) for items x (M, D), dom (M,)."""
     t_win = cfg.run.window_steps
-    s0 = rest(state, cfg.neuron.v_rest_mV)
+    s0 = rest_state(state, cfg.neuron.v_rest_mV)
     net, pop = consts["net"], consts["pop"]
 
     def one(xi, di, k):
@@ -259,7 +258,7 @@ def window_spikes(state, consts, x, dom, seed, *, cfg: FumConfig, spec: ReadoutS
     """Spikes (T, N) uint8 of one frozen-weight window on item x (D,) of domain dom (for rasters)."""
     i_ext = _drive(x, dom, jnp.int32(0), seed, consts["out_dom"], spec, cfg.run.window_steps)
     _, spikes = fumjax.simulate(
-        rest(state, cfg.neuron.v_rest_mV), consts["net"], i_ext, config=cfg, plasticity="off"
+        rest_state(state, cfg.neuron.v_rest_mV), consts["net"], i_ext, config=cfg, plasticity="off"
     )
     return spikes
 
