@@ -182,7 +182,7 @@ def _run_ensemble(
         def item(carry, inp):
             s, m, prev = carry
             x, y, k = inp
-            s = digits._rest(s, cfg.neuron.v_rest_mV)
+            s = digits.rest_state(s, cfg.neuron.v_rest_mV)
             s, spikes = fumjax.simulate(s, net, drive(x, k, seed), config=cfg, plasticity="rstdp")
             counts, pc = pop_counts_of(spikes)
             pred = jnp.argmax(pc)
@@ -211,7 +211,7 @@ def _run_ensemble(
             carry, (_, rewards) = jax.lax.scan(item, carry, (xt, yt, ks + ep * xt.shape[0]))
         if objective == "reward":
             return rewards[-rw:].mean()
-        s = digits._rest(carry[0], cfg.neuron.v_rest_mV)
+        s = digits.rest_state(carry[0], cfg.neuron.v_rest_mV)
 
         def predict(x, k):
             _, spikes = fumjax.simulate(s, net, drive(x, k, seed + 1), config=cfg, plasticity="off")
