@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, help="seed of network and input streams (default 0)")
     s.add_argument("--json", action="store_true", help="print only a JSON summary line")
+    from fumjax.control.realtime import add_realtime_argument
+
+    add_realtime_argument(s)
     from fumjax.distributed.mpi_cli import add_distributed_arguments
 
     add_distributed_arguments(s)
@@ -72,6 +75,12 @@ def _simulate(args: argparse.Namespace) -> int:
         cfg = cfg.replace(**overrides)
     if args.steps <= 0:
         raise ValueError(f"--steps = {args.steps}: must be >= 1")
+    if args.realtime:
+        if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
+            raise ValueError("--realtime runs one process without checkpoints: drop the distributed flags")
+        from fumjax.control.realtime import simulate_realtime
+
+        return simulate_realtime(args, cfg)
     if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
         from fumjax.distributed.mpi_cli import simulate_distributed
 
