@@ -166,14 +166,52 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
     Returns (carry, log) with per-window arrays (C, ...): correct, pred, r_ext, counts (C, N) int16, r_pop
     (C, G), the SIE components, cluster.
     """
-    t_win = cfg.run.window_steps
     net = consts["net"]
-    pop, alive = consts["pop"], consts["alive"]
-    n = pop.shape[0]
-    post_pop = pop[net.post]
-    learn_syn = consts["plastic_syn"] & alive[net.post]
-    out_alive = alive & (pop >= 0)
-    syn_scale = jnp.where(consts["persistent"], spec.persistent_factor, 1.0)
+    local = learning_arrays(consts, spec)
+
+    def simulate(s, i_ext):
+        s, spikes = fumjax.simulate(s, net, i_ext, config=cfg, plasticity="rstdp")
+        counts = spikes.sum(0, dtype=jnp.int32)
+        return s, counts, counts, spikes[:, spec.n_in :].sum(1, dtype=jnp.int32)
+
+    return jax.lax.scan(chunk_window(consts, seed, cfg, spec, simulate, local), carry, items)
+
+
+def learning_arrays(consts, spec: ReadoutSpec, part: tuple | None = None) -> dict:
+    """The arrays of the window's weight and threshold update, for the whole network (part None) or for one
+    MPI part = (members (n_p,) global neuron ids, syn (E_p,) global synapse ids, the part's Network with
+    local post ids): post (E,) local post ids, n, post_pop (E,), learn_syn (E,), syn_scale (E,),
+    out_alive (n,)."""
+    net, pop, alive = consts["net"], consts["pop"], consts["alive"]
+    plastic, persistent, post, post_g, pop_n, alive_n = (
+        consts["plastic_syn"],
+        consts["persistent"],
+        net.post,
+        net.post,
+        pop,
+        alive,
+    )
+    if part is not None:
+        members, syn, local_net = part
+        plastic, persistent, post, post_g = plastic[syn], persistent[syn], local_net.post, net.post[syn]
+        pop_n, alive_n = pop[members], alive[members]
+    return {
+        "post": post,
+        "n": pop_n.shape[0],
+        "post_pop": pop[post_g],
+        "learn_syn": plastic & alive[post_g],
+        "syn_scale": jnp.where(persistent, spec.persistent_factor, 1.0),
+        "out_alive": alive_n & (pop_n >= 0),
+    }
+
+
+def chunk_window(consts, seed, cfg: FumConfig, spec: ReadoutSpec, simulate, local: dict):
+    """The scan body of `run_chunk`: one reward window. simulate(s, i_ext (T, N)) -> (s, local counts (n,)
+    int32, every neuron's counts (N,) int32, output spikes per step (T,) int32) runs the window on the whole
+    network or (MPI) on this rank's part; `local` (`learning_arrays`) holds the part's update arrays.
+    Decoding and the SIE use every neuron's counts; the weight and threshold updates touch only `local`."""
+    t_win = cfg.run.window_steps
+    pop = consts["pop"]
     cl = consts["cluster_of"]
     is_out = (pop >= 0).astype(jnp.float32)  # TD states are clusters of output activity (inputs excluded)
     cl_size = jnp.maximum(jax.ops.segment_sum(is_out, cl, num_segments=spec.k_clusters), 1.0)
@@ -182,8 +220,7 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
         s0, sie, v_th0, prev_c = c
         s = rest_state(s0, cfg.neuron.v_rest_mV)
         i_ext = _drive(it["x"], it["dom"], it["k"], seed, consts["out_dom"], spec, t_win)
-        s, spikes = fumjax.simulate(s, net, i_ext, config=cfg, plasticity="rstdp")
-        counts = spikes.sum(0, dtype=jnp.int32)
+        s, local_counts, counts, out_steps = simulate(s, i_ext)
         in_dom = consts["pop_dom"] == it["dom"]
         pc = jnp.where(in_dom, _pop_counts(counts, pop, spec.n_pops), 0)
         label = consts["pop_offset"][it["dom"]] + it["target"]
@@ -207,14 +244,7 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
         r_pop = jnp.where(
             it["labeled"], population_reward(pc, label, spec.correct_reward, spec.margin), r_self
         )
-        e = eligibility(s, cfg)
-        s = fumjax.end_window(s, 0.0, config=cfg, plasticity="rstdp")  # bookkeeping: R = 0 changes no w
-        eta = eta_effective(big_r, cfg.plasticity.eta) * consts["eta_scale"]
-        r_syn = jnp.where(learn_syn, r_pop[jnp.maximum(post_pop, 0)], 0.0) * syn_scale
-        w = jnp.clip(s.w + eta * r_syn * e, -1.0, 1.0)
-        w = normalize_incoming(w, net.post, learn_syn, n, spec.w_norm, "l2")
-        v_th = adapt_thresholds(s.v_th_mV, v_th0, counts, out_alive, spec.theta_plus_mV, spec.theta_relax)
-        s = s.replace(w=w.astype(s.w.dtype), v_th_mV=v_th)
+        s = _learn(s, v_th0, local_counts, big_r, r_pop, consts, local, cfg, spec)
         keep = it["valid"]
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), (s, sie, cur), (s0, c[1], prev_c))
         log = {
@@ -224,19 +254,35 @@ def run_chunk(carry, consts, items, seed, *, cfg: FumConfig, spec: ReadoutSpec):
             "rate_var": jnp.var(rates),
             "r_ext": r_ext,
             "counts": counts.astype(jnp.int16),
-            "out_steps": spikes[:, spec.n_in :].sum(1, dtype=jnp.int32).astype(jnp.int16),
+            "out_steps": out_steps.astype(jnp.int16),
             "r_pop": r_pop,
             **comp,
             "cluster": cur,
         }
         return (new[0], new[1], v_th0, new[2]), log
 
-    return jax.lax.scan(window, carry, items)
+    return window
+
+
+def _learn(s, v_th0, counts, big_r, r_pop, consts, local: dict, cfg: FumConfig, spec: ReadoutSpec):
+    """The window's weight update (eligibility x population reward, L2 scaling) and threshold adaptation on
+    the neurons and synapses of `local` (whole network or one part); counts (n,) are theirs."""
+    e = eligibility(s, cfg)
+    s = fumjax.end_window(s, 0.0, config=cfg, plasticity="rstdp")  # bookkeeping: R = 0 changes no w
+    eta = eta_effective(big_r, cfg.plasticity.eta) * consts["eta_scale"]
+    r_syn = jnp.where(local["learn_syn"], r_pop[jnp.maximum(local["post_pop"], 0)], 0.0) * local["syn_scale"]
+    w = jnp.clip(s.w + eta * r_syn * e, -1.0, 1.0)
+    w = normalize_incoming(w, local["post"], local["learn_syn"], local["n"], spec.w_norm, "l2")
+    v_th = adapt_thresholds(
+        s.v_th_mV, v_th0, counts, local["out_alive"], spec.theta_plus_mV, spec.theta_relax
+    )
+    return s.replace(w=w.astype(s.w.dtype), v_th_mV=v_th)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "spec"))
-def predict(state, consts, x, dom, seed, *, cfg: FumConfig, spec: ReadoutSpec):
-    """Frozen-weight answers (M,) (class within the domain, -1 when silent) for items x (M, D), dom (M,)."""
+def predict(state, consts, x, dom, seed, first=0, *, cfg: FumConfig, spec: ReadoutSpec):
+    """Frozen-weight answers (M,) (class within the domain, -1 when silent) for items x (M, D), dom (M,);
+    item i is encoded with counter first + i (a slice of a larger set gives the same answers)."""
     t_win = cfg.run.window_steps
     s0 = rest_state(state, cfg.neuron.v_rest_mV)
     net, pop = consts["net"], consts["pop"]
@@ -250,7 +296,7 @@ def predict(state, consts, x, dom, seed, *, cfg: FumConfig, spec: ReadoutSpec):
         winner = jnp.argmax(pc)
         return jnp.where(pc.max() > 0, winner - consts["pop_offset"][di], -1)
 
-    return jax.vmap(one)(x, dom, jnp.arange(x.shape[0], dtype=jnp.int32))
+    return jax.vmap(one)(x, dom, jnp.arange(x.shape[0], dtype=jnp.int32) + first)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "spec"))
