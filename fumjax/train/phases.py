@@ -42,6 +42,7 @@ from fumjax.train.digits import recipe_config
 from fumjax.train.readout import Readout, ReadoutSpec, build_readout, init_sie_state, predict, run_chunk
 
 __all__ = [
+    "Engine",
     "TrainSettings",
     "TrainerState",
     "Unit",
@@ -227,6 +228,17 @@ class Unit:
     @property
     def name(self) -> str:
         return f"p{self.phase}-{self.index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """Where `train` runs: run_chunk and predict (the signatures of `fumjax.train.readout`'s) and
+    save_checkpoint (that of `fumjax.train.checkpoint`'s). The defaults run in this process;
+    `fumjax.distributed.mpi_train.MpiTrainEngine` runs each chunk with the network split over MPI ranks."""
+
+    run_chunk: Callable = run_chunk
+    predict: Callable = predict
+    save_checkpoint: Callable = save_checkpoint
 
 
 # ---- schedule ----------------------------------------------------------------------------------------------
@@ -569,13 +581,19 @@ def _fingerprint(corpus: Corpus, settings: TrainSettings, cfg: FumConfig, seed: 
 
 
 def evaluate(
-    ts: TrainerState, ro: Readout, spec: ReadoutSpec, cfg: FumConfig, data: Corpus, seed: int
+    ts: TrainerState,
+    ro: Readout,
+    spec: ReadoutSpec,
+    cfg: FumConfig,
+    data: Corpus,
+    seed: int,
+    predict_fn: Callable = predict,
 ) -> dict:
     """Frozen-weight accuracy on `data`: {"accuracy", "per_domain": {name: acc}} (domains present only)."""
     if len(data) == 0:
         return {"accuracy": float("nan"), "per_domain": {}}
     pred = np.asarray(
-        predict(
+        predict_fn(
             ts.state,
             _consts(ro, ts),
             jnp.asarray(data.x),
@@ -601,6 +619,7 @@ def train(
     on_window: Callable[[dict], None] | None = None,
     on_unit: Callable[[dict], None] | None = None,
     stop_after_units: int | None = None,
+    engine: Engine | None = None,
 ) -> dict:
     """Run the phases of `settings` on `corpus` (split into train/validation); returns the results.
 
@@ -609,8 +628,9 @@ def train(
     checkpoint_dir, the trainer state is saved after every unit; resume continues from the latest one there
     (it must come from the same corpus, settings, config and seed). stop_after_units ends the run early
     (tests of resuming). Result keys: val (phase-2 validation set), val_after_phase (per phase), units,
-    trainer (final TrainerState), readout, spec, fingerprint.
+    trainer (final TrainerState), readout, spec, fingerprint. engine: where chunks run (default: here).
     """
+    engine = engine or Engine()
     cfg = cfg.replace(run={"seed": int(seed) % 2**32})
     su = _setup(corpus, settings, cfg, seed)
     train_set, val_known, val_new, hold, units = (
@@ -651,7 +671,7 @@ def train(
             )
             carry = (ts.state, ts.sie, ts.v_th0, ts.prev_cluster)
             unit_seed = jnp.uint32((seed * 1000003 + ui * 9176 + 1) % 2**32)
-            carry, log = run_chunk(carry, _consts(ro, ts), items, unit_seed, cfg=cfg, spec=spec)
+            carry, log = engine.run_chunk(carry, _consts(ro, ts), items, unit_seed, cfg=cfg, spec=spec)
             ts = ts.replace(state=carry[0], sie=carry[1], prev_cluster=carry[3])
             log = jax.tree_util.tree_map(np.asarray, log)
             ts = _after_chunk(
@@ -722,12 +742,12 @@ def train(
         last_of_phase = ui + 1 == len(units) or units[ui + 1].phase != unit.phase
         last_of_stage = ui + 1 == len(units) or units[ui + 1].stage != unit.stage or last_of_phase
         if last_of_phase or (unit.phase == 2 and last_of_stage and settings.eval_every_stage):
-            ev = evaluate(ts, ro, spec, cfg, val_known, eval_seed)
+            ev = evaluate(ts, ro, spec, cfg, val_known, eval_seed, engine.predict)
             rec["val_accuracy"] = ev["accuracy"]
             rec["val_per_domain"] = ev["per_domain"]
             if len(val_new):
                 rec["val_new_domain"] = _new_domain_eval(
-                    ts, ro, spec, cfg, val_new, train_set, hold, eval_seed
+                    ts, ro, spec, cfg, val_new, train_set, hold, eval_seed, engine.predict
                 )
             if last_of_phase:
                 results["val_after_phase"][str(unit.phase)] = {k: rec[k] for k in rec if k.startswith("val")}
@@ -744,14 +764,16 @@ def train(
                 "unit": unit.name,
                 "val_after_phase": results["val_after_phase"],
             }
-            save_checkpoint(checkpoint_dir, ts, step=ui + 1, meta=meta)
+            engine.save_checkpoint(checkpoint_dir, ts, step=ui + 1, meta=meta)
         results["units_done"] = ui + 1
         if stop_after_units is not None and ui + 1 >= stop_after_units:
             break
     results.update(trainer=ts, readout=ro, spec=spec, fingerprint=fp, n_units=len(units))
-    results["val"] = evaluate(ts, ro, spec, cfg, val_known, eval_seed)
+    results["val"] = evaluate(ts, ro, spec, cfg, val_known, eval_seed, engine.predict)
     if len(val_new):
-        results["val_new_domain"] = _new_domain_eval(ts, ro, spec, cfg, val_new, train_set, hold, eval_seed)
+        results["val_new_domain"] = _new_domain_eval(
+            ts, ro, spec, cfg, val_new, train_set, hold, eval_seed, engine.predict
+        )
     return results
 
 
@@ -837,18 +859,28 @@ def _after_chunk(
     )
 
 
-def _new_domain_eval(ts, ro, spec, cfg, val_new: Corpus, train_set: Corpus, hold: int, seed: int) -> dict:
+def _new_domain_eval(
+    ts,
+    ro,
+    spec,
+    cfg,
+    val_new: Corpus,
+    train_set: Corpus,
+    hold: int,
+    seed: int,
+    predict_fn: Callable = predict,
+) -> dict:
     """The held-out domain learned without labels: its populations' answers are mapped to classes by majority
     vote on the domain's training items (labels used for this evaluation only), then scored on validation."""
     tr = train_set.subset(np.flatnonzero(train_set.domain == hold))
     consts = _consts(ro, ts)
     p_tr = np.asarray(
-        predict(
+        predict_fn(
             ts.state, consts, jnp.asarray(tr.x), jnp.asarray(tr.domain), jnp.uint32(seed), cfg=cfg, spec=spec
         )
     )
     p_va = np.asarray(
-        predict(
+        predict_fn(
             ts.state,
             consts,
             jnp.asarray(val_new.x),
