@@ -64,7 +64,7 @@ FUMJAX_FMA_TARGET void PartFma(void* ctx, int p) {
 #endif
 
 // Runs a.t_steps steps on a.threads threads. Returns 0, or a negative code when an index read from the
-// network arrays is out of range (-1: post/pre/in_syn, -2: delay, -3: row_ptr/in_ptr).
+// network arrays is out of range (-1: post/in_syn, -2: delay, -3: row_ptr/in_ptr).
 template <typename T, typename W>
 int RunStepsHost(const RunStepsArgs<T, W>& a) {
   RunShared<T, W> sh(a.threads);
@@ -98,7 +98,7 @@ bool Dims(const ffi::AnyBuffer& b, std::initializer_list<int64_t> want) {
 
 struct Operands {
   ffi::AnyBuffer v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step;
-  ffi::AnyBuffer tau, v_th, i_ext, row_ptr, pre, post, delay, in_ptr, in_syn, excitatory, gamma_pow,
+  ffi::AnyBuffer tau, v_th, i_ext, row_ptr, pre_bucket, post, delay, in_ptr, in_syn, excitatory, gamma_pow,
       inv_pow;
 };
 
@@ -108,7 +108,7 @@ struct Results {
 
 struct Scalars {
   double v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y;
-  int32_t refractory_steps, mode, threads;
+  int32_t refractory_steps, mode, threads, pre_shift;
 };
 
 constexpr int64_t kInPreMinSteps = 1000;
@@ -159,12 +159,13 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.tau = o.tau.typed_data<T>();
   a.v_th = o.v_th.typed_data<T>();
   a.i_ext = o.i_ext.typed_data<T>();
-  a.row_ptr = o.row_ptr.typed_data<int32_t>();
-  a.pre = o.pre.typed_data<int32_t>();
+  a.row_ptr = o.row_ptr.typed_data<uint32_t>();
+  a.pre_bucket = o.pre_bucket.typed_data<int32_t>();
+  a.pre_shift = c.pre_shift;
   a.post = o.post.typed_data<int32_t>();
-  a.delay = o.delay.typed_data<int32_t>();
-  a.in_ptr = o.in_ptr.typed_data<int32_t>();
-  a.in_syn = o.in_syn.typed_data<int32_t>();
+  a.delay = a.d > 1 ? o.delay.typed_data<int32_t>() : nullptr;
+  a.in_ptr = o.in_ptr.typed_data<uint32_t>();
+  a.in_syn = o.in_syn.typed_data<uint32_t>();
   a.excitatory = o.excitatory.typed_data<uint8_t>();
   a.gamma_pow = static_cast<const W*>(o.gamma_pow.untyped_data());
   a.inv_pow = o.inv_pow.typed_data<T>();
@@ -186,16 +187,33 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   const auto bad_index = [] {
     return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
   };
+  // The slot -> pre table, every call (O(E >> shift)): entry b must be the row holding slot b << shift.
+  for (int64_t b = 0; b < static_cast<int64_t>(o.pre_bucket.element_count()); ++b) {
+    const int64_t i = a.pre_bucket[b], s = b << a.pre_shift;
+    if (i < 0 || i >= a.n || a.row_ptr[i] > s || a.row_ptr[i + 1] <= s) {
+      return ffi::Error::InvalidArgument(
+          "fumjax_run_steps: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
+          "holds CSR slot b << pre_shift)");
+    }
+  }
   // Long calls and threaded calls check every index array once here (O(E)), so the step loops run
   // without checks; several threads split each row by post, by bisection when the posts of every row
   // ascend (as Network builds them), which would also skip a bad post index.
+  const auto valid_ptr = [&](const uint32_t* ptr) {
+    if (ptr[0] > a.e) return false;
+    for (int64_t i = 0; i < a.n; ++i) {
+      if (ptr[i + 1] < ptr[i] || ptr[i + 1] > a.e) return false;
+    }
+    return true;
+  };
+  const auto bad_ptr = [] {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+  };
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
+    if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
     for (int64_t j = 0; j < a.n; ++j) {
-      const int32_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
-      if (k0 < 0 || k1 < k0 || k1 > a.e) {
-        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
-      }
-      for (int32_t k = k0; k < k1; ++k) {
+      const int64_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
+      for (int64_t k = k0; k < k1; ++k) {
         if (static_cast<uint64_t>(static_cast<uint32_t>(a.post[k])) >= static_cast<uint64_t>(a.n)) {
           return bad_index();
         }
@@ -209,50 +227,39 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         }
       }
     }
-    for (int64_t i = 0; i < a.n; ++i) {
-      const int32_t p0 = a.in_ptr[i], p1 = a.in_ptr[i + 1];
-      if (p0 < 0 || p1 < p0 || p1 > a.e) {
-        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
-      }
-    }
     if (a.mode != PlasticityMode::kOff) {
       for (int64_t p = 0; p < a.e; ++p) {
-        const int32_t k = a.in_syn[p];
-        if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e) ||
-            static_cast<uint64_t>(static_cast<uint32_t>(a.pre[k])) >= static_cast<uint64_t>(a.n)) {
-          return bad_index();
-        }
+        if (a.in_syn[p] >= a.e) return bad_index();
       }
     }
     a.validated = true;
   }
-  // Long plastic runs: a learning in-list without the synapses of static presynaptic neurons (their dw is
-  // 0), each entry with its pre, so the incoming-synapse STDP pass skips them and reads pre sequentially
-  // instead of through a dependent random load (building it costs ~E random loads).
-  std::vector<int32_t> lin_ptr, lin_syn, lin_pre;
+  // Long plastic runs: each in-list entry's pre (4 B per synapse for the call; the slot -> pre search
+  // happens once per entry instead of once per visit), and when some presynaptic neurons are static a
+  // learning in-list without their synapses (their dw is 0), so the incoming-synapse pass skips them.
+  std::vector<uint32_t> lin_ptr, lin_syn;
+  std::vector<int32_t> lin_pre;
   if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
-    lin_ptr.resize(static_cast<size_t>(a.n) + 1);
-    lin_syn.reserve(static_cast<size_t>(a.e));
+    bool any_static = false;
+    for (int64_t j = 0; j < a.n && !any_static; ++j) any_static = a.excitatory[j] == 2;
     lin_pre.reserve(static_cast<size_t>(a.e));
-    lin_ptr[0] = 0;
-    for (int64_t i = 0; i < a.n; ++i) {
-      const int32_t p0 = a.in_ptr[i], p1 = a.in_ptr[i + 1];
-      if (p0 < 0 || p1 < p0 || p1 > a.e) {
-        return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
-      }
-      for (int32_t p = p0; p < p1; ++p) {
-        const int32_t k = a.in_syn[p];
-        if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(a.e)) return bad_index();
-        const int32_t j = a.pre[k];
-        if (static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(a.n)) return bad_index();
-        if (a.excitatory[j] == 2) continue;
-        lin_syn.push_back(k);
-        lin_pre.push_back(j);
-      }
-      lin_ptr[static_cast<size_t>(i) + 1] = static_cast<int32_t>(lin_syn.size());
+    if (any_static) {
+      lin_ptr.resize(static_cast<size_t>(a.n) + 1);
+      lin_syn.reserve(static_cast<size_t>(a.e));
+      lin_ptr[0] = 0;
     }
-    a.lin_ptr = lin_ptr.data();
-    a.lin_syn = lin_syn.data();
+    for (int64_t i = 0; i < a.n; ++i) {
+      for (int64_t p = a.in_ptr[i]; p < static_cast<int64_t>(a.in_ptr[i + 1]); ++p) {
+        const int64_t k = a.in_syn[p];
+        const int64_t j = PreOfSlot(a.row_ptr, a.pre_bucket, a.pre_shift, a.n, k);
+        if (any_static && a.excitatory[j] == 2) continue;
+        if (any_static) lin_syn.push_back(static_cast<uint32_t>(k));
+        lin_pre.push_back(static_cast<int32_t>(j));
+      }
+      if (any_static) lin_ptr[static_cast<size_t>(i) + 1] = static_cast<uint32_t>(lin_syn.size());
+    }
+    a.lin_ptr = any_static ? lin_ptr.data() : a.in_ptr;
+    a.lin_syn = any_static ? lin_syn.data() : a.in_syn;
     a.lin_pre = lin_pre.data();
   }
 
@@ -271,12 +278,13 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
 ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuffer x, ffi::AnyBuffer y,
                             ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer elig_t0,
                             ffi::AnyBuffer window_spikes, ffi::AnyBuffer step, ffi::AnyBuffer tau,
-                            ffi::AnyBuffer v_th, ffi::AnyBuffer i_ext, ffi::AnyBuffer row_ptr, ffi::AnyBuffer pre,
+                            ffi::AnyBuffer v_th, ffi::AnyBuffer i_ext, ffi::AnyBuffer row_ptr,
+                            ffi::AnyBuffer pre_bucket,
                             ffi::AnyBuffer post, ffi::AnyBuffer delay, ffi::AnyBuffer in_ptr,
                             ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow,
                             ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
                             double a_plus, double a_minus, double w_clip, double decay_x, double decay_y,
-                            int32_t refractory_steps, int32_t mode, int32_t threads,
+                            int32_t refractory_steps, int32_t mode, int32_t threads, int32_t pre_shift,
                             ffi::Result<ffi::AnyBuffer> v_out,
                             ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
                             ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out,
@@ -298,10 +306,17 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
   const int64_t d = ring.dimensions()[0];
   const int64_t t = i_ext.dimensions()[0];
   const int64_t k1 = static_cast<int64_t>(gamma_pow.element_count());
-  if (d < 1 || d > INT32_MAX || n >= INT32_MAX || e >= INT32_MAX || k1 < 1) {
+  if (d < 1 || d > INT32_MAX || n >= INT32_MAX || e > static_cast<int64_t>(UINT32_MAX) || k1 < 1) {
     return ffi::Error::InvalidArgument(
-        "fumjax_run_steps: need D >= 1, N and E below 2^31 and a non-empty eligibility table");
+        "fumjax_run_steps: need D >= 1, N below 2^31, E below 2^32 (uint32 synapse indices) and a "
+        "non-empty eligibility table");
   }
+  if (pre_shift < 0 || pre_shift > 31) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: pre_shift must be in [0, 31]");
+  }
+  const int64_t n_buckets = e > 0 ? ((e - 1) >> pre_shift) + 1 : 0;
+  // delay (0,): every delay is 1 (compact networks hold no per-synapse delay); then the ring has one slot.
+  const int64_t n_delay = delay.element_count() == 0 && d == 1 ? 0 : e;
   if (mode < 0 || mode > 2) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: mode must be 0 (off), 1 (stdp) or 2 (rstdp)");
   }
@@ -325,13 +340,17 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
   if (threads < 0) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: threads must be >= 0 (0 = automatic)");
   }
-  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &row_ptr,
-                                      &pre,    &post,    &delay,         &in_ptr, &in_syn};
+  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &pre_bucket, &post, &delay};
   for (const ffi::AnyBuffer* b : int_bufs) {
     if (b->element_type() != ffi::DataType::S32) {
       return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step and the network index arrays "
-          "must be int32");
+          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step, pre_bucket, post and delay must "
+          "be int32");
+    }
+  }
+  for (const ffi::AnyBuffer* b : {&row_ptr, &in_ptr, &in_syn}) {
+    if (b->element_type() != ffi::DataType::U32) {
+      return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr, in_ptr and in_syn must be uint32");
     }
   }
   if (excitatory.element_type() != ffi::DataType::U8 || spikes->element_type() != ffi::DataType::U8) {
@@ -341,12 +360,14 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
       Dims(v, {n}) && Dims(refrac, {n}) && Dims(x, {n}) && Dims(y, {n}) && Dims(ring, {d, n}) &&
       Dims(w, {e}) && Dims(elig, {e}) && Dims(elig_t0, {}) && Dims(window_spikes, {n}) && Dims(step, {}) &&
       Dims(tau, {n}) && Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) &&
-      Dims(pre, {e}) && Dims(post, {e}) && Dims(delay, {e}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) &&
+      Dims(pre_bucket, {n_buckets}) && Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) &&
+      Dims(in_syn, {e}) &&
       Dims(excitatory, {n}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); "
-        "ring (D, N); w, elig, pre, post, delay, in_syn (E,); row_ptr, in_ptr (N+1,); elig_t0, step (); "
+        "ring (D, N); w, elig, post, in_syn (E,); delay (E,) or (0,) with D = 1; pre_bucket "
+        "((E-1 >> pre_shift) + 1,); row_ptr, in_ptr (N+1,); elig_t0, step (); "
         "i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,)");
   }
   const std::pair<const ffi::AnyBuffer*, ffi::Result<ffi::AnyBuffer>*> aliased[] = {
@@ -360,12 +381,13 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
     }
   }
 
-  Operands o{v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step, tau, v_th, i_ext, row_ptr, pre,
+  Operands o{v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step, tau, v_th, i_ext, row_ptr,
+             pre_bucket,
              post, delay, in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
   Results r{v_out, refrac_out, x_out, y_out, ring_out, w_out, elig_out, elig_t0_out, window_spikes_out,
             step_out, spikes};
   const Scalars c{v_rest,  v_reset, dt,      g_syn,           a_plus, a_minus,
-                  w_clip,  decay_x, decay_y, refractory_steps, mode,   threads};
+                  w_clip,  decay_x, decay_y, refractory_steps, mode,   threads, pre_shift};
   if (dt_f == ffi::DataType::F64) return RunStepsTyped<double, double>(o, r, c);
   if (dt_w == ffi::DataType::F32) return RunStepsTyped<float, float>(o, r, c);
   if (dt_w == ffi::DataType::BF16) return RunStepsTyped<float, BFloat16>(o, r, c);
@@ -394,12 +416,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsCpu, fumjax::RunStepsDispatch,
                                   .Arg<ffi::AnyBuffer>()  // tau_ms
                                   .Arg<ffi::AnyBuffer>()  // v_th_mV
                                   .Arg<ffi::AnyBuffer>()  // i_ext_mV (T, N)
-                                  .Arg<ffi::AnyBuffer>()  // row_ptr
-                                  .Arg<ffi::AnyBuffer>()  // pre
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (uint32)
+                                  .Arg<ffi::AnyBuffer>()  // pre_bucket (int32)
                                   .Arg<ffi::AnyBuffer>()  // post
                                   .Arg<ffi::AnyBuffer>()  // delay_steps
-                                  .Arg<ffi::AnyBuffer>()  // in_ptr
-                                  .Arg<ffi::AnyBuffer>()  // in_syn
+                                  .Arg<ffi::AnyBuffer>()  // in_ptr (uint32)
+                                  .Arg<ffi::AnyBuffer>()  // in_syn (uint32)
                                   .Arg<ffi::AnyBuffer>()  // excitatory (uint8)
                                   .Arg<ffi::AnyBuffer>()  // gamma_pow
                                   .Arg<ffi::AnyBuffer>()  // inv_pow
@@ -415,6 +437,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsCpu, fumjax::RunStepsDispatch,
                                   .Attr<int32_t>("refractory_steps")
                                   .Attr<int32_t>("mode")
                                   .Attr<int32_t>("threads")  // CPU only: 0 = automatic
+                                  .Attr<int32_t>("pre_shift")
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre

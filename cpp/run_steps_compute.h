@@ -26,6 +26,11 @@
 // e_hat *= gamma^k multiplies two W values; their T product is exact (11- or 8-bit significands), so one
 // rounding to W gives XLA's W multiply.
 //
+// Synapse indices: CSR slots are uint32 (E < 2^32) and all index arithmetic is 64-bit. There is no
+// per-synapse presynaptic id: the in-list pass finds the pre of slot s from pre_bucket (one int32 per
+// 2^pre_shift slots) and row_ptr (PreOfSlot); long calls precompute it once per in-list entry.
+// Delays: a (0,) delay array with one ring slot means every delay is 1 (compact networks).
+//
 // Threads (deterministic): thread p owns neurons [lo_p, hi_p) and every synapse whose post neuron it owns.
 // It does the LIF update, spike list, per-neuron STDP terms and traces of its neurons; then, after the one
 // barrier per step, the transmission and STDP of its synapses: rows of all spiking pre in ascending order
@@ -140,17 +145,21 @@ struct RunStepsArgs {
   const T* tau = nullptr;             // (N,)
   const T* v_th = nullptr;            // (N,)
   const T* i_ext = nullptr;           // (T, N)
-  const int32_t* row_ptr = nullptr;   // (N+1,)
-  const int32_t* pre = nullptr;       // (E,)
-  // Optional learning in-list (long calls): the in-list without static presynaptic neurons, with each
-  // entry's pre (saves a dependent random load): lin_syn[lin_ptr[i]:lin_ptr[i+1]] and lin_pre likewise.
-  const int32_t* lin_ptr = nullptr;   // (N+1,) or null: use in_ptr/in_syn and pre[k]
-  const int32_t* lin_syn = nullptr;
+  const uint32_t* row_ptr = nullptr;  // (N+1,) CSR by pre
+  // The pre of CSR slot s (no per-synapse pre array): i = pre_bucket[s >> pre_shift], then the first
+  // i with row_ptr[i+1] > s (PreOfSlot). The handler checks every entry once per call (O(E >> shift)).
+  const int32_t* pre_bucket = nullptr;  // ((E-1 >> pre_shift) + 1,)
+  int32_t pre_shift = 9;
+  // Optional learning in-list (long calls): the in-list without static presynaptic neurons (or in_ptr /
+  // in_syn themselves when none is static), with each entry's pre (saves the slot -> pre search):
+  // lin_syn[lin_ptr[i]:lin_ptr[i+1]] and lin_pre likewise.
+  const uint32_t* lin_ptr = nullptr;  // (N+1,) or null: use in_ptr/in_syn and PreOfSlot
+  const uint32_t* lin_syn = nullptr;
   const int32_t* lin_pre = nullptr;
   const int32_t* post = nullptr;      // (E,)
-  const int32_t* delay = nullptr;     // (E,)
-  const int32_t* in_ptr = nullptr;    // (N+1,)
-  const int32_t* in_syn = nullptr;    // (E,)
+  const int32_t* delay = nullptr;     // (E,), or null when D == 1 (all delays 1)
+  const uint32_t* in_ptr = nullptr;   // (N+1,)
+  const uint32_t* in_syn = nullptr;   // (E,) CSR slots grouped by post
   const uint8_t* excitatory = nullptr;  // (N,) pre code: 1 excitatory (sign +1), 0 inhibitory (-1), 2 static
   const W* gamma_pow = nullptr;       // (K+1,) in the storage type, as the reference rounds it
   const T* inv_pow = nullptr;         // (K+1,)
@@ -186,6 +195,16 @@ FUMJAX_ALWAYS_INLINE int32_t JnpIndex(int64_t i, int32_t len) {
   if (i < 0) i = 0;
   if (i > len - 1) i = len - 1;
   return static_cast<int32_t>(i);
+}
+
+// The presynaptic neuron of CSR slot s (0 <= s < E): the bucket's first candidate, then forward to the
+// row that holds s. Stays in [0, n) whatever row_ptr holds; exact when pre_bucket was checked against a
+// monotone row_ptr (a bucket spans <= 2^shift slots, so the walk is short unless many rows are empty).
+FUMJAX_ALWAYS_INLINE int64_t PreOfSlot(const uint32_t* __restrict row_ptr, const int32_t* __restrict bucket,
+                                       int32_t shift, int64_t n, int64_t s) {
+  int64_t i = bucket[s >> shift];
+  while (i + 1 < n && static_cast<int64_t>(row_ptr[i + 1]) <= s) ++i;
+  return i;
 }
 
 // Scratch shared by the threads of one run (allocated by RunSteps).
@@ -289,13 +308,13 @@ constexpr bool kX86Simd = true;
 // function of its own, compiled for that target, once per spiking post neuron):
 // gather dw of the 8 pre and the 8 synapse values, the same operations as ApplyDw lane by lane (max/min
 // with the clip first give the scalar selects' results), store lane by lane. The synapses of one in-list
-// are distinct, so no two lanes write the same place. pre_of null: each entry's pre is gathered from pre
-// (pre_all). Indices are range-checked per block (k < e, j < n, both as unsigned); a bad block stops the
+// are distinct, so no two lanes write the same place. pre_of: each entry's pre (the learning in-list's);
+// e < 2^31 (the gathers take int32 indices). Indices are range-checked per block (k < e, j < n, both as unsigned); a bad block stops the
 // vector loop there and the scalar loop reports it. Returns the first entry not done.
 template <PlasticityMode kMode>
-__attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, const int32_t* __restrict syn,
-                                        const int32_t* __restrict pre_of, const int32_t* __restrict pre_all,
-                                        int32_t n, int32_t e, const float* __restrict dw_pre,
+__attribute__((target("avx2,fma"))) int64_t InListAvx2(int64_t q, int64_t p1, const uint32_t* __restrict syn,
+                                        const int32_t* __restrict pre_of, int32_t n, int32_t e,
+                                        const float* __restrict dw_pre,
                                         float* __restrict w, float* __restrict elig, float inv, float lo_clip,
                                         float hi_clip) {
   const __m256 inv8 = _mm256_set1_ps(inv), lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
@@ -306,8 +325,7 @@ __attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, co
   for (; q + 8 <= p1; q += 8) {
     const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(syn + q));
     if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(e8, _mm256_xor_si256(kk, bias))) != -1) break;
-    const __m256i jj = pre_of != nullptr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q))
-                                         : _mm256_i32gather_epi32(pre_all, kk, 4);
+    const __m256i jj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q));
     if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(n8, _mm256_xor_si256(jj, bias))) != -1) break;
     const __m256 dw = _mm256_i32gather_ps(dw_pre, jj, 4);
     __m256 out;
@@ -335,7 +353,7 @@ __attribute__((target("avx2,fma"))) int32_t InListAvx2(int32_t q, int32_t p1, co
 // scalar code lane by lane (spike select, fma, sign flip as an exact xor, clip as max/min or the
 // eligibility fma). Returns the first synapse not done.
 template <PlasticityMode kMode>
-__attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, int32_t n, const int32_t* __restrict post,
+__attribute__((target("avx2,fma"))) int64_t RowAvx2(int64_t k, int64_t k1, int32_t n, const int32_t* __restrict post,
                                                     float* __restrict w, float* __restrict elig,
                                                     float* __restrict ring, const float* __restrict spk_f,
                                                     const float* __restrict yd, float g, bool learn,
@@ -379,11 +397,11 @@ __attribute__((target("avx2,fma"))) int32_t RowAvx2(int32_t k, int32_t k1, int32
 #else
 constexpr bool kX86Simd = false;
 template <PlasticityMode kMode, typename... Args>
-FUMJAX_ALWAYS_INLINE int32_t RowAvx2(int32_t k, Args...) {
+FUMJAX_ALWAYS_INLINE int64_t RowAvx2(int64_t k, Args...) {
   return k;
 }
 template <PlasticityMode kMode, typename... Args>
-FUMJAX_ALWAYS_INLINE int32_t InListAvx2(int32_t q, Args...) {
+FUMJAX_ALWAYS_INLINE int64_t InListAvx2(int64_t q, Args...) {
   return q;
 }
 #endif
@@ -404,16 +422,19 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
   T* __restrict ring = a.ring;
   W* __restrict w = a.w;
   W* __restrict elig = a.elig;
-  const int32_t* __restrict row_ptr = a.row_ptr;
+  const uint32_t* __restrict row_ptr = a.row_ptr;
   const int32_t* __restrict post = a.post;
   const int32_t* __restrict delay = a.delay;
-  const int32_t* __restrict in_ptr = a.in_ptr;
-  const int32_t* __restrict in_syn = a.in_syn;
+  const uint32_t* __restrict in_ptr = a.in_ptr;
+  const uint32_t* __restrict in_syn = a.in_syn;
   const bool lin = a.lin_ptr != nullptr;
-  const int32_t* __restrict l_ptr = lin ? a.lin_ptr : a.in_ptr;
-  const int32_t* __restrict l_syn = lin ? a.lin_syn : a.in_syn;
+  const uint32_t* __restrict l_ptr = lin ? a.lin_ptr : a.in_ptr;
+  const uint32_t* __restrict l_syn = lin ? a.lin_syn : a.in_syn;
   const int32_t* __restrict l_pre = a.lin_pre;
-  const int32_t* __restrict pre = a.pre;
+  const int32_t* __restrict bucket = a.pre_bucket;
+  const int32_t shift = a.pre_shift;
+  // The vector in-list pass gathers with int32 indices and needs each entry's pre.
+  const bool vec_inlist = lin && e < INT32_MAX;
   const uint8_t* __restrict code = a.excitatory;
   const T g = a.g_syn, clip = a.w_clip, neg_clip = -a.w_clip, neg_a_minus = -a.a_minus;
   const bool bisect = nt > 1 && a.rows_sorted;
@@ -477,9 +498,9 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         if (nt == 1) {
           for (int64_t k = 0; k < e; ++k) elig[k] = S::Put(S::Load(elig[k]) * scale);
         } else {
-          for (int64_t q = in_ptr[lo]; q < in_ptr[hi]; ++q) {
-            const int32_t k = in_syn[q];
-            if (static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
+          for (int64_t q = in_ptr[lo]; q < static_cast<int64_t>(in_ptr[hi]); ++q) {
+            const int64_t k = in_syn[q];
+            if (k >= e) {
               sh.error.store(-1);
               break;
             }
@@ -501,21 +522,21 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
       const int32_t count = sh.spike_count[b][q];
       for (int32_t c = 0; c < count; ++c) {
         const int32_t j = list[c];
-        int32_t k0 = row_ptr[j], k1 = row_ptr[j + 1];
-        if (k0 < 0 || k1 < k0 || k1 > e) {
+        int64_t k0 = row_ptr[j], k1 = row_ptr[j + 1];
+        if (k1 < k0 || k1 > e) {
           sh.error.store(-3);
           goto step_done;
         }
         if (bisect) {
           const int32_t* first = post + k0;
           const int32_t* last = post + k1;
-          k0 = static_cast<int32_t>(std::lower_bound(first, last, static_cast<int32_t>(lo)) - post);
-          k1 = static_cast<int32_t>(std::lower_bound(post + k0, last, static_cast<int32_t>(hi)) - post);
+          k0 = std::lower_bound(first, last, static_cast<int32_t>(lo)) - post;
+          k1 = std::lower_bound(post + k0, last, static_cast<int32_t>(hi)) - post;
         }
         const T ltp_j = ltp_pre[j];
         const uint8_t code_j = code[j];  // 2: a static presynaptic neuron, no STDP on its synapses
         const bool learn = plastic && code_j != 2;
-        int32_t k = k0;
+        int64_t k = k0;
         if constexpr (kFma && kD1 && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
           if (vec_rows) {
             k = RowAvx2<kMode>(k0, k1, static_cast<int32_t>(n), post, w, elig, ring_now, plastic ? sh.spk_f[b].data() : nullptr,
@@ -558,24 +579,26 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
     if constexpr (plastic) {
       for (int64_t c = 0; c < ns; ++c) {
         const int32_t i = my_list[c];
-        const int32_t p0 = l_ptr[i], p1 = l_ptr[i + 1];
-        if (p0 < 0 || p1 < p0 || p1 > e) {
+        const int64_t p0 = l_ptr[i], p1 = l_ptr[i + 1];
+        if (p1 < p0 || p1 > e) {
           sh.error.store(-3);
           goto step_done;
         }
-        int32_t q = p0;
+        int64_t q = p0;
         if constexpr (kFma && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
-          q = InListAvx2<kMode>(q, p1, l_syn, lin ? l_pre : nullptr, pre, static_cast<int32_t>(n),
-                                static_cast<int32_t>(e), dw_silent, w, elig, inv, neg_clip, clip);
+          if (vec_inlist) {
+            q = InListAvx2<kMode>(q, p1, l_syn, l_pre, static_cast<int32_t>(n), static_cast<int32_t>(e),
+                                  dw_silent, w, elig, inv, neg_clip, clip);
+          }
         }
         for (; q < p1; ++q) {
-          const int32_t k = l_syn[q];
-          if (checked && static_cast<uint64_t>(static_cast<uint32_t>(k)) >= static_cast<uint64_t>(e)) {
+          const int64_t k = l_syn[q];
+          if (checked && k >= e) {
             sh.error.store(-1);
             goto step_done;
           }
-          const int32_t j = lin ? l_pre[q] : pre[k];
-          if (checked && static_cast<uint64_t>(static_cast<uint32_t>(j)) >= static_cast<uint64_t>(n)) {
+          const int64_t j = lin ? l_pre[q] : PreOfSlot(row_ptr, bucket, shift, n, k);
+          if (checked && static_cast<uint64_t>(j) >= static_cast<uint64_t>(n)) {
             sh.error.store(-1);
             goto step_done;
           }

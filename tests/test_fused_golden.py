@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -368,21 +369,23 @@ def test_golden_16bit_synapses(dtype):
 
 
 def test_bytes_per_synapse():
-    """Per-synapse storage of the fused CPU kernel, by hand: 50 neurons, K = 3 partners each (E = 150)."""
+    """Per-synapse storage of the fused kernels, by hand: 50 neurons, K = 3 partners each (E = 150)."""
     net = Network.distance_biased(50, k_per_neuron=3, seed=1)
     assert net.n_synapses == 150 and net.max_delay == 1
-    per_neuron_plastic = 2 * 4 * 51 / 150  # row_ptr and in_ptr, int32, (N+1,) each
-    cases = [  # (run.dtype, mode, plastic_total): w + elig + post + in_syn + pre
-        ("float32", "rstdp", 4 + 4 + 4 + 4 + 4),
-        ("float32", "stdp", 4 + 0 + 4 + 4 + 4),
-        ("float16", "rstdp", 2 + 2 + 4 + 4 + 4),
-        ("bfloat16", "rstdp", 2 + 2 + 4 + 4 + 4),
+    per_neuron_plastic = 2 * 4 * 51 / 150  # row_ptr and in_ptr, uint32, (N+1,) each
+    bucket = 4 * 1 / 150  # pre_bucket: one int32 per 512 CSR slots
+    cases = [  # (run.dtype, mode, plastic_total): w + elig + post + in_syn (no per-synapse pre)
+        ("float32", "rstdp", 4 + 4 + 4 + 4),
+        ("float32", "stdp", 4 + 0 + 4 + 4),
+        ("float16", "rstdp", 2 + 2 + 4 + 4),
+        ("bfloat16", "rstdp", 2 + 2 + 4 + 4),
     ]
     for dtype, mode, plastic_total in cases:
         cfg = FumConfig().replace(neuron={"n_neurons": 50}, run={"dtype": dtype})
         got = fused.bytes_per_synapse(net, cfg, mode)
         assert got["plastic_total"] == plastic_total, (dtype, mode, got)
-        assert got["total"] == pytest.approx(plastic_total + per_neuron_plastic), (dtype, mode, got)
+        assert got["total"] == pytest.approx(plastic_total + per_neuron_plastic + bucket), (dtype, mode, got)
+        assert got["call_scratch"] == 4  # each in-list entry's pre, during a long call
     # the whole run: state w + elig (float16) and the Network's arrays: pre, post, delay, in_syn,
     # input_order (int32) and w0 (float32) per synapse; row_ptr, in_ptr (int32, N+1), tau, v_th (float32),
     # excitatory, excitatory_pre, plastic_pre (bool) per neuron
@@ -391,6 +394,7 @@ def test_bytes_per_synapse():
     assert fused.bytes_per_synapse(net, cfg16, "rstdp")["process_total"] == pytest.approx(want)
     off = fused.bytes_per_synapse(net, FumConfig().replace(neuron={"n_neurons": 50}), "off")
     assert off["plastic_total"] == 4 + 4 and off["total"] == pytest.approx(8 + 4 * 51 / 150)
+    assert off["call_scratch"] == 0
     # a delay above 1 adds the int32 delay array
     d = Network.from_arrays(
         np.asarray(net.pre),
@@ -401,6 +405,69 @@ def test_bytes_per_synapse():
         np.asarray(net.excitatory),
         delay_steps=np.full(150, 2),
     )
-    assert fused.bytes_per_synapse(d, cfg16, "rstdp")["plastic_total"] == 16 + 4
+    assert fused.bytes_per_synapse(d, cfg16, "rstdp")["plastic_total"] == 12 + 4
     with pytest.raises(ValueError, match="mode"):
         fused.bytes_per_synapse(net, cfg16, "bogus")
+
+
+def _sparse_rows_network(n: int, seed: int) -> Network:
+    """Random network where 70% of the neurons have no outgoing synapses and a few have long rows (up to
+    1,300 slots, more than two pre_bucket spans), 30% of the presynaptic neurons static."""
+    rng = np.random.default_rng(seed)
+    senders = rng.choice(n, n * 3 // 10, replace=False)
+    fan = rng.integers(1, 40, senders.size)
+    fan[:3] = (1300, 700, 513)
+    pre = np.repeat(senders, fan)
+    post = rng.integers(0, n, pre.size)
+    exc = rng.random(n) < 0.8
+    w = np.where(exc[pre], rng.uniform(0, 0.3, pre.size), rng.uniform(-0.3, 0, pre.size))
+    return Network.from_arrays(
+        pre, post, w, rng.uniform(15, 25, n), rng.uniform(-58, -52, n), exc, plastic_pre=rng.random(n) < 0.7
+    )
+
+
+@pytest.mark.parametrize("t_steps", [300, 1200])
+def test_pre_bucket_empty_rows_and_static_pre(t_steps):
+    """The slot -> pre search (pre_bucket, then forward over empty rows) on rows of very uneven length;
+    1,200 steps take the long-call path (each in-list entry's pre precomputed, learning in-list without the
+    static presynaptic neurons), 300 the per-visit search. Both must match the reference exactly."""
+    seed = _fresh_seed()
+    net = _sparse_rows_network(600, seed)
+    assert int(np.asarray(net.row_ptr)[-1]) > 1024 and not np.asarray(net.plastic_pre).all()
+    cfg = FumConfig().replace(neuron={"n_neurons": 600})
+    i_ext = _drive(600, t_steps, seed, jnp.float32, scale=1.5)
+    for mode in ("stdp", "rstdp"):
+        (ref, s_ref), (got, s_got) = _run_both(net, cfg, mode, i_ext)
+        assert _rate_hz(s_ref) > 2.0, (mode, seed)
+        _assert_same(ref, got, s_ref, s_got, f"sparse rows T={t_steps} mode={mode} seed={seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithBucket:
+    """A Network plus an explicit pre_bucket (what a CompactNetwork carries), for the kernel's check."""
+
+    net: Network
+    pre_bucket: jax.Array
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+
+def test_bad_pre_bucket_and_too_many_synapses_are_errors():
+    net = _network(100, 0.8, "one", FIXED_SEED)
+    cfg = FumConfig().replace(neuron={"n_neurons": 100})
+    state = fumjax.init_state(net, cfg)
+    i_ext = _drive(100, 20, FIXED_SEED, jnp.float32)
+    row_ptr = np.asarray(net.row_ptr)
+    slots = np.arange((net.n_synapses - 1) // 512 + 1) * 512
+    good = np.searchsorted(row_ptr, slots, side="right").astype(np.int32) - 1
+    ref, s_ref = _simulate(state, net, i_ext, cfg, "stdp", "reference")
+    got, s_got = fused.run_steps(state, _WithBucket(net, jnp.asarray(good)), i_ext, cfg, "stdp")
+    _assert_same(ref, got, s_ref, s_got, "explicit pre_bucket")
+    bad = good.copy()
+    bad[-1] = good[-1] + 1  # a row that starts after the bucket's first slot
+    with pytest.raises(Exception, match="pre_bucket does not match row_ptr"):
+        jax.block_until_ready(fused.run_steps(state, _WithBucket(net, jnp.asarray(bad)), i_ext, cfg, "stdp"))
+    huge = types.SimpleNamespace(n_synapses=2**32, n_neurons=100, n_pre=100)
+    with pytest.raises(ValueError, match="uint32"):
+        fused.run_steps(state, huge, i_ext, cfg, "stdp")

@@ -224,14 +224,20 @@ def _pre_codes(net) -> Array:
     return codes if plastic is None else jnp.where(plastic, codes, jnp.uint8(2))
 
 
-_SYNAPSE_DTYPES_CPU = (jnp.float16, jnp.bfloat16)
+_SYNAPSE_DTYPES_16 = (jnp.float16, jnp.bfloat16)
+#: One pre_bucket entry per 2**PRE_SHIFT CSR slots (the slot -> presynaptic neuron table of the kernels;
+#: fumjax.compact.PRE_SHIFT is the same number).
+PRE_SHIFT = 9
+#: Synapse indices are uint32 in the kernels: E must stay below this.
+MAX_SYNAPSES = 2**32
 
 
 def run_steps_supported(state, net) -> bool:
-    """True when `run_steps` handles this (state, network): a whole network (not one part of a partition),
-    float32 or float64 state with weights and eligibility in the state's dtype (on the CPU also float16 or
-    bfloat16 with float32 state), int32 indexing (E < 2^31), CPU or a GPU with fumjax._core_gpu built
-    (hip/run_steps.hip), and the compiled extension present. Otherwise use the step-by-step path."""
+    """True when `run_steps` handles this (state, network): a whole network (not one part of a partition;
+    a `Network` or a `fumjax.compact.CompactNetwork`), float32 or float64 state with weights and
+    eligibility in the state's dtype or float16/bfloat16 with float32 state, E < 2^32 and N < 2^31, CPU
+    or a GPU with fumjax._core_gpu built (hip/run_steps.hip), and the compiled extension present.
+    Otherwise use the step-by-step path."""
     if not available():
         return False
     on_cpu = jax.default_backend() == "cpu"
@@ -241,12 +247,45 @@ def run_steps_supported(state, net) -> bool:
     if dtype not in (jnp.float32, jnp.float64):
         return False
     w_dtype = jnp.dtype(state.w.dtype)
-    w_ok = w_dtype == dtype or (on_cpu and dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_CPU)
+    w_ok = w_dtype == dtype or (dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_16)
     if not w_ok or jnp.dtype(state.elig.dtype) != w_dtype:
         return False
     if net.n_pre != net.n_neurons or state.x_pre.shape[-1] != net.n_neurons:
         return False
-    return net.n_synapses < 2**31 - 1 and net.n_neurons < 2**31 - 1
+    return net.n_synapses < MAX_SYNAPSES and net.n_neurons < 2**31 - 1
+
+
+def _as_uint32(x) -> Array:
+    """Index array as uint32: int32 bits reinterpreted (no E-sized convert in the program), uint32 as is."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.uint32:
+        return x
+    if x.dtype == jnp.int32:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return x.astype(jnp.uint32)
+
+
+def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
+    """The kernels' synapse operands of a Network or a CompactNetwork: (row_ptr uint32 (N+1,), pre_bucket
+    int32 ((E-1 >> PRE_SHIFT) + 1,), post int32 (E,), delay int32 ((E,), or (0,) = all delays 1), in_ptr
+    uint32 (N+1,), in_syn uint32 (E,)). A CompactNetwork carries its pre_bucket; for a Network it is
+    computed here from row_ptr (searchsorted, O(E >> PRE_SHIFT * log N), also on traced arrays)."""
+    e = int(net.n_synapses)
+    row_ptr = _as_uint32(net.row_ptr)
+    bucket = getattr(net, "pre_bucket", None)
+    if bucket is None:
+        n_buckets = ((e - 1) >> PRE_SHIFT) + 1 if e > 0 else 0
+        slots = jnp.arange(n_buckets, dtype=jnp.uint32) << PRE_SHIFT
+        # The last pre i with row_ptr[i] <= slot: the row that holds it (empty rows are skipped).
+        bucket = jnp.searchsorted(row_ptr, slots, side="right").astype(jnp.int32) - 1
+    return (
+        row_ptr,
+        jnp.asarray(bucket, jnp.int32),
+        jnp.asarray(net.post, jnp.int32),
+        jnp.asarray(net.delay_steps, jnp.int32),
+        _as_uint32(net.in_ptr),
+        _as_uint32(net.in_syn),
+    )
 
 
 def resolve_threads(threads: int | None, cfg) -> int:
@@ -271,11 +310,16 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     """
     from fumjax import plasticity  # lazy: fumjax.plasticity imports the config, not the kernels
 
+    if int(net.n_synapses) >= MAX_SYNAPSES:
+        raise ValueError(
+            f"fused.run_steps: the network has {int(net.n_synapses)} synapses; the kernels index synapses "
+            f"with uint32 and take at most {MAX_SYNAPSES - 1}"
+        )
     if not run_steps_supported(state, net):
         raise ValueError(
-            "fused.run_steps: unsupported state/network (needs the compiled extension on CPU, a whole "
+            "fused.run_steps: unsupported state/network (needs the compiled extension, a whole "
             "network, float32/float64 state with w and elig in the same dtype, or float16/bfloat16 "
-            "with float32 state on the CPU); use the reference backend"
+            "with float32 state); use the reference backend"
         )
     if mode not in _MODE_IDS:
         raise ValueError(f"fused.run_steps: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
@@ -288,17 +332,11 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     t_steps = i_ext.shape[0]
     nc, cc, sc = cfg.neuron, cfg.connectivity, cfg.stdp
     gamma_pow, inv_pow = plasticity.elig_tables(cfg)
-    idx = jnp.int32
     operands = tuple(getattr(state, f) for f in _STATE_FIELDS) + (
         state.tau_ms,
         state.v_th_mV,
         i_ext,
-        net.row_ptr.astype(idx),
-        net.pre.astype(idx),
-        net.post.astype(idx),
-        net.delay_steps.astype(idx),
-        net.in_ptr.astype(idx),
-        net.in_syn.astype(idx),
+        *synapse_operands(net),
         _pre_codes(net),
         jnp.asarray(gamma_pow, state.elig.dtype),  # the reference rounds gamma^k to the storage dtype
         jnp.asarray(inv_pow, dtype),
@@ -326,6 +364,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         decay_y=np.float64(math.exp(-dt / sc.tau_minus_ms)),
         refractory_steps=np.int32(nc.refractory_steps),
         mode=np.int32(_MODE_IDS[mode]),
+        pre_shift=np.int32(PRE_SHIFT),
     )
     # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) does not.
     results = jax.lax.platform_dependent(
@@ -337,19 +376,23 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     return new, results[-1]
 
 
-# Bytes of each array the CPU kernel reads per synapse (int32 indices), by role.
+# Bytes of each array the kernels read per synapse (uint32/int32 indices), by role.
 def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
-    """Storage of the fused CPU kernel per synapse, counted from the arrays it holds for `net` under `cfg`.
+    """Storage of the fused kernels (CPU and GPU) per synapse, counted from the arrays they hold for `net`
+    (a Network or a CompactNetwork) under `cfg`.
 
     Per synapse: w and elig in the synapse dtype (weight_dtype(cfg): float32, float64, float16 or bfloat16;
     elig only in mode rstdp), post (int32, transmission), delay (int32, only when the network has a delay
-    above 1), and for plastic modes the in-list (in_syn, int32) and the pre of each synapse (int32: the
-    in-list STDP pass needs both the synapse and its presynaptic neuron). Per neuron (row_ptr, in_ptr,
-    int32), spread over the synapses. mode: None -> cfg.plasticity.mode.
-    Returns {name: bytes per synapse} with 'total' and 'plastic_total' (what a plastic synapse costs, i.e.
-    without the per-neuron share), and 'process_total': everything a run holds per synapse, i.e. the
-    state's w and elig plus every array of the Network (which also keeps w0, input_order and int32 delays
-    for the reference backend and the API).
+    above 1) and, for plastic modes, the in-list (in_syn, uint32). No per-synapse pre: the kernels find a
+    synapse's presynaptic neuron from row_ptr and pre_bucket (int32, one per 2**PRE_SHIFT slots). Per
+    neuron: row_ptr and in_ptr (uint32, in_ptr only when plastic), spread over the synapses.
+    Returns {name: bytes per synapse} with 'plastic_total' (what a plastic synapse costs: 12 with 16-bit
+    w and elig in rstdp), 'per_neuron_share', 'pre_bucket', 'total' (all three), 'call_scratch' (what one
+    CPU call of >= 1000 plastic steps allocates for its duration: each in-list entry's pre, int32, plus
+    the learning in-list itself when some presynaptic neurons are static; 0 otherwise), and
+    'process_total': everything a run holds per synapse, i.e. the state's w and elig plus every array of
+    the network (a Network also keeps pre, w0, input_order and int32 delays for the reference backend).
+    mode: None -> cfg.plasticity.mode.
     """
     from fumjax.state import weight_dtype  # lazy: kernels sit above state in the layers
 
@@ -366,11 +409,17 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
         "post": 4.0,
         "delay": 4.0 if int(net.max_delay) > 1 else 0.0,
         "in_syn": 4.0 if plastic else 0.0,
-        "pre": 4.0 if plastic else 0.0,
     }
-    per_neuron = 4.0 * (n + 1) * (2 if plastic else 1) / e
     parts["plastic_total"] = sum(parts.values())
-    parts["per_neuron_share"] = per_neuron
-    parts["total"] = parts["plastic_total"] + per_neuron
-    parts["process_total"] = (parts["w"] + parts["elig"]) + sum(net.nbytes.values()) / e
+    parts["per_neuron_share"] = 4.0 * (n + 1) * (2 if plastic else 1) / e
+    parts["pre_bucket"] = 4.0 * ((((e - 1) >> PRE_SHIFT) + 1) if plastic else 0) / e
+    parts["total"] = parts["plastic_total"] + parts["per_neuron_share"] + parts["pre_bucket"]
+    static = bool(np.any(~np.asarray(net.plastic_pre))) if plastic else False
+    parts["call_scratch"] = (8.0 if static else 4.0) if plastic else 0.0
+    held = (
+        net.nbytes
+        if hasattr(net, "nbytes")
+        else {k: x.nbytes for k, x in vars(net).items() if hasattr(x, "nbytes")}
+    )
+    parts["process_total"] = (parts["w"] + parts["elig"]) + sum(held.values()) / e
     return parts
