@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     from fumjax.train.cli_train import add_train_command
 
     add_train_command(sub)
+    sub.choices["train"].set_defaults(func=_train)
     from fumjax.control.explain_cli import add_explain_command
     from fumjax.control.tune_cli import add_tune_command
 
@@ -58,6 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"fumjax: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.distributed:
+        from fumjax.distributed.mpi_train import train_distributed
+
+        return train_distributed(args)
+    from fumjax.train.cli_train import run_train
+
+    return run_train(args)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ from fumjax.network import Network
 from fumjax.state import State, init_state
 from fumjax.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes"]
+__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes", "save_on_root"]
 
 _EVENTS, _BITMASK = 0, 1  # spike message kinds
 _MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
@@ -114,6 +114,22 @@ def network_fingerprint(net: Network) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def save_on_root(ex: Exchanger, directory: str | Path, tree: Any, *, step: int, meta: dict) -> Path:
+    """Rank 0 of `ex` writes `tree` (given there; None elsewhere is fine) as directory/ckpt-<step>.npz
+    (`fumjax.train.checkpoint.save_checkpoint`, atomic); every rank calls it and gets the path back, or
+    CheckpointError on every rank if writing failed."""
+    result: tuple[str, str] = ("", "")
+    if ex.rank == 0:
+        try:
+            result = (str(save_checkpoint(directory, tree, step=step, meta=meta)), "")
+        except (OSError, CheckpointError) as exc:
+            result = ("", f"{type(exc).__name__}: {exc}")
+    path, error = ex.allgather_obj(result, f"checkpoint at step {step}")[0]
+    if error:
+        raise CheckpointError(f"rank 0 could not write the checkpoint: {error}")
+    return Path(path)
 
 
 class MpiRun:
@@ -307,18 +323,8 @@ class MpiRun:
         """Write the whole-network state as directory/ckpt-<step>.npz (rank 0, atomic); every rank calls it
         at the same step and gets the path back. Raises CheckpointError on every rank if writing failed."""
         whole = self.gather_state(state)
-        result: tuple[str, str] = ("", "")
-        if self.rank == 0:
-            assert whole is not None
-            record = {**self._meta(), **(meta or {})}
-            try:
-                result = (str(save_checkpoint(directory, whole, step=int(whole.step), meta=record)), "")
-            except (OSError, CheckpointError) as exc:
-                result = ("", f"{type(exc).__name__}: {exc}")
-        path, error = self.ex.allgather_obj(result, f"checkpoint at step {int(state.step)}")[0]
-        if error:
-            raise CheckpointError(f"rank 0 could not write the checkpoint: {error}")
-        return Path(path)
+        record = {**self._meta(), **(meta or {})}
+        return save_on_root(self.ex, directory, whole, step=int(state.step), meta=record)
 
     def load_checkpoint(self, path: str | Path) -> tuple[State, dict]:
         """This rank's part of a checkpoint (a file, or a directory: its latest), written by any number of

@@ -31,6 +31,17 @@ def add_train_command(sub) -> None:
     t.add_argument("--out", help="output directory (default ./fumjax-train-<date-time>)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="under mpirun: the network split over the MPI ranks (exact; rank 0 writes the outputs)",
+    )
+    t.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="--distributed: seconds to wait for a rank before aborting",
+    )
     t.set_defaults(func=run_train)
 
 
@@ -72,9 +83,14 @@ def _prepare(args: argparse.Namespace):
     return corpus, settings, cfg, out, ckpt
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace, engine=None) -> int:
+    """`fumjax train`; engine: a `fumjax.distributed.mpi_train.MpiTrainEngine` under mpirun (rank 0 writes
+    metrics, plots and summary; the summary adds per-rank step times and exchange shares), else None."""
     t_start = time.perf_counter()
     corpus, settings, cfg, out, ckpt = _prepare(args)
+    writer = engine is None or engine.rank == 0
+    if engine is not None:  # every rank validated the inputs before rank 0 writes anything
+        engine.ex.barrier("validating the inputs", timeout_s=max(engine.timeout_s, 600.0))
 
     import numpy as np
 
@@ -87,14 +103,15 @@ def run_train(args: argparse.Namespace) -> int:
     done_units = 0
     if args.resume:  # verify the checkpoint in full before touching the outputs
         done_units = phases.resume_point(corpus, settings, cfg, seed=args.seed, checkpoint_dir=ckpt)
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
-    _trim_metrics(metrics_path, done_units)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(metrics_path, done_units)
     windows: list[dict] = []
     total = sum(u.items.size for u in units)
     done = sum(u.items.size for u in units[:done_units])
     bar = None
-    if not args.no_progress:
+    if writer and not args.no_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=done, unit="win", file=sys.stderr, dynamic_ncols=True, desc="train")
@@ -115,10 +132,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     def on_unit(rec: dict) -> None:
         rec = {"type": "unit", "unit_index": state["unit_index"], **rec}
-        with metrics_path.open("a") as fh:
-            for w in state["pending"]:
-                fh.write(json.dumps(w) + "\n")
-            fh.write(json.dumps(rec) + "\n")
+        if writer:
+            with metrics_path.open("a") as fh:
+                for w in state["pending"]:
+                    fh.write(json.dumps(w) + "\n")
+                fh.write(json.dumps(rec) + "\n")
         state["pending"] = []
         state["unit_index"] += 1
         if bar is not None and "val_accuracy" in rec:
@@ -133,9 +151,13 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_window=on_window,
         on_unit=on_unit,
+        engine=None if engine is None else engine.engine(),
     )
     if bar is not None:
         bar.close()
+    distributed = {} if engine is None else engine.summary()
+    if not writer:
+        return 0
     all_windows = _read_windows(metrics_path)
     plot_paths = [] if args.no_plots else _plots(out / "plots", res, corpus, cfg, all_windows)
     vap = res["val_after_phase"]
@@ -154,6 +176,7 @@ def run_train(args: argparse.Namespace) -> int:
         "checkpoint": str(latest_checkpoint(ckpt)),
         "plots": [str(p) for p in plot_paths],
     }
+    summary.update(distributed)
     if "val_new_domain" in res:
         summary["new_domain"] = res["val_new_domain"]
     if "2" in vap and "3" in vap:
