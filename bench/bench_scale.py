@@ -1,0 +1,311 @@
+"""Bandwidth accounting of a learning run (issue 5 item 3): bytes a step must move vs a measured device copy.
+
+    python bench/bench_scale.py --neurons 20000 --k 100 --rates 1,5,10               # CPU, small N
+    python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 1,5,10 --copy-gb 4  # H200
+
+Steps, each printed as it finishes (flush) and all figures in a final JSON line (also --out FILE):
+1. device copy: a ~copy-gb float32 array (not zeros) copied by `x.copy()` and by `x + 1` (jitted), median of
+   --copy-repeats after 2 warm-ups; bandwidth = (bytes read + bytes written) / time. The larger of the two is
+   the reference ("measured device copy").
+2. the network: fumjax.compact.build_compact(N, K) where it exists (the compact layout), else a regular
+   Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
+3. drive calibration: on a slice of min(N, --calib-neurons) neurons with the same K, the mean rate over
+   windows 3-4 of a run at each of 6 drive rates (cfg.drive.rate_hz 2.5..80 Hz, x2 apart), then 4
+   bisections in log(drive) between the pair that brackets each target; the drive whose slice rate came
+   closest wins. The measured rate of the timed run is what the bytes use, so a miss only moves the
+   operating point (--drives skips all this).
+4. per target rate: run_driven windows (default drive, SIE reward, rstdp learning, intrinsic plasticity;
+   backend --backend) through fumjax.control.realtime.run_paced without sleeping: 2 warm-up windows
+   (compile) excluded, then --windows windows, each timed to its results being ready; step time = median
+   window time / window_steps.
+5. model bytes per step (fumjax.kernels.traffic.step_traffic at the measured rate: neuron pass, drive,
+   out-rows, in-lists, the amortized window pass), achieved bandwidth = bytes / step time, its fraction of
+   the copy bandwidth (target >= 0.5), and the same for the 32-byte-sector count (the random-access
+   penalty: a gathered 4-byte value costs a 32-byte sector).
+
+Nsight Compute on the GPU (kernel names: the fused GPU path's per-step kernels and XLA's fusions; check them
+first with `nsys profile --stats=true python bench/bench_scale.py ... --profile` or ncu --list below):
+    python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 5 --profile
+runs the build, one calibration-free window to compile and ONE more window, nothing else; then e.g.
+    ncu --clock-control none -k regex:'Synapse|Neuron|RunSteps' --launch-skip 100 -c 4 --set full \
+        -o $OUT/scale_steps python bench/bench_scale.py <same args> --profile
+    ncu --clock-control none -k regex:'fusion' --launch-skip-before-match 0 -c 6 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        python bench/bench_scale.py <same args> --profile
+(--launch-skip 100 skips the first window's 2 x 50 per-step launches of a two-kernels-per-step path; the
+window pass is XLA fusions over all E synapses: the biggest byte mover at 8 B x E / 50 per step). Read
+Duration, DRAM Throughput, Memory Throughput and L2 Hit Rate off each kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fumjax
+from fumjax.config import FumConfig
+from fumjax.control.realtime import run_paced
+from fumjax.kernels.traffic import step_traffic
+
+CALIB_DRIVES_HZ = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+CALIB_BISECTIONS = 4
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of fn() (which blocks) over repeats calls after 2 warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(gb: float, repeats: int) -> dict:
+    """Device copy bandwidth (bytes read + written per second) of a gb-GB float32 array, two ways."""
+    n = int(gb * 1e9 / 4)
+    x = jax.jit(lambda: jax.lax.iota(jnp.float32, n) * 1.0001 + 0.5, out_shardings=None)()
+    x.block_until_ready()
+    out = {"bytes": 4 * n}
+    for name, f in (("copy", jax.jit(lambda a: a.copy())), ("add1", jax.jit(lambda a: a + 1.0))):
+
+        def run(f=f, x=x, name=name):
+            y = f(x)
+            y.block_until_ready()
+            if y is x:
+                raise RuntimeError(f"{name}: jit returned its input; no copy was made")
+
+        t = median_time(run, repeats)
+        out[f"{name}_s"] = t
+        out[f"{name}_GBps"] = 2 * 4 * n / t / 1e9
+    del x
+    out["GBps"] = max(out["copy_GBps"], out["add1_GBps"])
+    return out
+
+
+def peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def build(n: int, k: int, cfg: FumConfig, compact: bool):
+    """(network, layout name): the compact builder where fumjax.compact has it and `compact`, else regular."""
+    if compact:
+        try:
+            from fumjax.compact import build_compact
+        except ImportError:
+            build_compact = None
+        if build_compact is not None:
+            return build_compact(n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg), (
+                "compact"
+            )
+    c = cfg.replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
+    return fumjax.build_network(c), "regular"
+
+
+def slice_rate_hz(net, cfg: FumConfig, drive_hz: float, backend: str) -> float:
+    """Mean rate (Hz) over windows 3-4 of a 4-window run_driven at cfg.drive.rate_hz = drive_hz."""
+    c = cfg.replace(drive={"rate_hz": drive_hz})
+    state = fumjax.init_state(net, c)
+    _, counts, _ = fumjax.run_driven(state, net, 4, config=c, backend=backend)
+    counts = np.asarray(counts, np.int64)
+    return float(counts[2:].sum()) / (net.n_neurons * 2 * c.run.window_steps * c.neuron.dt_ms / 1000.0)
+
+
+def calibrate(n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool) -> dict:
+    """Drive rate (Hz) for each target network rate, from a slice of n neurons (see the module doc)."""
+    net, layout = build(n, k, cfg, compact)
+    seen: dict[float, float] = {}
+
+    def rate(d: float) -> float:
+        if d not in seen:
+            seen[d] = slice_rate_hz(net, cfg, d, backend)
+            log(f"  calibration ({layout}, {n} x {k}): drive {d:.4g} Hz -> {seen[d]:.3f} Hz")
+        return seen[d]
+
+    for d in CALIB_DRIVES_HZ:
+        rate(d)
+    out = {}
+    for target in targets:
+        # The rate can jump by orders of magnitude between two grid drives (recurrent runaway): bisect the
+        # bracketing pair in log(drive) CALIB_BISECTIONS times, keep the drive closest in log(rate).
+        lo = max((d for d, r in seen.items() if r <= target), default=None)
+        hi = min((d for d, r in seen.items() if r > target), default=None)
+        for _ in range(CALIB_BISECTIONS if lo is not None and hi is not None else 0):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if rate(mid) <= target else (lo, mid)
+        out[target] = min(seen, key=lambda d, t=target: abs(math.log(max(seen[d], 1e-3) / t)))
+    return out
+
+
+def measure(net, cfg: FumConfig, drive_hz: float, windows: int, backend: str, profile: bool) -> dict:
+    """Time `windows` learning windows at the given drive; returns step time, rate and the byte model."""
+    c = cfg.replace(drive={"rate_hz": drive_hz})
+    state = fumjax.init_state(net, c)
+    state, run = run_paced(
+        state,
+        net,
+        windows,
+        config=c,
+        backend=backend,
+        warmup_chunks=1 if profile else 2,
+        sleep=lambda s: None,
+    )
+    t_win = c.run.window_steps
+    busy = sorted(run.pacing.busy_ms)
+    step_ms = statistics.median(busy) / t_win
+    w = np.asarray(state.w.astype(jnp.float32))
+    finite = bool(np.isfinite(w).all())
+    w_stats = [float(w.mean()), float(w.std()), float(w.min()), float(w.max())]
+    del state, w
+    k = net.n_synapses / net.n_neurons
+    traffic = step_traffic(net.n_neurons, round(k), run.mean_rate_hz, c)
+    step_s = step_ms / 1000.0
+    return {
+        "drive_hz": drive_hz,
+        "rate_hz": run.mean_rate_hz,
+        "windows": run.pacing.chunks,
+        "warmup_ms": list(run.warmup_ms),
+        "window_ms_median": statistics.median(busy),
+        "window_ms_min": busy[0],
+        "window_ms_max": busy[-1],
+        "step_ms": step_ms,
+        "realtime_factor": c.neuron.dt_ms / step_ms,
+        "bytes_per_step": traffic.bytes,
+        "bytes_total": traffic.total,
+        "sector_bytes_per_step": traffic.sector_bytes,
+        "sector_bytes_total": traffic.sector_total,
+        "achieved_GBps": traffic.total / step_s / 1e9,
+        "sector_achieved_GBps": traffic.sector_total / step_s / 1e9,
+        "w_mean_std_min_max": w_stats,
+        "finite": finite,
+        "gpu_util": run.gpu,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--neurons", type=int, default=20_000)
+    p.add_argument("--k", type=int, default=100, help="synapses per neuron")
+    p.add_argument("--rates", default="1,5,10", help="target mean rates, Hz, comma-separated")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--backend", default="fused", choices=("fused", "reference"))
+    p.add_argument("--windows", type=int, default=5, help="timed windows per rate (after 2 warm-up)")
+    p.add_argument("--copy-gb", type=float, help="copy test size, GB (default 4 on a GPU, 0.5 on the CPU)")
+    p.add_argument("--copy-repeats", type=int, default=10)
+    p.add_argument("--calib-neurons", type=int, default=20_000, help="slice size of the drive calibration")
+    p.add_argument("--drives", help="drive rates (Hz), one per target rate: skips the calibration")
+    p.add_argument("--regular", action="store_true", help="a regular Network even where build_compact exists")
+    p.add_argument("--profile", action="store_true", help="for ncu: build, 1 warm-up + 1 window, first rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON summary to this file")
+    a = p.parse_args()
+
+    dev = jax.devices()[0]
+    on_gpu = dev.platform != "cpu"
+    log(
+        f"bench_scale {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} on {dev.device_kind} "
+        f"({dev.platform}), jax {jax.__version__}, host {platform.node()}, load {os.getloadavg()[0]:.2f}"
+    )
+    targets = [float(x) for x in a.rates.split(",")]
+    cfg = FumConfig().replace(
+        run={"dtype": a.dtype, "backend": a.backend, "seed": a.seed},
+        connectivity={"k_per_neuron": a.k},
+        neuron={"n_neurons": a.neurons},
+    )
+    summary: dict = {"neurons": a.neurons, "k": a.k, "dtype": a.dtype, "backend": a.backend}
+    summary["device"] = f"{dev.device_kind} ({dev.platform})"
+
+    if not a.profile:
+        gb = a.copy_gb if a.copy_gb is not None else (4.0 if on_gpu else 0.5)
+        cp = copy_bandwidth(gb, a.copy_repeats)
+        summary["copy"] = cp
+        log(
+            f"device copy of {cp['bytes'] / 1e9:.2f} GB: x.copy() {cp['copy_GBps']:.1f} GB/s, x + 1 "
+            f"{cp['add1_GBps']:.1f} GB/s (read + write, median of {a.copy_repeats}); "
+            f"reference {cp['GBps']:.1f}"
+        )
+
+    if a.drives:
+        drives = dict(zip(targets, [float(x) for x in a.drives.split(",")], strict=True))
+    elif a.profile:
+        drives = {targets[0]: cfg.drive.rate_hz}
+    else:
+        n_cal = min(a.neurons, a.calib_neurons)
+        t0 = time.perf_counter()
+        drives = calibrate(n_cal, a.k, cfg, targets, a.backend, not a.regular)
+        log(f"calibration: {drives} (drive Hz per target Hz), {time.perf_counter() - t0:.1f} s")
+    summary["drives"] = {str(t): d for t, d in drives.items()}
+
+    t0 = time.perf_counter()
+    net, layout = build(a.neurons, a.k, cfg, not a.regular)
+    jax.block_until_ready(net)
+    build_s = time.perf_counter() - t0
+    syn_bytes = sum(
+        int(x.nbytes) for x in jax.tree_util.tree_leaves(net) if x.shape and x.shape[0] >= net.n_synapses
+    )
+    summary.update(
+        layout=layout, build_s=build_s, synapses=int(net.n_synapses), peak_after_build=peak_bytes()
+    )
+    log(
+        f"network ({layout}): {net.n_neurons} neurons x {a.k} = {net.n_synapses} synapses, built in "
+        f"{build_s:.1f} s; E-sized network arrays {syn_bytes / net.n_synapses:.2f} B/synapse; allocator peak "
+        f"{summary['peak_after_build']}"
+    )
+
+    results = []
+    for target in list(drives)[: 1 if a.profile else None]:
+        r = measure(net, cfg, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
+        r["target_hz"] = target
+        if "copy" in summary:
+            r["fraction_of_copy"] = r["achieved_GBps"] / summary["copy"]["GBps"]
+            r["sector_fraction_of_copy"] = r["sector_achieved_GBps"] / summary["copy"]["GBps"]
+        results.append(r)
+        parts = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in r["bytes_per_step"].items())
+        log(
+            f"target {target:g} Hz (drive {r['drive_hz']:.3g} Hz): rate {r['rate_hz']:.3f} Hz, step "
+            f"{r['step_ms']:.4f} ms (window median {r['window_ms_median']:.2f} ms, min "
+            f"{r['window_ms_min']:.2f}, max {r['window_ms_max']:.2f}; warm-up "
+            f"{', '.join(f'{x:.0f}' for x in r['warmup_ms'])} ms excluded), "
+            f"{r['realtime_factor']:.2f}x real time"
+        )
+        log(
+            f"  model MB/step: {parts}; total {r['bytes_total'] / 1e6:.2f} "
+            f"(sectors {r['sector_bytes_total'] / 1e6:.2f})"
+        )
+        w_stats = ", ".join(f"{x:.4g}" for x in r["w_mean_std_min_max"])
+        log(f"  w mean/std/min/max {w_stats}, finite {r['finite']}, GPU util {r['gpu_util']['mean_pct']}")
+        if "fraction_of_copy" in r:
+            log(
+                f"  achieved {r['achieved_GBps']:.1f} GB/s = {100 * r['fraction_of_copy']:.1f}% of the copy "
+                f"(sector count: {r['sector_achieved_GBps']:.1f} GB/s = "
+                f"{100 * r['sector_fraction_of_copy']:.1f}%)"
+            )
+    summary["results"] = results
+    summary["peak_bytes"] = peak_bytes()
+    log(f"allocator peak {summary['peak_bytes']}")
+    line = json.dumps(summary)
+    if a.out:
+        with open(a.out, "x") as f:  # never overwrite an earlier result
+            f.write(line + "\n")
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
