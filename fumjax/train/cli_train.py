@@ -184,9 +184,16 @@ def run_train(args: argparse.Namespace, engine=None) -> int:
     tmp = out / f".summary.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out / "summary.json")
+    ranks = ""
+    if distributed:
+        per_rank = zip(distributed["step_ms_per_rank"], distributed["exchange_share_per_rank"], strict=True)
+        ranks = "; " + ", ".join(
+            f"rank {q} {ms:.3f} ms/step ({100 * share:.1f}% exchange)"
+            for q, (ms, share) in enumerate(per_rank)
+        )
     print(
         f"fumjax train: {summary['windows']} windows, validation accuracy {summary['val_accuracy']:.3f}, "
-        f"{summary['wall_s']:.1f} s; metrics {metrics_path}"
+        f"{summary['wall_s']:.1f} s; metrics {metrics_path}{ranks}"
     )
     print(json.dumps(summary))
     return 0
