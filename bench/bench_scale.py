@@ -106,6 +106,7 @@ def peak_bytes() -> int | None:
 
 def build(n: int, k: int, cfg: FumConfig, compact: bool):
     """(network, layout name): the compact builder where fumjax.compact has it and `compact`, else regular."""
+    cfg = cfg.replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
     if compact:
         try:
             from fumjax.compact import build_compact
@@ -115,8 +116,7 @@ def build(n: int, k: int, cfg: FumConfig, compact: bool):
             return build_compact(n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg), (
                 "compact"
             )
-    c = cfg.replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
-    return fumjax.build_network(c), "regular"
+    return fumjax.build_network(cfg), "regular"
 
 
 def slice_rate_hz(net, cfg: FumConfig, drive_hz: float, backend: str) -> float:
@@ -130,6 +130,7 @@ def slice_rate_hz(net, cfg: FumConfig, drive_hz: float, backend: str) -> float:
 
 def calibrate(n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool) -> dict:
     """Drive rate (Hz) for each target network rate, from a slice of n neurons (see the module doc)."""
+    cfg = cfg.replace(neuron={"n_neurons": n})
     net, layout = build(n, k, cfg, compact)
     seen: dict[float, float] = {}
 
@@ -154,6 +155,18 @@ def calibrate(n: int, k: int, cfg: FumConfig, targets: list[float], backend: str
     return out
 
 
+@jax.jit
+def _weight_stats(w):
+    w = w.astype(jnp.float32)
+    return jnp.stack([w.mean(), w.std(), w.min(), w.max()]), jnp.isfinite(w).all()
+
+
+def weight_stats(w) -> tuple[list[float], bool]:
+    """[mean, std, min, max] of the weights and whether all are finite, reduced on the device."""
+    stats, finite = _weight_stats(w)
+    return [float(x) for x in np.asarray(stats)], bool(finite)
+
+
 def measure(net, cfg: FumConfig, drive_hz: float, windows: int, backend: str, profile: bool) -> dict:
     """Time `windows` learning windows at the given drive; returns step time, rate and the byte model."""
     c = cfg.replace(drive={"rate_hz": drive_hz})
@@ -170,10 +183,8 @@ def measure(net, cfg: FumConfig, drive_hz: float, windows: int, backend: str, pr
     t_win = c.run.window_steps
     busy = sorted(run.pacing.busy_ms)
     step_ms = statistics.median(busy) / t_win
-    w = np.asarray(state.w.astype(jnp.float32))
-    finite = bool(np.isfinite(w).all())
-    w_stats = [float(w.mean()), float(w.std()), float(w.min()), float(w.max())]
-    del state, w
+    w_stats, finite = weight_stats(state.w)
+    del state
     k = net.n_synapses / net.n_neurons
     traffic = step_traffic(net.n_neurons, round(k), run.mean_rate_hz, c)
     step_s = step_ms / 1000.0
@@ -194,7 +205,7 @@ def measure(net, cfg: FumConfig, drive_hz: float, windows: int, backend: str, pr
         "achieved_GBps": traffic.total / step_s / 1e9,
         "sector_achieved_GBps": traffic.sector_total / step_s / 1e9,
         "w_mean_std_min_max": w_stats,
-        "finite": finite,
+        "finite": finite,  # every weight finite
         "gpu_util": run.gpu,
     }
 
@@ -232,9 +243,14 @@ def main() -> None:
     summary: dict = {"neurons": a.neurons, "k": a.k, "dtype": a.dtype, "backend": a.backend}
     summary["device"] = f"{dev.device_kind} ({dev.platform})"
 
+    cp = None
     if not a.profile:
         gb = a.copy_gb if a.copy_gb is not None else (4.0 if on_gpu else 0.5)
-        cp = copy_bandwidth(gb, a.copy_repeats)
+        try:
+            cp = copy_bandwidth(gb, a.copy_repeats)
+        except Exception as exc:
+            log(f"device copy FAILED {type(exc).__name__}: {exc}")
+    if cp is not None:
         summary["copy"] = cp
         log(
             f"device copy of {cp['bytes'] / 1e9:.2f} GB: x.copy() {cp['copy_GBps']:.1f} GB/s, x + 1 "
@@ -249,7 +265,11 @@ def main() -> None:
     else:
         n_cal = min(a.neurons, a.calib_neurons)
         t0 = time.perf_counter()
-        drives = calibrate(n_cal, a.k, cfg, targets, a.backend, not a.regular)
+        try:
+            drives = calibrate(n_cal, a.k, cfg, targets, a.backend, not a.regular)
+        except Exception as exc:  # keep going at the default drive: the bytes use the measured rate anyway
+            log(f"calibration FAILED {type(exc).__name__}: {exc}; default drive for every target")
+            drives = {t: cfg.drive.rate_hz for t in targets}
         log(f"calibration: {drives} (drive Hz per target Hz), {time.perf_counter() - t0:.1f} s")
     summary["drives"] = {str(t): d for t, d in drives.items()}
 
@@ -271,7 +291,12 @@ def main() -> None:
 
     results = []
     for target in list(drives)[: 1 if a.profile else None]:
-        r = measure(net, cfg, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
+        try:
+            r = measure(net, cfg, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
+        except Exception as exc:  # one shot on the device: record the failure and go on to the next rate
+            log(f"target {target:g} Hz: FAILED {type(exc).__name__}: {exc}")
+            results.append({"target_hz": target, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         r["target_hz"] = target
         if "copy" in summary:
             r["fraction_of_copy"] = r["achieved_GBps"] / summary["copy"]["GBps"]
