@@ -9,11 +9,12 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    the reference ("measured device copy").
 2. the network: fumjax.compact.build_compact(N, K) where it exists (the compact layout), else a regular
    Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
-3. drive calibration: on a slice of min(N, --calib-neurons) neurons with the same K, the mean rate over
+3. drive calibration: on a slice of min(N, --calib-neurons) neurons with the same K (the network itself
+   when N is at most that), the mean rate over
    windows 3-4 of a run at each of 6 drive rates (cfg.drive.rate_hz 2.5..80 Hz, x2 apart), then 4
-   bisections in log(drive) between the pair that brackets each target; the drive whose slice rate came
-   closest wins. The measured rate of the timed run is what the bytes use, so a miss only moves the
-   operating point (--drives skips all this).
+   bisections in log(drive) between the pair that brackets each target; the low end (slice rate <= target)
+   wins, since just above it the network can run away a few windows later. The measured rate of the
+   timed run is what the bytes use, so a miss only moves the operating point (--drives skips all this).
 4. per target rate: run_driven windows (default drive, SIE reward, rstdp learning, intrinsic plasticity;
    backend --backend) through fumjax.control.realtime.run_paced without sleeping: 2 warm-up windows
    (compile) excluded, then --windows windows, each timed to its results being ready; step time = median
@@ -128,10 +129,15 @@ def slice_rate_hz(net, cfg: FumConfig, drive_hz: float, backend: str) -> float:
     return float(counts[2:].sum()) / (net.n_neurons * 2 * c.run.window_steps * c.neuron.dt_ms / 1000.0)
 
 
-def calibrate(n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool) -> dict:
-    """Drive rate (Hz) for each target network rate, from a slice of n neurons (see the module doc)."""
+def calibrate(
+    n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool, net=None
+) -> dict:
+    """Drive rate (Hz) for each target network rate, from a slice of n neurons (see the module doc); net:
+    the slice when it is already built (the whole network when N is small)."""
     cfg = cfg.replace(neuron={"n_neurons": n})
-    net, layout = build(n, k, cfg, compact)
+    layout = "given"
+    if net is None:
+        net, layout = build(n, k, cfg, compact)
     seen: dict[float, float] = {}
 
     def rate(d: float) -> float:
@@ -145,13 +151,14 @@ def calibrate(n: int, k: int, cfg: FumConfig, targets: list[float], backend: str
     out = {}
     for target in targets:
         # The rate can jump by orders of magnitude between two grid drives (recurrent runaway): bisect the
-        # bracketing pair in log(drive) CALIB_BISECTIONS times, keep the drive closest in log(rate).
+        # bracketing pair in log(drive) CALIB_BISECTIONS times and keep the low end (rate <= target): just
+        # above it the network can run away a few windows later.
         lo = max((d for d, r in seen.items() if r <= target), default=None)
         hi = min((d for d, r in seen.items() if r > target), default=None)
         for _ in range(CALIB_BISECTIONS if lo is not None and hi is not None else 0):
             mid = math.sqrt(lo * hi)
             lo, hi = (mid, hi) if rate(mid) <= target else (lo, mid)
-        out[target] = min(seen, key=lambda d, t=target: abs(math.log(max(seen[d], 1e-3) / t)))
+        out[target] = lo if lo is not None else hi
     return out
 
 
@@ -258,21 +265,6 @@ def main() -> None:
             f"reference {cp['GBps']:.1f}"
         )
 
-    if a.drives:
-        drives = dict(zip(targets, [float(x) for x in a.drives.split(",")], strict=True))
-    elif a.profile:
-        drives = {targets[0]: cfg.drive.rate_hz}
-    else:
-        n_cal = min(a.neurons, a.calib_neurons)
-        t0 = time.perf_counter()
-        try:
-            drives = calibrate(n_cal, a.k, cfg, targets, a.backend, not a.regular)
-        except Exception as exc:  # keep going at the default drive: the bytes use the measured rate anyway
-            log(f"calibration FAILED {type(exc).__name__}: {exc}; default drive for every target")
-            drives = {t: cfg.drive.rate_hz for t in targets}
-        log(f"calibration: {drives} (drive Hz per target Hz), {time.perf_counter() - t0:.1f} s")
-    summary["drives"] = {str(t): d for t, d in drives.items()}
-
     t0 = time.perf_counter()
     net, layout = build(a.neurons, a.k, cfg, not a.regular)
     jax.block_until_ready(net)
@@ -288,6 +280,22 @@ def main() -> None:
         f"{build_s:.1f} s; E-sized network arrays {syn_bytes / net.n_synapses:.2f} B/synapse; allocator peak "
         f"{summary['peak_after_build']}"
     )
+
+    if a.drives:
+        drives = dict(zip(targets, [float(x) for x in a.drives.split(",")], strict=True))
+    elif a.profile:
+        drives = {targets[0]: cfg.drive.rate_hz}
+    else:
+        n_cal = min(a.neurons, a.calib_neurons)
+        t0 = time.perf_counter()
+        try:
+            slice_net = net if n_cal == a.neurons else None
+            drives = calibrate(n_cal, a.k, cfg, targets, a.backend, not a.regular, slice_net)
+        except Exception as exc:  # keep going at the default drive: the bytes use the measured rate anyway
+            log(f"calibration FAILED {type(exc).__name__}: {exc}; default drive for every target")
+            drives = {t: cfg.drive.rate_hz for t in targets}
+        log(f"calibration: {drives} (drive Hz per target Hz), {time.perf_counter() - t0:.1f} s")
+    summary["drives"] = {str(t): d for t, d in drives.items()}
 
     results = []
     for target in list(drives)[: 1 if a.profile else None]:
