@@ -1,6 +1,7 @@
 """Real-time paced mode (issue 5): pacing on a fake clock worked out by hand, and one short real run."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -64,11 +65,16 @@ def test_pace_rejects_bad_arguments():
         pace(lambda: None, 1, 0.0)
 
 
+def wait_for(cond, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_gpu_sampler_with_and_without_nvml():
     sampler = GpuSampler(0.001, read=lambda: LoadReading(True, "nvml", (40.0, 41.0), (7.0, 30.0)), smi=None)
     with sampler:
-        while len(sampler.samples) < 3:
-            pass
+        wait_for(lambda: len(sampler.samples) >= 3)
     s = sampler.summary()
     assert s["source"] == "nvml" and s["samples"] >= 3 and s["mean_pct"] == 30.0 and s["max_pct"] == 30.0
     none = GpuSampler(0.001, read=lambda: LoadReading(False, "no driver"), smi=None)
@@ -81,6 +87,24 @@ def test_gpu_sampler_with_and_without_nvml():
         "mean_pct": None,
         "max_pct": None,
     }
+
+
+def test_gpu_sampler_reads_nvidia_smi_without_pynvml(tmp_path, monkeypatch):
+    # A stand-in nvidia-smi: records its arguments, prints a header-free CSV value per period until killed.
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/args\nwhile true; do echo 25; echo 35; sleep 0.01; done\n'
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    sampler = GpuSampler(0.01, read=lambda: LoadReading(False, "pynvml not installed"), smi=str(smi))
+    with sampler:
+        wait_for(lambda: len(sampler.samples) >= 4)
+    s = sampler.summary()
+    assert s["source"] == "nvidia-smi" and s["reason"] == "nvidia-smi (pynvml: pynvml not installed)"
+    assert s["max_pct"] == 35.0 and set(sampler.samples) == {25.0, 35.0}
+    args = (tmp_path / "args").read_text().split()
+    assert args == ["--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=3", "--loop-ms=10"]
 
 
 def test_paced_run_equals_unpaced_run():

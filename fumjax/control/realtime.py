@@ -114,7 +114,7 @@ def pace(
 
 class GpuSampler:
     """Samples GPU utilization (%) while in its `with` block: NVML (pynvml; busiest GPU) every period_s on a
-    background thread, else `nvidia-smi --query-gpu=utilization.gpu -lms` (the GPU jax uses) where that
+    background thread, else `nvidia-smi --query-gpu=utilization.gpu --loop-ms` (the GPU jax uses) where that
     command exists."""
 
     def __init__(self, period_s: float = 0.1, read: Callable = read_gpu_load, smi: str | None = "nvidia-smi"):
@@ -139,7 +139,7 @@ class GpuSampler:
             cmd = [self._smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
             # The GPU jax uses first: CUDA_VISIBLE_DEVICES' first entry (index or UUID), else GPU 0.
             gpu = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
-            cmd += [f"--id={gpu}", f"-lms={max(1, round(self.period_s * 1000))}"]
+            cmd += [f"--id={gpu}", f"--loop-ms={max(1, round(self.period_s * 1000))}"]
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             self._thread = threading.Thread(target=self._read_smi, daemon=True)
             self._thread.start()
