@@ -123,6 +123,17 @@ def test_paced_run_equals_unpaced_run():
     assert np.asarray(net.w0).shape == (net.n_synapses,)  # the network's arrays were not donated away
 
 
+def test_paced_run_rejects_a_bad_state_before_running():
+    cfg = FumConfig().replace(neuron={"n_neurons": 50})
+    net = fumjax.build_network(cfg)
+    state = fumjax.init_state(net, cfg)
+    bad = state.replace(v_mV=state.v_mV.at[3].set(np.nan))
+    with pytest.raises(ValueError, match="state.v_mV contains NaN or Inf"):
+        run_paced(bad, net, 1, config=cfg)
+    with pytest.raises(ValueError, match="n_chunks = 0"):
+        run_paced(state, net, 0, config=cfg)
+
+
 def test_cli_realtime(capsys):
     argv = ["simulate", "--neurons", "100", "--steps", "100", "--realtime", "--json"]
     assert main(argv) == 0

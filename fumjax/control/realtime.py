@@ -31,7 +31,7 @@ import numpy as np
 
 from fumjax.config import FumConfig
 from fumjax.control.load import read_gpu_load
-from fumjax.dynamics import resolve_mode, run_driven
+from fumjax.dynamics import check_state, resolve_mode, run_driven
 from fumjax.kernels import resolve_backend
 from fumjax.state import State
 
@@ -258,6 +258,9 @@ def run_paced(
         raise ValueError(f"windows_per_chunk = {windows_per_chunk}: must be >= 1")
     if warmup_chunks < 0:
         raise ValueError(f"warmup_chunks = {warmup_chunks}: must be >= 0")
+    if n_chunks < 1:
+        raise ValueError(f"n_chunks = {n_chunks}: must be >= 1")
+    check_state(state, network, cfg)  # inside the jitted chunk the NaN/Inf checks cannot run
     chunk_ms = windows_per_chunk * cfg.run.window_steps * cfg.neuron.dt_ms
     st = _unshare(state, network)
     counts = []
