@@ -54,6 +54,15 @@
 
 #if !defined(FUMJAX_USE_HIP)
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+using Half = __half;
+using BFloat16 = __nv_bfloat16;
+#else
+#include <hip/hip_bf16.h>
+#include <hip/hip_fp16.h>
+using Half = __half;
+using BFloat16 = __hip_bfloat16;
 #endif
 
 #if !defined(FUMJAX_USE_HIP)
@@ -93,9 +102,30 @@ __device__ __forceinline__ double Add(double a, double b) { return __dadd_rn(a, 
 __device__ __forceinline__ double Sub(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ double Fma(double a, double b, double c) { return __fma_rn(a, b, c); }
 
-template <typename T>
+// ---------------------------------------------------------------- synapse storage W (w, elig, gamma^k)
+// float/double are stored as themselves; float16/bfloat16 (with float32 state T) are widened to T, updated
+// in T with the same operations, and rounded back to nearest even (cpp/run_steps_compute.h, Store<T, W>).
+__device__ __forceinline__ float Ld(float x) { return x; }
+__device__ __forceinline__ double Ld(double x) { return x; }
+__device__ __forceinline__ float Ld(Half x) { return __half2float(x); }
+__device__ __forceinline__ float Ld(BFloat16 x) { return __bfloat162float(x); }
+template <typename W, typename T>
+__device__ __forceinline__ W St(T x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ Half St<Half, float>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ BFloat16 St<BFloat16, float>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+template <typename T, typename W>
 struct GpuArgs {
-  int32_t n = 0, e = 0, d = 1, t_steps = 0, k_max = 0, mode = 0, refractory_steps = 0;
+  int32_t n = 0, d = 1, t_steps = 0, k_max = 0, mode = 0, refractory_steps = 0, pre_shift = 9;
+  int64_t e = 0;  // synapses (< 2^32): every synapse index is 64-bit arithmetic
   T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
   // State (result buffers, updated in place).
   T* v;
@@ -103,26 +133,38 @@ struct GpuArgs {
   T* x;
   T* y;
   T* ring;
-  T* w;
-  T* elig;
+  W* w;
+  W* elig;
   int32_t* elig_t0;
   int32_t* window_spikes;
   int32_t* step;
   uint8_t* spikes;  // (T, N)
+  T* work;          // (4, N) scratch of the multi path (an extra result, discarded by fused.py)
   // Read-only.
   const T* tau;
   const T* v_th;
   const T* i_ext;
-  const int32_t* row_ptr;
-  const int32_t* pre;
-  const int32_t* post;
-  const int32_t* delay;
-  const int32_t* in_ptr;
-  const int32_t* in_syn;
+  const uint32_t* row_ptr;    // (N+1,)
+  const int32_t* pre_bucket;  // ((E-1 >> pre_shift) + 1,)
+  const int32_t* post;        // (E,)
+  const int32_t* delay;       // (E,), or null when D == 1 (all delays 1)
+  const uint32_t* in_ptr;     // (N+1,)
+  const uint32_t* in_syn;     // (E,)
   const uint8_t* excitatory;
-  const T* gamma_pow;
+  const W* gamma_pow;
   const T* inv_pow;
 };
+
+// Presynaptic neuron of CSR slot s (0 <= s < E), without a per-synapse pre array: the bucket's first
+// candidate, then forward to the row that holds s. Always in [0, N) (a bad table gives a wrong neuron, never
+// an out-of-range access; fused.py builds or takes the table, the CPU handler checks it).
+template <typename T, typename W>
+__device__ __forceinline__ int32_t PreOfSlot(const GpuArgs<T, W>& a, int64_t s) {
+  int32_t i = __ldg(a.pre_bucket + (s >> a.pre_shift));
+  i = i < 0 ? 0 : (i >= a.n ? a.n - 1 : i);
+  while (i + 1 < a.n && static_cast<int64_t>(__ldg(a.row_ptr + i + 1)) <= s) ++i;
+  return i;
+}
 
 __device__ __forceinline__ int32_t FloorMod(int32_t a, int32_t m) {
   int32_t r = a % m;
@@ -157,29 +199,33 @@ __device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_
   return c;
 }
 
+// One synapse's update by dw: eligibility += dw * inv (rstdp) or w = clip(w + dw) (stdp; wk is w[k] in T).
+template <typename T, typename W>
+__device__ __forceinline__ void ApplyDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk) {
+  if (rstdp) {
+    a.elig[k] = St<W>(Fma(dw, inv, Ld(a.elig[k])));
+  } else {
+    const T nw = Add(wk, dw);
+    const T lo = nw < -a.w_clip ? -a.w_clip : nw;
+    a.w[k] = St<W>(lo > a.w_clip ? a.w_clip : lo);
+  }
+}
+
 // STDP on synapse k (pre j -> post i) given both spike flags; xj, yi are the traces before this step's
 // decay. Exactly one thread calls this for each synapse touched in a step.
-template <typename T>
-__device__ __forceinline__ void StdpSynapse(const GpuArgs<T>& a, int32_t k, T xj, T yi, bool spk_i, bool spk_j,
+template <typename T, typename W>
+__device__ __forceinline__ void StdpSynapse(const GpuArgs<T, W>& a, int64_t k, T xj, T yi, bool spk_i, bool spk_j,
                                             uint8_t code, bool rstdp, T inv, T wk) {
   if (code == 2) return;  // static presynaptic neuron (plastic_pre False): no STDP
   const T zero = T(0);
   const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
   const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
-  const T diff = Sub(ltp, ltd);
-  const T dw = code == 1 ? diff : -diff;
-  if (rstdp) {
-    a.elig[k] = Fma(dw, inv, a.elig[k]);
-  } else {
-    const T nw = Add(wk, dw);
-    const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-    a.w[k] = lo > a.w_clip ? a.w_clip : lo;
-  }
+  ApplyDw(a, k, code == 1 ? Sub(ltp, ltd) : -Sub(ltp, ltd), rstdp, inv, wk);
 }
 
 // LIF for one neuron; returns whether it spiked.
-template <typename T>
-__device__ __forceinline__ bool Lif(const GpuArgs<T>& a, T& v, int32_t& r, T ratio, T v_th, T cur) {
+template <typename T, typename W>
+__device__ __forceinline__ bool Lif(const GpuArgs<T, W>& a, T& v, int32_t& r, T ratio, T v_th, T cur) {
   const T vn = Add(Fma(ratio, Sub(a.v_rest, v), v), cur);
   const bool free = r <= 0;
   const bool ge = vn >= v_th;
@@ -205,10 +251,11 @@ size_t BlockSharedBytes(int64_t n, int64_t d) {
          static_cast<size_t>((n + 15) / 16 * 16);
 }
 
-template <typename T, int R>
-__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<T> a) {
+template <typename T, typename W, int R>
+__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int32_t n = a.n, d = a.d, e = a.e;
+  const int32_t n = a.n, d = a.d;
+  const int64_t e = a.e;
   T* x_sh = reinterpret_cast<T*>(smem);
   T* y_sh = x_sh + n;
   T* ring_sh = y_sh + n;
@@ -261,8 +308,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
     if (rstdp) {
       const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
       if (c.renorm) {
-        const T scale = a.gamma_pow[c.scale_idx];
-        for (int32_t k = tid; k < e; k += kBlockThreads) a.elig[k] = Mul(a.elig[k], scale);
+        const T scale = Ld(a.gamma_pow[c.scale_idx]);
+        for (int64_t k = tid; k < e; k += kBlockThreads) a.elig[k] = St<W>(Mul(Ld(a.elig[k]), scale));
       }
       inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
     }
@@ -339,12 +386,13 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
     for (int32_t u = warp; u < n_tasks; u += kWarps) {
       if (u < ns) {
         const int32_t j = list[u];
-        const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
-        if (k0 < 0 || k1 > e) continue;
+        const int64_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
+        if (k1 > e) continue;
         const T xj = x_sh[j];
         const uint8_t pos = __ldg(a.excitatory + j);
-        for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
-          int32_t kk[2], ii[2], rr[2];
+        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          int32_t ii[2], rr[2];
           T ww[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -352,7 +400,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
             ii[h] = -1;
             if (kk[h] < k1) {
               ii[h] = __ldg(a.post + kk[h]);
-              ww[h] = a.w[kk[h]];
+              ww[h] = Ld(a.w[kk[h]]);
               rr[h] = d > 1 ? __ldg(a.delay + kk[h]) : 1;
             }
           }
@@ -373,26 +421,27 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
         }
       } else {
         const int32_t i = list[u - ns];  // as a post neuron
-        const int32_t p0 = __ldg(a.in_ptr + i), p1 = __ldg(a.in_ptr + i + 1);
-        if (p0 < 0 || p1 > e) continue;
+        const int64_t p0 = __ldg(a.in_ptr + i), p1 = __ldg(a.in_ptr + i + 1);
+        if (p1 > e) continue;
         const T yi = y_sh[i];
-        for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-          int32_t kk[2], jj[2];
+        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          int32_t jj[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int32_t p = pb + h * FUMJAX_WARP + lane;
-            kk[h] = p < p1 ? __ldg(a.in_syn + p) : -1;
+            const int64_t p = pb + h * FUMJAX_WARP + lane;
+            kk[h] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            jj[h] = static_cast<uint32_t>(kk[h]) < static_cast<uint32_t>(e) ? __ldg(a.pre + kk[h]) : -1;
+            jj[h] = kk[h] < e ? PreOfSlot(a, kk[h]) : -1;
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int32_t j = jj[h];
-            if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n) || spk_sh[j]) continue;
+            if (j < 0 || spk_sh[j]) continue;
             StdpSynapse(a, kk[h], x_sh[j], yi, true, false, __ldg(a.excitatory + j), rstdp, inv,
-                        rstdp ? T(0) : a.w[kk[h]]);
+                        rstdp ? T(0) : Ld(a.w[kk[h]]));
           }
         }
       }
@@ -505,8 +554,8 @@ __device__ __forceinline__ uint32_t ClusterRank() {
 }
 
 // x (rank 0: every CTA holds the same replica; pending trace update of the last step), step, elig_t0.
-template <typename T, int kMode>
-__device__ __forceinline__ void WriteBackShared(const GpuArgs<T>& a, int32_t rank, const T* xb, const uint8_t* spkb,
+template <typename T, typename W, int kMode>
+__device__ __forceinline__ void WriteBackShared(const GpuArgs<T, W>& a, int32_t rank, const T* xb, const uint8_t* spkb,
                                                 int32_t s0, int32_t t0_init) {
   if (rank != 0) return;
   const int32_t n = a.n;
@@ -524,12 +573,12 @@ __device__ __forceinline__ void WriteBackShared(const GpuArgs<T>& a, int32_t ran
 }
 
 // Staged w (stdp) or eligibility (rstdp) back to their synapse slots k = in_syn[cta_p0 + q].
-template <typename T, int kMode>
-__device__ __forceinline__ void WriteBackSynapses(const GpuArgs<T>& a, int32_t cta_p0, int32_t n_entries,
-                                                  const uint16_t* pre_sh, const T* w_sh, const T* el_sh) {
+template <typename T, typename W, int kMode>
+__device__ __forceinline__ void WriteBackSynapses(const GpuArgs<T, W>& a, int64_t cta_p0, int32_t n_entries,
+                                                  const uint16_t* pre_sh, const W* w_sh, const W* el_sh) {
   for (int32_t q = threadIdx.x; q < n_entries; q += blockDim.x) {
     if (pre_sh[q] == kNoPre) continue;
-    const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+    const int64_t k = __ldg(a.in_syn + cta_p0 + q);
     if (kMode == 2) {
       a.elig[k] = el_sh[q];
     } else {
@@ -574,13 +623,14 @@ __device__ __forceinline__ void BlockExclusiveScan(int32_t* arr, int32_t n) {
   __syncthreads();
 }
 
-template <typename T, int kMode, bool kD1>
-__device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan& plan, int32_t rank) {
+template <typename T, typename W, int kMode, bool kD1>
+__device__ __forceinline__ void PullBody(const GpuArgs<T, W>& a, const ClusterPlan& plan, int32_t rank) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr bool kPlastic = kMode != 0;
   constexpr bool kRstdp = kMode == 2;
   constexpr int kU = sizeof(T) == 4 ? 4 : 2;  // synapses per lane in flight
-  const int32_t n = a.n, e = a.e, d = kD1 ? 1 : a.d, P = plan.p;
+  const int32_t n = a.n, d = kD1 ? 1 : a.d, P = plan.p;
+  const int64_t e = a.e;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t pc = kClusterWarps * P;                 // posts per CTA
   const int32_t cta_i0 = rank * pc;
@@ -593,23 +643,23 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
   uint8_t* spkb = smem + plan.off_spk;                  // (2, N) spike flags by step parity
   uint8_t* code = smem + plan.off_code;                 // (N,) pre codes
   T* ring_sh = reinterpret_cast<T*>(smem + plan.off_ring);  // (D, pc), D > 1 only
-  T* w_sh = reinterpret_cast<T*>(smem + plan.off_w);
-  T* el_sh = reinterpret_cast<T*>(smem + plan.off_elig);
+  W* w_sh = reinterpret_cast<W*>(smem + plan.off_w);
+  W* el_sh = reinterpret_cast<W*>(smem + plan.off_elig);
   uint16_t* pre_sh = reinterpret_cast<uint16_t*>(smem + plan.off_pre);
   uint8_t* lpost_sh = smem + plan.off_lpost;
   uint8_t* dl_sh = smem + plan.off_delay;
 
   // This CTA's and this warp's in-list ranges (clamped: a malformed in_ptr cannot index out of bounds).
   auto in_at = [&](int32_t i) {
-    const int32_t q = __ldg(a.in_ptr + min(max(i, 0), n));
-    return min(max(q, 0), e);
+    const int64_t q = __ldg(a.in_ptr + min(max(i, 0), n));
+    return min(q, e);
   };
-  const int32_t cta_p0 = in_at(cta_i0);
-  const int32_t cta_p1 = max(cta_p0, in_at(min(cta_i0 + pc, n)));
-  const int32_t n_entries = cta_p1 - cta_p0;
+  const int64_t cta_p0 = in_at(cta_i0);
+  const int64_t cta_p1 = max(cta_p0, in_at(min(cta_i0 + pc, n)));
+  const int32_t n_entries = static_cast<int32_t>(cta_p1 - cta_p0);
   const bool staged = n_entries <= plan.cap;
-  const int32_t wq0 = min(max(in_at(warp_i0), cta_p0), cta_p1) - cta_p0;        // local entry indices
-  const int32_t wq1 = max(wq0, min(max(in_at(warp_i0 + pw), cta_p0), cta_p1) - cta_p0);
+  const int32_t wq0 = static_cast<int32_t>(min(max(in_at(warp_i0), cta_p0), cta_p1) - cta_p0);  // local indices
+  const int32_t wq1 = max(wq0, static_cast<int32_t>(min(max(in_at(warp_i0 + pw), cta_p0), cta_p1) - cta_p0));
 
   const int32_t s0 = *a.step;
   const int32_t t0_init = *a.elig_t0;
@@ -620,13 +670,13 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
     code[j] = __ldg(a.excitatory + j);
   }
   // Entry q of this CTA: synapse k = in_syn[cta_p0 + q]; invalid ones (bad k, pre or delay) are inert.
-  auto entry = [&](int32_t q, int32_t* k_out, int32_t* j_out, int32_t* dk_out) {
-    const int32_t k = __ldg(a.in_syn + cta_p0 + q);
+  auto entry = [&](int32_t q, int64_t* k_out, int32_t* j_out, int32_t* dk_out) {
+    const int64_t k = __ldg(a.in_syn + cta_p0 + q);
     int32_t j = -1, dk = 1;
-    if (static_cast<uint32_t>(k) < static_cast<uint32_t>(e)) {
-      j = __ldg(a.pre + k);
+    if (k < e) {
+      j = PreOfSlot(a, k);
       if (!kD1) dk = __ldg(a.delay + k);
-      if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n) || dk < 1 || dk > d) j = -1;
+      if (dk < 1 || dk > d) j = -1;
     }
     *k_out = k;
     *j_out = j;
@@ -634,12 +684,13 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
   };
   if (staged) {
     for (int32_t q = tid; q < n_entries; q += kClusterThreads) {
-      int32_t k, j, dk;
+      int64_t k;
+      int32_t j, dk;
       entry(q, &k, &j, &dk);
       pre_sh[q] = j < 0 ? kNoPre : static_cast<uint16_t>(j);
       lpost_sh[q] = 0xFF;
-      w_sh[q] = j < 0 ? T(0) : a.w[k];
-      if (kRstdp) el_sh[q] = j < 0 ? T(0) : a.elig[k];
+      w_sh[q] = j < 0 ? St<W>(T(0)) : a.w[k];
+      if (kRstdp) el_sh[q] = j < 0 ? St<W>(T(0)) : a.elig[k];
       if (!kD1) dl_sh[q] = static_cast<uint8_t>(dk);
     }
   }
@@ -647,8 +698,9 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
   // Owning post (within the warp) of each staged entry; in the global fallback it is found per step.
   if (staged) {
     for (int32_t pi = 0; pi < pw; ++pi) {
-      const int32_t q0 = min(max(in_at(warp_i0 + pi), cta_p0 + wq0), cta_p0 + wq1) - cta_p0;
-      const int32_t q1 = max(q0, min(max(in_at(warp_i0 + pi + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+      const int32_t q0 = static_cast<int32_t>(min(max(in_at(warp_i0 + pi), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+      const int32_t q1 =
+          max(q0, static_cast<int32_t>(min(max(in_at(warp_i0 + pi + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0));
       for (int32_t q = q0 + lane; q < q1; q += 32) lpost_sh[q] = static_cast<uint8_t>(pi);
     }
   }
@@ -677,8 +729,8 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
   // Per-post in-list bounds of the warp in the global fallback (lane-held, up to 32 posts).
   int32_t my_q0 = 0, my_q1 = 0;
   if (!staged && own) {
-    my_q0 = min(max(in_at(my_i), cta_p0 + wq0), cta_p0 + wq1) - cta_p0;
-    my_q1 = max(my_q0, min(max(in_at(my_i + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+    my_q0 = static_cast<int32_t>(min(max(in_at(my_i), cta_p0 + wq0), cta_p0 + wq1) - cta_p0);
+    my_q1 = max(my_q0, static_cast<int32_t>(min(max(in_at(my_i + 1), cta_p0 + wq0), cta_p0 + wq1) - cta_p0));
   }
 
   for (int32_t t = 0; t < a.t_steps; ++t) {
@@ -699,7 +751,7 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
     if (kRstdp) {
       const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
       renorm = c.renorm;
-      if (renorm) scale = __ldg(a.gamma_pow + c.scale_idx);
+      if (renorm) scale = Ld(a.gamma_pow[c.scale_idx]);
       inv = __ldg(a.inv_pow + JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1));
     }
     bool spiked = false;
@@ -731,16 +783,17 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
     if (kRstdp && renorm) {
       for (int32_t q = wq0 + lane; q < wq1; q += 32) {
         if (staged) {
-          el_sh[q] = Mul(el_sh[q], scale);
+          el_sh[q] = St<W>(Mul(Ld(el_sh[q]), scale));
         } else {
-          const int32_t k = __ldg(a.in_syn + cta_p0 + q);
-          if (static_cast<uint32_t>(k) < static_cast<uint32_t>(e)) a.elig[k] = Mul(a.elig[k], scale);
+          const int64_t k = __ldg(a.in_syn + cta_p0 + q);
+          if (k < e) a.elig[k] = St<W>(Mul(Ld(a.elig[k]), scale));
         }
       }
       __syncwarp();
     }
     for (int32_t qb = wq0; qb < wq1; qb += 32 * kU) {
-      int32_t qq[kU], jj[kU], pl[kU], kk[kU], rr[kU];
+      int32_t qq[kU], jj[kU], pl[kU], rr[kU];
+      int64_t kk[kU];
       bool sj[kU], si[kU];
       T val[kU];
 #pragma unroll
@@ -780,7 +833,7 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
         val[u] = T(0);
         if (jj[u] >= 0 && (sj[u] || si[u])) {
           const int32_t q = qq[u];
-          const T wk = staged ? w_sh[q] : a.w[kk[u]];
+          const T wk = Ld(staged ? w_sh[q] : a.w[kk[u]]);
           val[u] = Mul(a.g_syn, wk);
           const uint8_t cj = code[jj[u]];
           if (kPlastic && cj != 2) {
@@ -790,12 +843,12 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
             const T diff = Sub(ltp, ltd);
             const T dw = cj == 1 ? diff : -diff;
             if (kRstdp) {
-              T* ep = staged ? &el_sh[q] : &a.elig[kk[u]];
-              *ep = Fma(dw, inv, *ep);
+              W* ep = staged ? &el_sh[q] : &a.elig[kk[u]];
+              *ep = St<W>(Fma(dw, inv, Ld(*ep)));
             } else {
               const T nw = Add(wk, dw);
               const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-              (staged ? w_sh[q] : a.w[kk[u]]) = lo > a.w_clip ? a.w_clip : lo;
+              (staged ? w_sh[q] : a.w[kk[u]]) = St<W>(lo > a.w_clip ? a.w_clip : lo);
             }
           }
         }
@@ -840,8 +893,8 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
       for (int32_t r = 0; r < d; ++r) a.ring[static_cast<int64_t>(r) * n + my_i] = ring_sh[r * pc + warp * P + lane];
     }
   }
-  WriteBackShared<T, kMode>(a, rank, xb, spkb, s0, t0_init);
-  if (staged && kPlastic) WriteBackSynapses<T, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
+  WriteBackShared<T, W, kMode>(a, rank, xb, spkb, s0, t0_init);
+  if (staged && kPlastic) WriteBackSynapses<T, W, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
 }
 
 // Event body (the default where a CTA's synapses fit): thread tid of CTA c owns post c*32*P + tid. Staging
@@ -852,13 +905,14 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T>& a, const ClusterPlan&
 // order as the reference scatter) and STDP of the synapses whose pre spiked. Only synapses touched by a spike
 // are visited. The other parity's bitmap is cleared for the next step. Spike output is buffered in a register
 // for 32 steps, so the cluster barrier's release never waits on global stores.
-template <typename T, int kMode, bool kD1>
-__device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan& plan, int32_t rank) {
+template <typename T, typename W, int kMode, bool kD1>
+__device__ __forceinline__ void EventBody(const GpuArgs<T, W>& a, const ClusterPlan& plan, int32_t rank) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr bool kPlastic = kMode != 0;
   constexpr bool kRstdp = kMode == 2;
   constexpr int kU = 4;
-  const int32_t n = a.n, e = a.e, d = kD1 ? 1 : a.d;
+  const int32_t n = a.n, d = kD1 ? 1 : a.d;
+  const int64_t e = a.e;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int32_t pc = kClusterWarps * plan.p;
   const int32_t cta_i0 = rank * pc;
@@ -872,24 +926,24 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
   T* ring_sh = reinterpret_cast<T*>(smem + plan.off_ring);  // (D, pc), D > 1 only
   int32_t* rend = reinterpret_cast<int32_t*>(smem + plan.off_rend);
   uint32_t* hit = reinterpret_cast<uint32_t*>(smem + plan.off_hit);
-  T* w_sh = reinterpret_cast<T*>(smem + plan.off_w);
-  T* el_sh = reinterpret_cast<T*>(smem + plan.off_elig);
+  W* w_sh = reinterpret_cast<W*>(smem + plan.off_w);
+  W* el_sh = reinterpret_cast<W*>(smem + plan.off_elig);
   uint16_t* pre_sh = reinterpret_cast<uint16_t*>(smem + plan.off_pre);
   uint16_t* lrow = reinterpret_cast<uint16_t*>(smem + plan.off_lrow);
   uint8_t* dl_sh = smem + plan.off_delay;
   const int32_t hit_words = plan.hit_words;
 
   auto in_at = [&](int32_t i) {
-    const int32_t q = __ldg(a.in_ptr + min(max(i, 0), n));
-    return min(max(q, 0), e);
+    const int64_t q = __ldg(a.in_ptr + min(max(i, 0), n));
+    return min(q, e);
   };
-  const int32_t cta_p0 = in_at(cta_i0);
-  const int32_t cta_p1 = max(cta_p0, in_at(cta_i0 + n_own));
-  const int32_t n_entries = cta_p1 - cta_p0;  // <= plan.cap (checked by the caller)
+  const int64_t cta_p0 = in_at(cta_i0);
+  const int64_t cta_p1 = max(cta_p0, in_at(cta_i0 + n_own));
+  const int32_t n_entries = static_cast<int32_t>(cta_p1 - cta_p0);  // <= plan.cap (checked by the caller)
   int32_t my_q0 = 0, my_q1 = 0;                // this post's entries (local indices)
   if (own) {
-    my_q0 = min(max(in_at(my_i), cta_p0), cta_p1) - cta_p0;
-    my_q1 = max(my_q0, min(max(in_at(my_i + 1), cta_p0), cta_p1) - cta_p0);
+    my_q0 = static_cast<int32_t>(min(max(in_at(my_i), cta_p0), cta_p1) - cta_p0);
+    my_q1 = max(my_q0, static_cast<int32_t>(min(max(in_at(my_i + 1), cta_p0), cta_p1) - cta_p0));
   }
   const int32_t s0 = *a.step;
   const int32_t t0_init = *a.elig_t0;
@@ -903,20 +957,21 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
   for (int32_t wd = tid; wd < 2 * hit_words; wd += kClusterThreads) hit[wd] = 0;
   __syncthreads();
   for (int32_t qb = 0; qb < n_entries; qb += kU * kClusterThreads) {
-    int32_t kk[kU], jj[kU], dd[kU];
-    T wv[kU], ev[kU];
+    int64_t kk[kU];
+    int32_t jj[kU], dd[kU];
+    W wv[kU], ev[kU];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int32_t q = qb + u * kClusterThreads + tid;
-      kk[u] = q < n_entries ? __ldg(a.in_syn + cta_p0 + q) : -1;
+      kk[u] = q < n_entries ? static_cast<int64_t>(__ldg(a.in_syn + cta_p0 + q)) : e;
     }
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       jj[u] = -1;
       dd[u] = 1;
-      wv[u] = ev[u] = T(0);
-      if (static_cast<uint32_t>(kk[u]) < static_cast<uint32_t>(e)) {
-        jj[u] = __ldg(a.pre + kk[u]);
+      wv[u] = ev[u] = St<W>(T(0));
+      if (kk[u] < e) {
+        jj[u] = PreOfSlot(a, kk[u]);
         if (!kD1) dd[u] = __ldg(a.delay + kk[u]);
         wv[u] = a.w[kk[u]];
         if (kRstdp) ev[u] = a.elig[kk[u]];
@@ -928,8 +983,8 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
       if (q >= n_entries) continue;
       const bool ok = static_cast<uint32_t>(jj[u]) < static_cast<uint32_t>(n) && dd[u] >= 1 && dd[u] <= d;
       pre_sh[q] = ok ? static_cast<uint16_t>(jj[u]) : kNoPre;
-      w_sh[q] = ok ? wv[u] : T(0);
-      if (kRstdp) el_sh[q] = ok ? ev[u] : T(0);
+      w_sh[q] = ok ? wv[u] : St<W>(T(0));
+      if (kRstdp) el_sh[q] = ok ? ev[u] : St<W>(T(0));
       if (!kD1) dl_sh[q] = static_cast<uint8_t>(dd[u]);
       if (ok) atomicAdd(&rend[jj[u]], 1);
     }
@@ -1011,8 +1066,8 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
       const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
       inv = __ldg(a.inv_pow + JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1));
       if (c.renorm) {  // uniform: dense renormalization before this step's additions
-        const T scale = __ldg(a.gamma_pow + c.scale_idx);
-        for (int32_t q = tid; q < n_entries; q += kClusterThreads) el_sh[q] = Mul(el_sh[q], scale);
+        const T scale = Ld(a.gamma_pow[c.scale_idx]);
+        for (int32_t q = tid; q < n_entries; q += kClusterThreads) el_sh[q] = St<W>(Mul(Ld(el_sh[q]), scale));
         __syncthreads();
       }
     }
@@ -1048,11 +1103,11 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
           const T diff = Sub(Mul(a.a_plus, Mul(xc[j], a.decay_x)), T(0));
           const T dw = cj == 1 ? diff : -diff;
           if (kRstdp) {
-            el_sh[q] = Fma(dw, inv, el_sh[q]);
+            el_sh[q] = St<W>(Fma(dw, inv, Ld(el_sh[q])));
           } else {
-            const T nw = Add(w_sh[q], dw);
+            const T nw = Add(Ld(w_sh[q]), dw);
             const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-            w_sh[q] = lo > a.w_clip ? a.w_clip : lo;
+            w_sh[q] = St<W>(lo > a.w_clip ? a.w_clip : lo);
           }
         }
       }
@@ -1070,7 +1125,7 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
           const int32_t q = wd * 32 + __ffs(bits) - 1;
           bits &= bits - 1;
           const int32_t j = pre_sh[q];
-          const T wk = w_sh[q];
+          const T wk = Ld(w_sh[q]);
           const T val = Mul(a.g_syn, wk);
           if constexpr (kD1) {
             ring_i = Add(ring_i, val);
@@ -1087,11 +1142,11 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
             const T diff = Sub(ltp, ltd);
             const T dw = cj == 1 ? diff : -diff;
             if (kRstdp) {
-              el_sh[q] = Fma(dw, inv, el_sh[q]);
+              el_sh[q] = St<W>(Fma(dw, inv, Ld(el_sh[q])));
             } else {
               const T nw = Add(wk, dw);
               const T lo2 = nw < -a.w_clip ? -a.w_clip : nw;
-              w_sh[q] = lo2 > a.w_clip ? a.w_clip : lo2;
+              w_sh[q] = St<W>(lo2 > a.w_clip ? a.w_clip : lo2);
             }
           }
         }
@@ -1115,40 +1170,78 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T>& a, const ClusterPlan
       for (int32_t r = 0; r < d; ++r) a.ring[static_cast<int64_t>(r) * n + my_i] = ring_sh[r * pc + tid];
     }
   }
-  WriteBackShared<T, kMode>(a, rank, xb, spkb, s0, t0_init);
-  if (kPlastic) WriteBackSynapses<T, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
+  WriteBackShared<T, W, kMode>(a, rank, xb, spkb, s0, t0_init);
+  if (kPlastic) WriteBackSynapses<T, W, kMode>(a, cta_p0, n_entries, pre_sh, w_sh, el_sh);
 }
 
 // The cluster kernel: the event body when every CTA's synapses fit its shared memory (a uniform decision:
 // each CTA reads all CTAs' in-list bounds), else the pull body (which falls back to global memory).
-template <typename T, int kMode, bool kD1>
+template <typename T, typename W, int kMode, bool kD1>
 __global__ void __launch_bounds__(kClusterThreads, 1)
-    RunStepsClusterKernel(GpuArgs<T> a, ClusterPlan pull, ClusterPlan event) {
+    RunStepsClusterKernel(GpuArgs<T, W> a, ClusterPlan pull, ClusterPlan event) {
   const int32_t rank = static_cast<int32_t>(ClusterRank());
   bool fits = event.force_pull == 0 && event.cap > 0;
   const int32_t pc = kClusterWarps * event.p;
   for (int32_t r = 0; r < event.csize && fits; ++r) {
     const int32_t i0 = min(r * pc, a.n), i1 = min(i0 + pc, a.n);
-    const int32_t p0 = min(max(__ldg(a.in_ptr + i0), 0), a.e);
-    const int32_t p1 = min(max(__ldg(a.in_ptr + i1), 0), a.e);
+    const int64_t p0 = min(static_cast<int64_t>(__ldg(a.in_ptr + i0)), a.e);
+    const int64_t p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + i1)), a.e);
     fits = p1 - p0 <= event.cap;
   }
   if (fits) {
-    EventBody<T, kMode, kD1>(a, event, rank);
+    EventBody<T, W, kMode, kD1>(a, event, rank);
   } else {
-    PullBody<T, kMode, kD1>(a, pull, rank);
+    PullBody<T, W, kMode, kD1>(a, pull, rank);
   }
 }
 #endif  // !FUMJAX_USE_HIP
 
 
 // =====================================================================================================
-// Multi-kernel path.
+// Multi-kernel path (large networks: 7M neurons x 500 synapses on one GPU). Per step two launches:
+//   NeuronKernel (grid over N): the dense eligibility renormalization when due (the once-per-window pass
+//     over all E synapses, 16-byte vectors), input + LIF, spikes, and per neuron the values the synapse
+//     kernel needs from it, into the (4, N) scratch `work`: pre_info[j] = {a_plus * x_j*decay_x, code_j +
+//     4*spiked_j} and post_info[i] = {y_i*decay_y, spiked_i}; then the traces x' = fma(x, decay_x, s),
+//     y' = fma(y, decay_y, s) at once (the synapse kernel reads only the scratch).
+//   SynapseKernel (a warp per 32 neurons; it ballots the spiking ones): the outgoing row of each spiking
+//     pre j (transmission by global atomicAdd into the ring, STDP with post_info of the post, one random
+//     8- or 16-byte load) and its incoming list as a post (STDP of the synapses whose pre is silent and
+//     plastic: pre from pre_bucket/row_ptr, then pre_info, one random load each).
+// Per step only spiking neurons' synapses are touched: O(N + spikes * K); the handler allocates nothing.
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
 
 template <typename T>
-__global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T> a, int32_t t) {
+struct alignas(2 * sizeof(T)) Pair {
+  T a, b;
+};
+
+// elig[0, e) *= scale in T, rounded to W, in 16-byte vectors where elig is 16-byte aligned.
+template <typename T, typename W>
+__device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t gid, int64_t stride) {
+  constexpr int kVec = 16 / sizeof(W);
+  int64_t done = 0;
+  if ((reinterpret_cast<uintptr_t>(elig) & 15u) == 0) {
+    const int64_t nv = e / kVec;
+    uint4* p = reinterpret_cast<uint4*>(elig);
+    for (int64_t q = gid; q < nv; q += stride) {
+      union {
+        uint4 u;
+        W w[kVec];
+      } b;
+      b.u = p[q];
+#pragma unroll
+      for (int l = 0; l < kVec; ++l) b.w[l] = St<W>(Mul(Ld(b.w[l]), scale));
+      p[q] = b.u;
+    }
+    done = nv * kVec;
+  }
+  for (int64_t k = done + gid; k < e; k += stride) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
+}
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, int32_t t) {
   const int32_t n = a.n;
   const int32_t s0 = *a.step;
   const int32_t s = s0 + t;
@@ -1157,20 +1250,14 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T> a, int3
   const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (a.mode == 2) {
     const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
-    if (c.renorm) {
-      const T scale = a.gamma_pow[c.scale_idx];
-      for (int64_t k = gid; k < a.e; k += stride) a.elig[k] = Mul(a.elig[k], scale);
-    }
+    if (c.renorm) RenormAll<T, W>(a.elig, a.e, Ld(a.gamma_pow[c.scale_idx]), gid, stride);
   }
   T* ring_now = a.ring + static_cast<int64_t>(slot) * n;
   const T* iext = a.i_ext + static_cast<int64_t>(t) * n;
   uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
+  Pair<T>* pre_info = reinterpret_cast<Pair<T>*>(a.work);
+  Pair<T>* post_info = pre_info + n;
   for (int64_t i = gid; i < n; i += stride) {
-    if (a.mode != 0 && t > 0) {
-      const T sp = static_cast<T>(a.spikes[static_cast<int64_t>(t - 1) * n + i]);
-      a.x[i] = Fma(a.x[i], a.decay_x, sp);
-      a.y[i] = Fma(a.y[i], a.decay_y, sp);
-    }
     const T cur = Add(ring_now[i], iext[i]);
     ring_now[i] = T(0);
     T v = a.v[i];
@@ -1179,13 +1266,22 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T> a, int3
     a.v[i] = v;
     a.refrac[i] = r;
     spk[i] = static_cast<uint8_t>(spiked);
-    a.window_spikes[i] += spiked;
+    if (spiked) a.window_spikes[i] += 1;
+    if (a.mode != 0) {
+      const T xi = a.x[i], yi = a.y[i], sp = static_cast<T>(spiked);
+      const int code = __ldg(a.excitatory + i);
+      pre_info[i] = Pair<T>{Mul(a.a_plus, Mul(xi, a.decay_x)), static_cast<T>(code + (spiked ? 4 : 0))};
+      post_info[i] = Pair<T>{Mul(yi, a.decay_y), sp};
+      a.x[i] = Fma(xi, a.decay_x, sp);
+      a.y[i] = Fma(yi, a.decay_y, sp);
+    }
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int32_t t) {
-  const int32_t n = a.n, d = a.d, e = a.e;
+template <typename T, typename W>
+__global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, int32_t t) {
+  const int32_t n = a.n, d = a.d;
+  const int64_t e = a.e;
   const int32_t s0 = *a.step;
   const int32_t s = s0 + t;
   const int32_t slot = FloorMod(s, d);
@@ -1197,6 +1293,8 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int
     inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
   }
   const uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
+  const Pair<T>* pre_info = reinterpret_cast<const Pair<T>*>(a.work);
+  const Pair<T>* post_info = pre_info + n;
   const int lane = threadIdx.x % FUMJAX_WARP;
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / FUMJAX_WARP);
   for (int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
@@ -1208,14 +1306,14 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int
       const int b = __ffsll(static_cast<unsigned long long>(ballot)) - 1;
       ballot &= ballot - 1;
       const int32_t j = static_cast<int32_t>(g * FUMJAX_WARP + b);
-      const int32_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
-      const T xj = a.x[j];
-      const uint8_t pos = __ldg(a.excitatory + j);
-      for (int32_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
-        if (k < 0 || k >= e) break;
+      const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
+      const uint8_t code_j = __ldg(a.excitatory + j);
+      const bool learn = plastic && code_j != 2;
+      const T ltp_j = plastic ? pre_info[j].a : T(0);
+      for (int64_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
         const int32_t i = __ldg(a.post + k);
         if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-        const T wk = a.w[k];
+        const T wk = Ld(a.w[k]);
         int32_t rs = slot;
         if (d > 1) {
           const int32_t dk = __ldg(a.delay + k);
@@ -1224,42 +1322,33 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T> a, int
           if (rs >= d) rs -= d;
         }
         atomicAdd(a.ring + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, wk));
-        if (plastic) StdpSynapse(a, k, xj, a.y[i], spk[i] != 0, true, pos, rstdp, inv, wk);
+        if (learn) {
+          const Pair<T> pi = post_info[i];
+          const T diff = Sub(pi.b != T(0) ? ltp_j : T(0), Mul(a.a_minus, pi.a));
+          ApplyDw(a, k, code_j == 1 ? diff : -diff, rstdp, inv, wk);
+        }
       }
       if (plastic) {
-        const int32_t p0 = __ldg(a.in_ptr + j), p1 = __ldg(a.in_ptr + j + 1);
-        const T yi = a.y[j];
-        for (int32_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
-          if (p < 0 || p >= e) break;
-          const int32_t k = __ldg(a.in_syn + p);
-          if (static_cast<uint32_t>(k) >= static_cast<uint32_t>(e)) continue;
-          const int32_t jj = __ldg(a.pre + k);
-          if (static_cast<uint32_t>(jj) >= static_cast<uint32_t>(n) || spk[jj]) continue;
-          StdpSynapse(a, k, a.x[jj], yi, true, false, __ldg(a.excitatory + jj), rstdp, inv,
-                      rstdp ? T(0) : a.w[k]);
+        const int64_t p0 = __ldg(a.in_ptr + j), p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + j + 1)), e);
+        for (int64_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
+          const int64_t k = __ldg(a.in_syn + p);
+          if (k >= e) continue;
+          const Pair<T> q = pre_info[PreOfSlot(a, k)];
+          const int code = static_cast<int>(q.b);
+          if (code >= 2) continue;  // the pre spiked (its row did this synapse) or is static
+          const T diff = Sub(q.a, T(0));
+          ApplyDw(a, k, code == 1 ? diff : -diff, rstdp, inv, rstdp ? T(0) : Ld(a.w[k]));
         }
       }
     }
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kMultiThreads) FinalizeKernel(GpuArgs<T> a) {
-  const int32_t n = a.n, t_last = a.t_steps - 1;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (a.mode != 0 && a.t_steps > 0) {
-    for (int64_t i = gid; i < n; i += stride) {
-      const T sp = static_cast<T>(a.spikes[static_cast<int64_t>(t_last) * n + i]);
-      a.x[i] = Fma(a.x[i], a.decay_x, sp);
-      a.y[i] = Fma(a.y[i], a.decay_y, sp);
-    }
-  }
-  if (gid == 0) {
-    const int32_t s0 = *a.step;
-    *a.step = s0 + a.t_steps;
-    if (a.mode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, *a.elig_t0, a.k_max, s0 + t_last).t0;
-  }
+template <typename T, typename W>
+__global__ void FinalizeKernel(GpuArgs<T, W> a) {
+  const int32_t s0 = *a.step;
+  *a.step = s0 + a.t_steps;
+  if (a.mode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, *a.elig_t0, a.k_max, s0 + a.t_steps - 1).t0;
 }
 
 // =====================================================================================================
@@ -1292,7 +1381,7 @@ DeviceInfo GetDeviceInfo() {
 
 #if !defined(FUMJAX_USE_HIP)
 // Shared-memory layout of the cluster path for C CTAs; false when the path cannot take the network.
-template <typename T>
+template <typename T, typename W>
 bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int64_t max_smem, ClusterPlan* plan) {
   max_smem -= 256;  // static shared memory of the kernel (BlockExclusiveScan)
   if (n < 1 || n >= kNoPre || d < 1 || d > 255 || csize < 1) return false;
@@ -1308,13 +1397,13 @@ bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, i
   off += al(n);
   plan->off_ring = static_cast<uint32_t>(off);
   if (d > 1) off += al(d * pc * static_cast<int64_t>(sizeof(T)));
-  const int64_t entry_bytes = static_cast<int64_t>(sizeof(T)) * (mode == 2 ? 2 : 1) + 2 + 1 + (d > 1 ? 1 : 0);
+  const int64_t entry_bytes = static_cast<int64_t>(sizeof(W)) * (mode == 2 ? 2 : 1) + 2 + 1 + (d > 1 ? 1 : 0);
   if (off + 16 * entry_bytes > max_smem) return false;
   const int64_t cap = std::min((max_smem - off) / entry_bytes / 16 * 16, (e + 15) / 16 * 16);
   plan->off_w = static_cast<uint32_t>(off);
-  off += cap * static_cast<int64_t>(sizeof(T));
+  off += cap * static_cast<int64_t>(sizeof(W));
   plan->off_elig = static_cast<uint32_t>(off);
-  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(T));
+  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(W));
   plan->off_pre = static_cast<uint32_t>(off);
   off += cap * 2;
   plan->off_lpost = static_cast<uint32_t>(off);
@@ -1329,10 +1418,10 @@ bool PlanCluster(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, i
 }
 
 // Shared-memory layout of the event body (same post partition as PlanCluster's).
-template <typename T>
+template <typename T, typename W>
 bool PlanEvent(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int64_t max_smem, ClusterPlan* plan) {
   ClusterPlan pull;
-  if (!PlanCluster<T>(n, e, d, mode, csize, max_smem, &pull)) return false;
+  if (!PlanCluster<T, W>(n, e, d, mode, csize, max_smem, &pull)) return false;
   max_smem -= 256;
   const int64_t pc = static_cast<int64_t>(pull.p) * kClusterWarps;
   auto al = [](int64_t b) { return (b + 15) / 16 * 16; };
@@ -1342,7 +1431,7 @@ bool PlanEvent(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int
   plan->off_rend = static_cast<uint32_t>(off);
   off += al(4 * n);
   // Per synapse: w, elig (rstdp), pre and out-CSR slot (uint16), delay (D > 1), 2 hit bits (1/4 byte).
-  const int64_t entry_bytes4 = 4 * (static_cast<int64_t>(sizeof(T)) * (mode == 2 ? 2 : 1) + 4 + (d > 1 ? 1 : 0)) + 1;
+  const int64_t entry_bytes4 = 4 * (static_cast<int64_t>(sizeof(W)) * (mode == 2 ? 2 : 1) + 4 + (d > 1 ? 1 : 0)) + 1;
   if (off + 64 > max_smem) return false;
   const int64_t cap = std::min((max_smem - off - 64) * 4 / entry_bytes4 / 64 * 64, (e + 63) / 64 * 64);
   if (cap <= 0) return false;
@@ -1350,9 +1439,9 @@ bool PlanEvent(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int
   plan->off_hit = static_cast<uint32_t>(off);
   off += 2 * (cap / 32) * 4;
   plan->off_w = static_cast<uint32_t>(off);
-  off += cap * static_cast<int64_t>(sizeof(T));
+  off += cap * static_cast<int64_t>(sizeof(W));
   plan->off_elig = static_cast<uint32_t>(off);
-  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(T));
+  if (mode == 2) off += cap * static_cast<int64_t>(sizeof(W));
   plan->off_pre = static_cast<uint32_t>(off);
   off += cap * 2;
   plan->off_lrow = static_cast<uint32_t>(off);
@@ -1366,12 +1455,12 @@ bool PlanEvent(int64_t n, int64_t e, int64_t d, int32_t mode, int32_t csize, int
 }
 
 // Launches (or, with a == nullptr, only checks that a cluster of plan.csize CTAs can be scheduled).
-template <typename T, int kMode, bool kD1>
-hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& pull, const ClusterPlan& event,
+template <typename T, typename W, int kMode, bool kD1>
+hipError_t ClusterLaunchT(const GpuArgs<T, W>* a, const ClusterPlan& pull, const ClusterPlan& event,
                           hipStream_t stream) {
   ClusterPlan plan = pull;  // the launch's shared memory: the larger of the two layouts
   plan.bytes = std::max(pull.bytes, event.bytes);
-  auto* kern = &RunStepsClusterKernel<T, kMode, kD1>;
+  auto* kern = &RunStepsClusterKernel<T, W, kMode, kD1>;
   static uint32_t allowed = 48 * 1024;  // per-function limits, raised once (host calls only: capture-safe)
   static bool nonportable = false;
   if (plan.bytes > allowed) {
@@ -1406,27 +1495,26 @@ hipError_t ClusterLaunchT(const GpuArgs<T>* a, const ClusterPlan& pull, const Cl
   return cudaLaunchKernelEx(&cfg, kern, *a, pull, event);
 }
 
-template <typename T>
-hipError_t ClusterLaunch(const GpuArgs<T>* a, int32_t mode, bool d1, const ClusterPlan& pull,
+template <typename T, typename W>
+hipError_t ClusterLaunch(const GpuArgs<T, W>* a, int32_t mode, bool d1, const ClusterPlan& pull,
                          const ClusterPlan& event, hipStream_t stream) {
   switch (mode) {
     case 0:
-      return d1 ? ClusterLaunchT<T, 0, true>(a, pull, event, stream) : ClusterLaunchT<T, 0, false>(a, pull, event, stream);
+      return d1 ? ClusterLaunchT<T, W, 0, true>(a, pull, event, stream) : ClusterLaunchT<T, W, 0, false>(a, pull, event, stream);
     case 1:
-      return d1 ? ClusterLaunchT<T, 1, true>(a, pull, event, stream) : ClusterLaunchT<T, 1, false>(a, pull, event, stream);
+      return d1 ? ClusterLaunchT<T, W, 1, true>(a, pull, event, stream) : ClusterLaunchT<T, W, 1, false>(a, pull, event, stream);
     default:
-      return d1 ? ClusterLaunchT<T, 2, true>(a, pull, event, stream) : ClusterLaunchT<T, 2, false>(a, pull, event, stream);
+      return d1 ? ClusterLaunchT<T, W, 2, true>(a, pull, event, stream) : ClusterLaunchT<T, W, 2, false>(a, pull, event, stream);
   }
 }
 
-// Picks the cluster size: the requested one (FUMJAX_GPU_CLUSTER, default 8) or the next smaller that
-// plans and schedules. `need_staged`: only accept a plan whose expected per-CTA synapses fit shared memory.
-template <typename T>
-bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged, ClusterPlan* pull,
-                   ClusterPlan* event) {
+// Picks the cluster size: the requested one (attribute gpu_cluster, from FUMJAX_GPU_CLUSTER at trace time;
+// 0 = default 8) or the next smaller that plans and schedules. `need_staged`: only accept a plan whose
+// expected per-CTA synapses fit shared memory. force_pull: the pull body (gpu_cluster_body, tests/timings).
+template <typename T, typename W>
+bool ChooseCluster(const GpuArgs<T, W>& a, const DeviceInfo& info, bool need_staged, int32_t want,
+                   bool force_pull, ClusterPlan* pull, ClusterPlan* event) {
   if (info.cc_major < 9) return false;
-  int32_t want = 8;
-  if (const char* env = std::getenv("FUMJAX_GPU_CLUSTER")) want = std::atoi(env);
   if (want < 1 || want > 16) want = 8;
   struct Key {
     int64_t n = -1, e = -1, d = -1;
@@ -1453,10 +1541,10 @@ bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged
     bool ok = false;
     for (int32_t c = want; c >= 1 && !ok; c = c > 8 ? 8 : c / 2) {
       ClusterPlan p, ev;
-      if (!PlanCluster<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &p)) continue;
-      if (!PlanEvent<T>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &ev)) ev.cap = 0;
+      if (!PlanCluster<T, W>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &p)) continue;
+      if (!PlanEvent<T, W>(a.n, a.e, a.d, a.mode, c, info.max_shared_optin, &ev)) ev.cap = 0;
       if (need_staged && (static_cast<int64_t>(a.e) / c) * 5 / 4 + 256 > std::max(p.cap, ev.cap)) continue;
-      if (ClusterLaunch<T>(nullptr, a.mode, a.d == 1, p, ev, nullptr) != hipSuccess) {
+      if (ClusterLaunch<T, W>(nullptr, a.mode, a.d == 1, p, ev, nullptr) != hipSuccess) {
         (void)hipGetLastError();  // clear a launch-configuration error
         continue;
       }
@@ -1469,24 +1557,23 @@ bool ChooseCluster(const GpuArgs<T>& a, const DeviceInfo& info, bool need_staged
   }
   *pull = last_pull;
   *event = last_event;
-  const char* body = std::getenv("FUMJAX_GPU_CLUSTER_BODY");  // pull: force the pull body (tests, timings)
-  event->force_pull = body != nullptr && std::strcmp(body, "pull") == 0;
+  event->force_pull = force_pull ? 1 : 0;
   return last_ok;
 }
 #endif  // !FUMJAX_USE_HIP
 
-template <typename T, int R>
-hipError_t LaunchBlock(const GpuArgs<T>& a, size_t shared, hipStream_t stream) {
+template <typename T, typename W, int R>
+hipError_t LaunchBlock(const GpuArgs<T, W>& a, size_t shared, hipStream_t stream) {
   // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
   static size_t allowed = 48 * 1024;
   if (shared > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, R>),
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R>),
                                                hipFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(shared));
     if (err != hipSuccess) return err;
     allowed = shared;
   }
-  RunStepsBlockKernel<T, R><<<1, kBlockThreads, shared, stream>>>(a);
+  RunStepsBlockKernel<T, W, R><<<1, kBlockThreads, shared, stream>>>(a);
   return hipGetLastError();
 }
 
@@ -1499,35 +1586,36 @@ int BlockR(int64_t n) {
   return 0;
 }
 
-template <typename T>
-hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
+// GPU path (attribute gpu_path, fixed when the program is traced: fused.py reads FUMJAX_GPU_RUN_PATH then, so
+// a compiled program, or a CUDA graph captured from it, always launches the same kernels).
+enum GpuPath : int32_t { kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3 };
+
+template <typename T, typename W>
+hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int32_t cluster, bool cluster_pull) {
   const DeviceInfo info = GetDeviceInfo();
-  const char* force = std::getenv("FUMJAX_GPU_RUN_PATH");
 #if !defined(FUMJAX_USE_HIP)
-  // Cluster path: opt-in (FUMJAX_GPU_RUN_PATH=cluster) until tests/test_fused_gpu.py has passed on a GPU with
-  // the event body (bench/GPU_RUN_STEPS.md); then the default wherever ChooseCluster(need_staged) accepts.
-  if (force != nullptr && std::strcmp(force, "cluster") == 0) {
+  // Cluster path: opt-in (gpu_path = cluster) until tests/test_fused_gpu.py has passed on a GPU with the
+  // event body (bench/GPU_RUN_STEPS.md); then the default wherever ChooseCluster(need_staged) accepts.
+  if (path == kPathCluster) {
     ClusterPlan pull, event;
-    if (ChooseCluster<T>(a, info, /*need_staged=*/false, &pull, &event)) {
-      return ClusterLaunch<T>(&a, a.mode, a.d == 1, pull, event, stream);
+    if (ChooseCluster<T, W>(a, info, /*need_staged=*/false, cluster, cluster_pull, &pull, &event)) {
+      return ClusterLaunch<T, W>(&a, a.mode, a.d == 1, pull, event, stream);
     }
   }
+#else
+  (void)cluster;
+  (void)cluster_pull;
 #endif
   const size_t shared = BlockSharedBytes<T>(a.n, a.d);
   const int r = BlockR<T>(a.n);
-  bool use_block = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
-  if (force != nullptr) {
-    if (std::strcmp(force, "multi") == 0) use_block = false;
-    if (std::strcmp(force, "block") == 0 && r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin)) {
-      use_block = true;
-    }
-  }
+  const bool block_fits = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
+  const bool use_block = block_fits && path != kPathMulti;
   if (use_block) {
     switch (r) {
-      case 1: return LaunchBlock<T, 1>(a, shared, stream);
-      case 2: return LaunchBlock<T, 2>(a, shared, stream);
-      case 4: return LaunchBlock<T, 4>(a, shared, stream);
-      default: return LaunchBlock<T, 8>(a, shared, stream);
+      case 1: return LaunchBlock<T, W, 1>(a, shared, stream);
+      case 2: return LaunchBlock<T, W, 2>(a, shared, stream);
+      case 4: return LaunchBlock<T, W, 4>(a, shared, stream);
+      default: return LaunchBlock<T, W, 8>(a, shared, stream);
     }
   }
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
@@ -1540,11 +1628,10 @@ hipError_t Launch(const GpuArgs<T>& a, hipStream_t stream) {
   const unsigned grid_syn = static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>((warps_needed + warps_per_block - 1) / warps_per_block, 65535)));
   for (int32_t t = 0; t < a.t_steps; ++t) {
-    NeuronKernel<T><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
-    SynapseKernel<T><<<grid_syn, kMultiThreads, 0, stream>>>(a, t);
+    NeuronKernel<T, W><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
+    SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t);
   }
-  const unsigned grid_fin = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
-  FinalizeKernel<T><<<grid_fin, kMultiThreads, 0, stream>>>(a);
+  FinalizeKernel<T, W><<<1, 1, 0, stream>>>(a);
   return hipGetLastError();
 }
 
@@ -1561,27 +1648,75 @@ bool Dims(const ffi::AnyBuffer& b, std::initializer_list<int64_t> want) {
 // Result `out` starts as a copy of operand `in` (nothing to do when XLA aliased them).
 template <typename U>
 U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream_t stream, hipError_t* err) {
-  U* dst = out->typed_data<U>();
-  const U* src = in.typed_data<U>();
+  U* dst = static_cast<U*>(out->untyped_data());
+  const U* src = static_cast<const U*>(in.untyped_data());
   if (dst != src && in.size_bytes() > 0 && *err == hipSuccess) {
     *err = hipMemcpyAsync(dst, src, in.size_bytes(), hipMemcpyDeviceToDevice, stream);
   }
   return dst;
 }
 
+// Fills a from the buffers and launches (T the state's float type, W the synapse storage type).
+template <typename T, typename W>
+hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res, void* work,
+                    const double* sc, int32_t refractory_steps, int32_t mode, int32_t pre_shift, int32_t path,
+                    int32_t cluster, bool cluster_pull) {
+  enum { kV, kRefrac, kX, kY, kRing, kW, kElig, kT0, kWin, kStep, kTau, kVth, kIext, kRowPtr, kBucket, kPost,
+         kDelay, kInPtr, kInSyn, kExc, kGamma, kInv };
+  hipError_t err = hipSuccess;
+  GpuArgs<T, W> a;
+  a.n = static_cast<int32_t>(ops[kV].dimensions()[0]);
+  a.e = static_cast<int64_t>(ops[kW].dimensions()[0]);
+  a.d = static_cast<int32_t>(ops[kRing].dimensions()[0]);
+  a.t_steps = static_cast<int32_t>(ops[kIext].dimensions()[0]);
+  a.k_max = static_cast<int32_t>(ops[kGamma].element_count()) - 1;
+  a.mode = mode;
+  a.refractory_steps = refractory_steps;
+  a.pre_shift = pre_shift;
+  T* scal[] = {&a.v_rest, &a.v_reset, &a.dt, &a.g_syn, &a.a_plus, &a.a_minus, &a.w_clip, &a.decay_x, &a.decay_y};
+  for (int q = 0; q < 9; ++q) *scal[q] = static_cast<T>(sc[q]);
+  a.v = InPlace<T>(ops[kV], res[kV], stream, &err);
+  a.refrac = InPlace<int32_t>(ops[kRefrac], res[kRefrac], stream, &err);
+  a.x = InPlace<T>(ops[kX], res[kX], stream, &err);
+  a.y = InPlace<T>(ops[kY], res[kY], stream, &err);
+  a.ring = InPlace<T>(ops[kRing], res[kRing], stream, &err);
+  a.w = InPlace<W>(ops[kW], res[kW], stream, &err);
+  a.elig = InPlace<W>(ops[kElig], res[kElig], stream, &err);
+  a.elig_t0 = InPlace<int32_t>(ops[kT0], res[kT0], stream, &err);
+  a.window_spikes = InPlace<int32_t>(ops[kWin], res[kWin], stream, &err);
+  a.step = InPlace<int32_t>(ops[kStep], res[kStep], stream, &err);
+  a.spikes = res[10]->template typed_data<uint8_t>();
+  a.work = static_cast<T*>(work);
+  a.tau = ops[kTau].template typed_data<T>();
+  a.v_th = ops[kVth].template typed_data<T>();
+  a.i_ext = ops[kIext].template typed_data<T>();
+  a.row_ptr = ops[kRowPtr].template typed_data<uint32_t>();
+  a.pre_bucket = ops[kBucket].template typed_data<int32_t>();
+  a.post = ops[kPost].template typed_data<int32_t>();
+  a.delay = a.d > 1 ? ops[kDelay].template typed_data<int32_t>() : nullptr;
+  a.in_ptr = ops[kInPtr].template typed_data<uint32_t>();
+  a.in_syn = ops[kInSyn].template typed_data<uint32_t>();
+  a.excitatory = ops[kExc].template typed_data<uint8_t>();
+  a.gamma_pow = static_cast<const W*>(ops[kGamma].untyped_data());
+  a.inv_pow = ops[kInv].template typed_data<T>();
+  if (err != hipSuccess) return err;
+  return Launch<T, W>(a, stream, path, cluster, cluster_pull);
+}
+
 ffi::Error RunStepsGpuDispatch(
     hipStream_t stream, ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuffer x, ffi::AnyBuffer y,
     ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer elig_t0,
     ffi::AnyBuffer window_spikes, ffi::AnyBuffer step, ffi::AnyBuffer tau, ffi::AnyBuffer v_th,
-    ffi::AnyBuffer i_ext, ffi::AnyBuffer row_ptr, ffi::AnyBuffer pre, ffi::AnyBuffer post, ffi::AnyBuffer delay,
-    ffi::AnyBuffer in_ptr, ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow,
-    ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn, double a_plus,
-    double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps, int32_t mode,
+    ffi::AnyBuffer i_ext, ffi::AnyBuffer row_ptr, ffi::AnyBuffer pre_bucket, ffi::AnyBuffer post,
+    ffi::AnyBuffer delay, ffi::AnyBuffer in_ptr, ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory,
+    ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
+    double a_plus, double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps,
+    int32_t mode, int32_t pre_shift, int32_t gpu_path, int32_t gpu_cluster, int32_t gpu_cluster_body,
     ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
     ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
     ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
     ffi::Result<ffi::AnyBuffer> window_spikes_out, ffi::Result<ffi::AnyBuffer> step_out,
-    ffi::Result<ffi::AnyBuffer> spikes) {
+    ffi::Result<ffi::AnyBuffer> spikes, ffi::Result<ffi::AnyBuffer> work) {
   const ffi::DataType dt_f = v.element_type();
   if (dt_f != ffi::DataType::F32 && dt_f != ffi::DataType::F64) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: v_mV must be float32 or float64");
@@ -1595,28 +1730,48 @@ ffi::Error RunStepsGpuDispatch(
   const int64_t d = ring.dimensions()[0];
   const int64_t t = i_ext.dimensions()[0];
   const int64_t k1 = static_cast<int64_t>(gamma_pow.element_count());
-  if (d < 1 || d > INT32_MAX || n >= INT32_MAX || e >= INT32_MAX || t >= INT32_MAX || k1 < 1) {
+  if (d < 1 || d > INT32_MAX || n >= INT32_MAX || e > static_cast<int64_t>(UINT32_MAX) || t >= INT32_MAX ||
+      k1 < 1) {
     return ffi::Error::InvalidArgument(
-        "fumjax_run_steps: need D >= 1, N, E and T below 2^31 and a non-empty eligibility table");
+        "fumjax_run_steps: need D >= 1, N and T below 2^31, E below 2^32 (uint32 synapse indices) and a "
+        "non-empty eligibility table");
   }
   if (mode < 0 || mode > 2) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: mode must be 0 (off), 1 (stdp) or 2 (rstdp)");
   }
-  const ffi::AnyBuffer* float_bufs[] = {&v, &x, &y, &ring, &w, &elig, &tau, &v_th, &i_ext, &gamma_pow, &inv_pow};
+  if (pre_shift < 0 || pre_shift > 31) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: pre_shift must be in [0, 31]");
+  }
+  const int64_t n_buckets = e > 0 ? ((e - 1) >> pre_shift) + 1 : 0;
+  const int64_t n_delay = delay.element_count() == 0 && d == 1 ? 0 : e;  // (0,): every delay is 1
+  const ffi::AnyBuffer* float_bufs[] = {&v, &x, &y, &ring, &tau, &v_th, &i_ext, &inv_pow};
   for (const ffi::AnyBuffer* b : float_bufs) {
     if (b->element_type() != dt_f) {
       return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: v, x, y, ring, w, elig, tau, v_th, i_ext and the eligibility tables must "
-          "share one float dtype (float32 or float64)");
+          "fumjax_run_steps: v, x, y, ring, tau, v_th, i_ext and inv_pow must share one float dtype "
+          "(float32 or float64)");
     }
   }
-  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &row_ptr,
-                                      &pre,    &post,    &delay,         &in_ptr, &in_syn};
+  // Synapse storage: the state's dtype, or float16/bfloat16 with float32 state.
+  const ffi::DataType dt_w = w.element_type();
+  const bool w_ok = dt_w == dt_f || (dt_f == ffi::DataType::F32 &&
+                                      (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16));
+  if (!w_ok || elig.element_type() != dt_w || gamma_pow.element_type() != dt_w) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: w, elig and gamma_pow must share one dtype: the state's, or float16/bfloat16 "
+        "with float32 state");
+  }
+  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &pre_bucket, &post, &delay};
   for (const ffi::AnyBuffer* b : int_bufs) {
     if (b->element_type() != ffi::DataType::S32) {
       return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step and the network index arrays must be "
+          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step, pre_bucket, post and delay must be "
           "int32");
+    }
+  }
+  for (const ffi::AnyBuffer* b : {&row_ptr, &in_ptr, &in_syn}) {
+    if (b->element_type() != ffi::DataType::U32) {
+      return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr, in_ptr and in_syn must be uint32");
     }
   }
   if (excitatory.element_type() != ffi::DataType::U8 || spikes->element_type() != ffi::DataType::U8) {
@@ -1625,67 +1780,38 @@ ffi::Error RunStepsGpuDispatch(
   const bool shapes_ok =
       Dims(v, {n}) && Dims(refrac, {n}) && Dims(x, {n}) && Dims(y, {n}) && Dims(ring, {d, n}) && Dims(w, {e}) &&
       Dims(elig, {e}) && Dims(elig_t0, {}) && Dims(window_spikes, {n}) && Dims(step, {}) && Dims(tau, {n}) &&
-      Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre, {e}) && Dims(post, {e}) &&
-      Dims(delay, {e}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) && Dims(excitatory, {n}) &&
-      Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n});
+      Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre_bucket, {n_buckets}) &&
+      Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) &&
+      Dims(excitatory, {n}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n}) &&
+      work->element_type() == dt_f && Dims(*work, {4, n});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); ring (D, N); "
-        "w, elig, pre, post, delay, in_syn (E,); row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes "
-        "(T, N); gamma_pow, inv_pow (K+1,)");
+        "w, elig, post, in_syn (E,); delay (E,) or (0,) with D = 1; pre_bucket ((E-1 >> pre_shift) + 1,); "
+        "row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,); "
+        "work (4, N) in the state's dtype");
   }
-
-  hipError_t err = hipSuccess;
-  auto fill = [&](auto* a) {
-    using T = std::remove_pointer_t<decltype(a->v)>;
-    a->n = static_cast<int32_t>(n);
-    a->e = static_cast<int32_t>(e);
-    a->d = static_cast<int32_t>(d);
-    a->t_steps = static_cast<int32_t>(t);
-    a->k_max = static_cast<int32_t>(k1 - 1);
-    a->mode = mode;
-    a->refractory_steps = refractory_steps;
-    a->v_rest = static_cast<T>(v_rest);
-    a->v_reset = static_cast<T>(v_reset);
-    a->dt = static_cast<T>(dt);
-    a->g_syn = static_cast<T>(g_syn);
-    a->a_plus = static_cast<T>(a_plus);
-    a->a_minus = static_cast<T>(a_minus);
-    a->w_clip = static_cast<T>(w_clip);
-    a->decay_x = static_cast<T>(decay_x);
-    a->decay_y = static_cast<T>(decay_y);
-    a->v = InPlace<T>(v, v_out, stream, &err);
-    a->refrac = InPlace<int32_t>(refrac, refrac_out, stream, &err);
-    a->x = InPlace<T>(x, x_out, stream, &err);
-    a->y = InPlace<T>(y, y_out, stream, &err);
-    a->ring = InPlace<T>(ring, ring_out, stream, &err);
-    a->w = InPlace<T>(w, w_out, stream, &err);
-    a->elig = InPlace<T>(elig, elig_out, stream, &err);
-    a->elig_t0 = InPlace<int32_t>(elig_t0, elig_t0_out, stream, &err);
-    a->window_spikes = InPlace<int32_t>(window_spikes, window_spikes_out, stream, &err);
-    a->step = InPlace<int32_t>(step, step_out, stream, &err);
-    a->spikes = spikes->typed_data<uint8_t>();
-    a->tau = tau.typed_data<T>();
-    a->v_th = v_th.typed_data<T>();
-    a->i_ext = i_ext.typed_data<T>();
-    a->row_ptr = row_ptr.typed_data<int32_t>();
-    a->pre = pre.typed_data<int32_t>();
-    a->post = post.typed_data<int32_t>();
-    a->delay = delay.typed_data<int32_t>();
-    a->in_ptr = in_ptr.typed_data<int32_t>();
-    a->in_syn = in_syn.typed_data<int32_t>();
-    a->excitatory = excitatory.typed_data<uint8_t>();
-    a->gamma_pow = gamma_pow.typed_data<T>();
-    a->inv_pow = inv_pow.typed_data<T>();
-  };
-  if (dt_f == ffi::DataType::F32) {
-    GpuArgs<float> a;
-    fill(&a);
-    if (err == hipSuccess) err = Launch<float>(a, stream);
+  const ffi::AnyBuffer ops[] = {v,    refrac,     x,    y,     ring,   w,      elig,   elig_t0,
+                                window_spikes, step, tau, v_th, i_ext, row_ptr, pre_bucket, post,
+                                delay, in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
+  ffi::Result<ffi::AnyBuffer> res[] = {v_out,    refrac_out, x_out,       y_out,           ring_out, w_out,
+                                       elig_out, elig_t0_out, window_spikes_out, step_out, spikes};
+  const double sc[] = {v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y};
+  void* wk = work->untyped_data();
+  const bool pull = gpu_cluster_body == 1;
+  hipError_t err;
+  if (dt_f == ffi::DataType::F64) {
+    err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
+                                   gpu_cluster, pull);
+  } else if (dt_w == ffi::DataType::F32) {
+    err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
+                                 gpu_cluster, pull);
+  } else if (dt_w == ffi::DataType::F16) {
+    err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
+                                gpu_cluster, pull);
   } else {
-    GpuArgs<double> a;
-    fill(&a);
-    if (err == hipSuccess) err = Launch<double>(a, stream);
+    err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
+                                    gpu_cluster, pull);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
@@ -1712,12 +1838,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Arg<ffi::AnyBuffer>()  // tau_ms
                                   .Arg<ffi::AnyBuffer>()  // v_th_mV
                                   .Arg<ffi::AnyBuffer>()  // i_ext_mV (T, N)
-                                  .Arg<ffi::AnyBuffer>()  // row_ptr
-                                  .Arg<ffi::AnyBuffer>()  // pre
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (uint32)
+                                  .Arg<ffi::AnyBuffer>()  // pre_bucket (int32)
                                   .Arg<ffi::AnyBuffer>()  // post
-                                  .Arg<ffi::AnyBuffer>()  // delay_steps
-                                  .Arg<ffi::AnyBuffer>()  // in_ptr
-                                  .Arg<ffi::AnyBuffer>()  // in_syn
+                                  .Arg<ffi::AnyBuffer>()  // delay_steps ((E,) or (0,))
+                                  .Arg<ffi::AnyBuffer>()  // in_ptr (uint32)
+                                  .Arg<ffi::AnyBuffer>()  // in_syn (uint32)
                                   .Arg<ffi::AnyBuffer>()  // excitatory (uint8)
                                   .Arg<ffi::AnyBuffer>()  // gamma_pow
                                   .Arg<ffi::AnyBuffer>()  // inv_pow
@@ -1732,6 +1858,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Attr<double>("decay_y")
                                   .Attr<int32_t>("refractory_steps")
                                   .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("pre_shift")
+                                  .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster
+                                  .Attr<int32_t>("gpu_cluster")        // CTAs per cluster, 0 = default (8)
+                                  .Attr<int32_t>("gpu_cluster_body")   // 0 auto, 1 pull
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre
@@ -1742,5 +1872,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Ret<ffi::AnyBuffer>()   // elig_t0
                                   .Ret<ffi::AnyBuffer>()   // window_spikes
                                   .Ret<ffi::AnyBuffer>()   // step
-                                  .Ret<ffi::AnyBuffer>(),  // spikes (T, N)
+                                  .Ret<ffi::AnyBuffer>()   // spikes (T, N)
+                                  .Ret<ffi::AnyBuffer>(),  // work (4, N): multi-path scratch
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -288,6 +288,34 @@ def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     )
 
 
+_GPU_PATHS = {"auto": 0, "block": 1, "multi": 2, "cluster": 3}
+
+
+def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
+    """The GPU handler's kernel choice, fixed when the program is traced (a compiled program, or a CUDA graph
+    captured from it, always runs the same kernels): cfg.run.gpu_path if the config has one, else
+    FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster (auto: one persistent block where the network fits
+    its shared memory, else multi); FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and
+    FUMJAX_GPU_CLUSTER_BODY = auto | pull for the cluster path. Change them, then jax.clear_caches()."""
+    path = getattr(getattr(cfg, "run", None), "gpu_path", None) or os.environ.get(
+        "FUMJAX_GPU_RUN_PATH", "auto"
+    )
+    if path not in _GPU_PATHS:
+        raise ValueError(f"GPU run path {path!r}: must be one of {', '.join(_GPU_PATHS)}")
+    cluster = os.environ.get("FUMJAX_GPU_CLUSTER", "0")
+    body = os.environ.get("FUMJAX_GPU_CLUSTER_BODY", "auto")
+    if not cluster.isdigit() or not 0 <= int(cluster) <= 16 or body not in ("auto", "pull"):
+        raise ValueError(
+            f"FUMJAX_GPU_CLUSTER = {cluster!r} (want 0..16) / "
+            f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto or pull)"
+        )
+    return dict(
+        gpu_path=np.int32(_GPU_PATHS[path]),
+        gpu_cluster=np.int32(int(cluster)),
+        gpu_cluster_body=np.int32(body == "pull"),
+    )
+
+
 def resolve_threads(threads: int | None, cfg) -> int:
     """Kernel thread count of a call: the argument, else cfg.run.threads; 0 means automatic (one thread per
     200k synapses, at most the cores this process may use that the load average leaves idle). Results do
@@ -344,11 +372,16 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_STATE_FIELDS)]) + (
         jax.ShapeDtypeStruct((t_steps, n), jnp.uint8),
     )
+    aliases = {k: k for k in range(len(_STATE_FIELDS))}
     call = jax.ffi.ffi_call(
+        RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
+    )
+    # The GPU handler also returns a (4, N) scratch of the multi path (no allocation inside the handler).
+    call_gpu = jax.ffi.ffi_call(
         RUN_STEPS_TARGET,
-        out_types,
+        out_types + (jax.ShapeDtypeStruct((4, n), dtype),),
         vmap_method="sequential",
-        input_output_aliases={k: k for k in range(len(_STATE_FIELDS))},
+        input_output_aliases=aliases,
     )
     dt = nc.dt_ms
     attrs = dict(
@@ -366,11 +399,11 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         mode=np.int32(_MODE_IDS[mode]),
         pre_shift=np.int32(PRE_SHIFT),
     )
-    # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) does not.
+    # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) its path instead.
     results = jax.lax.platform_dependent(
         *operands,
         cpu=lambda *ops: tuple(call(*ops, **attrs, threads=np.int32(n_threads))),
-        default=lambda *ops: tuple(call(*ops, **attrs)),
+        default=lambda *ops: tuple(call_gpu(*ops, **attrs, **gpu_path_attrs(cfg)))[:-1],
     )
     new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     return new, results[-1]
