@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_tune_command(sub)
     add_explain_command(sub)
+    from fumjax.train.scale import add_scale_command
+
+    add_scale_command(sub)
     return p
 
 

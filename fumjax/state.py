@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from fumjax.compact import CompactNetwork
 from fumjax.config import FumConfig
 from fumjax.network import Network
 
@@ -70,8 +71,9 @@ def weight_dtype(cfg: FumConfig) -> jnp.dtype:
     return jnp.dtype(cfg.run.dtype)
 
 
-def init_state(network: Network, cfg: FumConfig | None = None) -> State:
-    """Resting state for `network`: V = v_rest, zero traces and eligibility, w = network.w0."""
+def init_state(network: Network | CompactNetwork, cfg: FumConfig | None = None) -> State:
+    """Resting state for `network`: V = v_rest, zero traces and eligibility, w = network.w0 (a
+    CompactNetwork has no w0: its weights are drawn on the device in the storage dtype, see draw_weights)."""
     cfg = cfg or FumConfig()
     if cfg.run.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("run.dtype = 'float64' needs jax x64: jax.config.update('jax_enable_x64', True)")
@@ -83,7 +85,7 @@ def init_state(network: Network, cfg: FumConfig | None = None) -> State:
         x_pre=jnp.zeros((network.n_pre,), dt),
         y_post=zeros,
         ring_mV=jnp.zeros((network.max_delay, n), dt),
-        w=jnp.asarray(network.w0, weight_dtype(cfg)),
+        w=_initial_w(network, cfg),
         elig=jnp.zeros((network.n_synapses,), weight_dtype(cfg)),
         elig_t0=jnp.zeros((), jnp.int32),
         tau_ms=jnp.asarray(network.tau_ms, dt),
@@ -94,6 +96,15 @@ def init_state(network: Network, cfg: FumConfig | None = None) -> State:
         window_start=jnp.zeros((), jnp.int32),
         seed=jnp.asarray(cfg.run.seed, jnp.uint32),
     )
+
+
+def _initial_w(network: Network | CompactNetwork, cfg: FumConfig) -> Array:
+    if isinstance(network, CompactNetwork):
+        cc = cfg.connectivity
+        return network.draw_weights(
+            weight_dtype(cfg), w_exc_max=cc.w_exc_max, w_inh_min=cc.w_inh_min, seed=cfg.run.seed
+        )
+    return jnp.asarray(network.w0, weight_dtype(cfg))
 
 
 def eligibility(state: State, cfg: FumConfig | None = None) -> Array:

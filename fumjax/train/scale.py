@@ -1,0 +1,343 @@
+"""`fumjax scale`: build a CompactNetwork of N x K synapses on one device and run it learning (issue 5).
+
+Before anything is allocated, `estimate_device_bytes` adds up every array the run holds on the device and
+`check_device_memory` refuses a run that does not fit the device (jax memory_stats bytes_limit) or the
+--max-gb budget, naming the estimate and what to lower. The run: run_driven windows (default Poisson drive,
+SIE self-benefit reward, rstdp eligibility + reward every window, intrinsic plasticity) in groups, the state
+donated between groups (no second copy of w/elig). The drive rate is calibrated on a slice with the same K
+so the network rate lands near --rate-hz, and intrinsic plasticity's band is set to [rate/2, 2 rate] so it
+holds the rate there. Initial weights are scaled by 100/K for K > 100 (see --weight-scale). The last line
+of stdout is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fumjax.compact import PRE_SHIFT, build_compact, build_plan
+from fumjax.config import FumConfig
+from fumjax.dynamics import resolve_mode, run_driven
+from fumjax.state import compute_dtype, init_state, weight_dtype
+
+__all__ = [
+    "DeviceMemoryError",
+    "estimate_device_bytes",
+    "check_device_memory",
+    "calibrate_drive",
+    "add_scale_command",
+]
+
+GB = 1e9
+CALIB_DRIVES_HZ = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+CALIB_BISECTIONS = 4
+
+
+class DeviceMemoryError(ValueError):
+    """The run's estimated device memory exceeds the device or the budget (raised before allocating)."""
+
+
+def estimate_device_bytes(
+    n_neurons: int,
+    k_per_neuron: int,
+    cfg: FumConfig,
+    window_steps: int | None = None,
+    *,
+    tail_tol: float = 1e-4,
+    block_elements: int = 1 << 28,
+) -> dict[str, int]:
+    """Device bytes of a compact N x K learning run, by array: {name: bytes}, plus 'run_total' (everything
+    held while windows run), 'build_peak' (largest moment of build_compact + init_state) and 'total'."""
+    n, k = int(n_neurons), int(k_per_neuron)
+    t = int(window_steps or cfg.run.window_steps)
+    plan = build_plan(
+        n, k, sigma_grid=cfg.connectivity.sigma_grid, tail_tol=tail_tol, block_elements=block_elements
+    )
+    e = n * k
+    wb = jnp.dtype(weight_dtype(cfg)).itemsize
+    fb = jnp.dtype(compute_dtype(cfg)).itemsize
+    out = {
+        "post": 4 * e,
+        "in_syn": 4 * e,
+        "w": wb * e,
+        "elig": wb * e,
+        "row_ptr+in_ptr": 8 * (n + 1),
+        "pre_bucket": 4 * (((e - 1) >> PRE_SHIFT) + 1),
+        "neuron_params": 9 * n,  # excitatory (bool), tau_ms, v_th_mV of the network
+        # v, x_pre, y_post, ring (1 slot), tau, v_th, rate in the state dtype; refrac, window_spikes int32
+        "neuron_state": (7 * fb + 8) * n,
+        "drive_window": t * n * fb,  # (T, N) background current of one window
+        "spikes_window": t * n,  # (T, N) uint8
+        "gpu_scratch": 4 * n * fb,  # (4, N) scratch of the GPU run_steps handler
+        # the window-end pass (eligibility decay, reward) may keep one E-sized storage-dtype temporary
+        "window_pass_temp": wb * e,
+    }
+    out["run_total"] = sum(out.values())
+    # build: one sampling or CSR block's temporaries; then post, in_syn and the weights drawn in chunks
+    # that are concatenated (2 x w) next to the zeroed eligibility
+    block = max(plan.sample_block_bytes, plan.csr_block_bytes)
+    out["build_peak"] = max(block, 8 * e + 3 * wb * e + out["neuron_params"] + out["neuron_state"])
+    out["total"] = max(out["run_total"], out["build_peak"])
+    return out
+
+
+def device_bytes_limit() -> int | None:
+    """The allocator's bytes_limit of the default device (jax memory_stats), None where it has none."""
+    stats = jax.devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def check_device_memory(
+    estimate: dict[str, int], *, max_gb: float, bytes_limit: int | None = None, what: str = ""
+) -> None:
+    """Raise DeviceMemoryError when estimate['total'] exceeds max_gb GB or the device's bytes_limit."""
+    need = estimate["total"]
+    parts = sorted(
+        ((v, name) for name, v in estimate.items() if name not in ("run_total", "build_peak", "total")),
+        reverse=True,
+    )
+    biggest = ", ".join(f"{name} {v / GB:.2f}" for v, name in parts[:5])
+    for cap, name in ((max_gb * GB, f"the --max-gb budget of {max_gb:g} GB"), (bytes_limit, "the device")):
+        if cap is not None and need > cap:
+            limit = f"{bytes_limit / GB:.2f} GB" if bytes_limit is not None else "unknown"
+            raise DeviceMemoryError(
+                f"{what}estimated device memory {need / GB:.2f} GB (run "
+                f"{estimate['run_total'] / GB:.2f}, build peak {estimate['build_peak'] / GB:.2f}; "
+                f"largest: {biggest} GB) exceeds {name} (device "
+                f"bytes_limit from jax memory_stats: {limit}); lower --neurons or --k, use --dtype bfloat16 "
+                f"or float16, shorten run.window_steps, or raise --max-gb"
+            )
+
+
+@functools.partial(jax.jit, static_argnames=("n_windows", "cfg", "mode", "backend"), donate_argnums=0)
+def _group(state, net, n_windows: int, cfg: FumConfig, mode: str, backend: str):
+    """n_windows windows of run_driven with the state donated: (state, spikes per window (n_windows,))."""
+    state, counts, _ = run_driven(state, net, n_windows, config=cfg, plasticity=mode, backend=backend)
+    return state, counts.sum(axis=1, dtype=jnp.int32)
+
+
+@jax.jit
+def _weight_stats(w):
+    w = w.astype(jnp.float32)
+    return jnp.stack([w.mean(), w.std(), w.min(), w.max()]), jnp.isfinite(w).all()
+
+
+def _rate_hz(spikes: int, n: int, n_windows: int, cfg: FumConfig) -> float:
+    return spikes / (n * n_windows * cfg.run.window_steps * cfg.neuron.dt_ms / 1000.0)
+
+
+def calibrate_drive(net, cfg: FumConfig, target_hz: float, backend: str, log=print) -> tuple[float, list]:
+    """Drive rate (cfg.drive.rate_hz, Hz) putting `net` (a slice with the run's K) near target_hz.
+
+    Mean rate over windows 3-6 of a 6-window learning run at drives 2.5..80 Hz (x2 apart) up to the first
+    that overshoots, then CALIB_BISECTIONS bisections in log(drive) of the bracket; the low end (rate <=
+    target) is kept, since just above it the recurrent network can run away later. Returns (drive, trials).
+    """
+    trials: list[tuple[float, float]] = []
+
+    def rate(d: float) -> float:
+        c = cfg.replace(drive={"rate_hz": d})
+        st, counts, _ = run_driven(init_state(net, c), net, 6, config=c, backend=backend)
+        r = _rate_hz(int(np.asarray(counts, np.int64)[2:].sum()), net.n_neurons, 4, c)
+        trials.append((d, r))
+        log(f"  calibration on {net.n_neurons} neurons: drive {d:.4g} Hz -> {r:.3f} Hz")
+        return r
+
+    lo = hi = None
+    for d in CALIB_DRIVES_HZ:
+        if rate(d) <= target_hz:
+            lo = d
+        else:
+            hi = d
+            break
+    for _ in range(CALIB_BISECTIONS if lo is not None and hi is not None else 0):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if rate(mid) <= target_hz else (lo, mid)
+    return (lo if lo is not None else hi), trials
+
+
+def add_scale_command(sub) -> None:
+    """Register the `scale` subcommand on an argparse subparsers object."""
+    s = sub.add_parser("scale", help="build an N x K compact network on one device and run it learning")
+    s.add_argument("--neurons", type=int, default=7_000_000, help="N (default 7,000,000)")
+    s.add_argument("--k", type=int, default=500, help="synapses per neuron (in-degree, default 500)")
+    s.add_argument("--seconds", type=float, default=10.0, help="model time to run, s (default 10)")
+    s.add_argument("--rate-hz", type=float, default=5.0, help="target mean rate (default 5 Hz)")
+    s.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    s.add_argument("--max-gb", type=float, default=56.0, help="device memory budget, GB (default 56)")
+    s.add_argument("--out", help="directory for summary.json and windows.jsonl (never overwritten)")
+    s.add_argument("--config", help="TOML file of FumConfig sections (flags override it)")
+    s.add_argument("--seed", type=int, help="seed of network and drive (default: config, 0)")
+    s.add_argument("--backend", choices=("fused", "reference"), default="fused")
+    s.add_argument("--drive-hz", type=float, help="drive rate (Hz) to use: skips the calibration")
+    s.add_argument("--calib-neurons", type=int, default=20_000, help="slice size of the calibration")
+    s.add_argument("--group-windows", type=int, default=20, help="windows per printed group (default 20)")
+    s.add_argument(
+        "--weight-scale",
+        type=float,
+        help="multiplies connectivity.w_exc_max and w_inh_min (default min(1, 100/K): the summed initial "
+        "weight onto a neuron as in the default K = 100 network; at K = 500 unscaled weights run away)",
+    )
+    s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
+    s.set_defaults(func=_scale)
+
+
+def _config(args: argparse.Namespace) -> FumConfig:
+    cfg = FumConfig.from_toml(args.config) if args.config else FumConfig()
+    for name in ("neurons", "k", "group_windows", "calib_neurons"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
+    if not args.seconds > 0 or not args.rate_hz > 0:
+        raise ValueError(f"--seconds = {args.seconds}, --rate-hz = {args.rate_hz}: both must be > 0")
+    run = {"dtype": args.dtype, "backend": args.backend}
+    if args.seed is not None:
+        run["seed"] = args.seed
+    r = args.rate_hz
+    scale = min(1.0, 100.0 / args.k) if args.weight_scale is None else args.weight_scale
+    if not scale > 0:
+        raise ValueError(f"--weight-scale = {scale}: must be > 0")
+    cc = cfg.connectivity
+    return cfg.replace(
+        neuron={"n_neurons": args.neurons},
+        connectivity={
+            "k_per_neuron": args.k,
+            "w_exc_max": scale * cc.w_exc_max,
+            "w_inh_min": scale * cc.w_inh_min,
+        },
+        run=run,
+        intrinsic={"target_rate_min_hz": 0.5 * r, "target_rate_max_hz": 2.0 * r},
+    )
+
+
+def _scale(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"--out {out_dir} exists and is not empty: give a new directory")
+    n, k = args.neurons, args.k
+    say = functools.partial(print, flush=True)
+    est = estimate_device_bytes(n, k, cfg, tail_tol=args.tail_tol)
+    limit = device_bytes_limit()
+    check_device_memory(est, max_gb=args.max_gb, bytes_limit=limit, what=f"N = {n}, K = {k}: ")
+    dev = jax.devices()[0]
+    say(f"fumjax scale: {n} x {k} = {n * k} synapses, {args.dtype}, on {dev.platform} ({dev.device_kind})")
+    say(
+        f"  estimate {est['total'] / GB:.2f} GB (run {est['run_total'] / GB:.2f}, "
+        f"build {est['build_peak'] / GB:.2f}), "
+        f"budget {args.max_gb:g} GB, device limit {'-' if limit is None else f'{limit / GB:.2f} GB'}"
+    )
+    mode = resolve_mode(None, cfg)
+    n_windows = max(1, round(args.seconds * 1000.0 / (cfg.run.window_steps * cfg.neuron.dt_ms)))
+
+    drive = args.drive_hz
+    calib = []
+    t0 = time.perf_counter()
+    if drive is None:
+        n_cal = min(n, args.calib_neurons)
+        c_cal = cfg.replace(neuron={"n_neurons": n_cal})
+        slice_net = build_compact(
+            n_cal, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=c_cal
+        )
+        drive, calib = calibrate_drive(slice_net, c_cal, args.rate_hz, args.backend, log=say)
+        del slice_net
+    calib_s = time.perf_counter() - t0
+    cfg = cfg.replace(drive={"rate_hz": drive})
+    say(
+        f"  drive {drive:.4g} Hz x {cfg.drive.n_inputs} inputs x {cfg.drive.amp_mV} mV "
+        f"(calibration {calib_s:.1f} s)"
+    )
+
+    t0 = time.perf_counter()
+    net = build_compact(
+        n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg, tail_tol=args.tail_tol
+    )
+    state = init_state(net, cfg)
+    # init_state's tau/v_th are the network's arrays: copy them, since _group donates the state
+    state = state.replace(tau_ms=jnp.copy(state.tau_ms), v_th_mV=jnp.copy(state.v_th_mV))
+    jax.block_until_ready(state)
+    build_s = time.perf_counter() - t0
+    held_net = sum(net.nbytes.values())
+    held_syn = int(state.w.nbytes + state.elig.nbytes)
+    held_neuron = sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(state)) - held_syn
+    e = net.n_synapses
+    per_syn = (net.post.nbytes + net.in_syn.nbytes + held_syn + net.pre_bucket.nbytes) / e
+    per_neuron = (held_net - net.post.nbytes - net.in_syn.nbytes - net.pre_bucket.nbytes + held_neuron) / n
+    stats = dev.memory_stats() or {}
+    say(
+        f"  build {build_s:.1f} s: {per_syn:.3f} B/synapse (post, in_syn, w, elig, pre_bucket), "
+        f"{per_neuron:.1f} B/neuron; allocator peak {stats.get('peak_bytes_in_use', 0) / GB:.2f} GB"
+    )
+
+    records = []
+    done, spikes_total, wall_s, compile_s = 0, 0, 0.0, 0.0
+    while done < n_windows:
+        g = min(args.group_windows, n_windows - done)
+        t0 = time.perf_counter()
+        state, counts = _group(state, net, g, cfg, mode, args.backend)
+        counts = np.asarray(counts, np.int64)
+        dt = time.perf_counter() - t0
+        if done == 0:
+            compile_s = dt  # the first group compiles; later groups of another size compile too (one more)
+        else:
+            wall_s += dt
+        ws, finite = _weight_stats(state.w)
+        ws = [float(x) for x in np.asarray(ws)]
+        rate = _rate_hz(int(counts.sum()), n, g, cfg)
+        spikes_total += int(counts.sum())
+        done += g
+        rec = {
+            "t_s": done * cfg.run.window_steps * cfg.neuron.dt_ms / 1000.0,
+            "rate_hz": rate,
+            "w_mean": ws[0],
+            "w_std": ws[1],
+            "w_min": ws[2],
+            "w_max": ws[3],
+            "finite": bool(finite) and bool(jnp.isfinite(state.v_mV).all()),
+            "wall_s": dt,
+        }
+        records.append(rec)
+        say(
+            f"  t {rec['t_s']:7.2f} s  rate {rate:7.3f} Hz  w mean {ws[0]:+.5f} std {ws[1]:.5f} "
+            f"[{ws[2]:+.4f}, {ws[3]:+.4f}]  finite {rec['finite']}  {dt:.2f} s"
+        )
+    timed_steps = (n_windows - min(args.group_windows, n_windows)) * cfg.run.window_steps
+    stats = dev.memory_stats() or {}
+    model_ms = timed_steps * cfg.neuron.dt_ms
+    summary = {
+        "neurons": n,
+        "synapses": e,
+        "dtype": args.dtype,
+        "backend": args.backend,
+        "platform": dev.platform,
+        "device": dev.device_kind,
+        "build_s": round(build_s, 3),
+        "calibration_s": round(calib_s, 3),
+        "drive_hz": drive,
+        "target_rate_hz": args.rate_hz,
+        "rate_hz": _rate_hz(spikes_total, n, done, cfg),
+        "model_s": done * cfg.run.window_steps * cfg.neuron.dt_ms / 1000.0,
+        "compile_and_first_group_s": round(compile_s, 3),
+        "ms_per_model_ms": (wall_s * 1000.0 / model_ms) if model_ms else None,
+        "bytes_per_synapse": per_syn,
+        "bytes_per_neuron": per_neuron,
+        "peak_bytes": stats.get("peak_bytes_in_use"),
+        "bytes_limit": limit,
+        "estimate_bytes": est["total"],
+        "finite": all(r["finite"] for r in records),
+        "calibration": calib,
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "windows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["finite"] else 1
