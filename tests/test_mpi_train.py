@@ -1,7 +1,7 @@
 """`mpirun -n P fumjax train --distributed` equals `fumjax train` in one process: every checkpoint (the whole
 trainer state after each unit: weights, thresholds, SIE memory, clusters, tags, growth), every metrics
 record (correctness, reward components, clusters, output spikes per window) and the validation accuracies;
-a run resumed from its checkpoints on another number of ranks continues exactly.
+a run resumed from its checkpoints on another number of ranks, or in one process, continues exactly.
 
 The config is small but reaches every mechanism between chunks: growth (phase 2), persistence tags, decay,
 SOC eta interventions and self-supervised reward (phase 3), k-means re-clustering, a held-out domain."""
@@ -138,3 +138,14 @@ def test_resume_on_three_ranks_continues_exactly(single, two_ranks, toml, tmp_pa
     _assert_same_run(run, single, range(4, UNITS + 1))
     assert json.loads(lines[-1])["ranks"] == 3
     assert json.loads(np.load(run / "ckpt/ckpt-0000000005.npz")["__meta__"].tobytes())["meta"]["ranks"] == 3
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(single, two_ranks, toml, tmp_path):
+    """Checkpoints hold no partition: `fumjax train --resume` (no MPI) continues the 2-rank run exactly."""
+    run = tmp_path / "run"
+    shutil.copytree(two_ranks[0], run)
+    for u in (3, 4, 5):
+        (run / f"ckpt/ckpt-{u:010d}.npz").unlink()
+    argv = ["train", "--config", str(toml), "--out", str(run), "--no-progress", "--no-plots", "--resume"]
+    assert main(argv) == 0
+    _assert_same_run(run, single, range(3, UNITS + 1))

@@ -70,10 +70,12 @@ class MpiTrainEngine:
         self.ex = Exchanger(comm, timeout_s)
         self.rank, self.size = self.ex.rank, self.ex.size
         self.timeout_s = float(timeout_s)
+        self._compile_timeout_s = max(self.timeout_s, 600.0)  # ranks compile at different speeds
         self.partition_seed = int(partition_seed)
         self.run: MpiRun | None = None
         self._net: Network | None = None
         self._programs: dict = {}
+        self._predicted: set[int] = set()  # item counts answered before
         self.sync_s = 0.0  # all-gathering the parts' states after each chunk
         self.predict_s = 0.0  # this rank's share of the validation answers, and gathering them
         self.chunks = 0
@@ -96,6 +98,7 @@ class MpiTrainEngine:
         key = (cfg, spec, items["x"].shape)
         if key not in self._programs:
             self._programs[key] = self._chunk_program(cfg, spec).lower(*args).compile()
+            self.ex.barrier("compiling the chunk program", timeout_s=self._compile_timeout_s)
         n_steps = items["x"].shape[0] * cfg.run.window_steps
         (part_state, sie, _, prev_c), log = run._timed(lambda: self._programs[key](*args), n_steps)
         t0 = time.perf_counter()
@@ -119,7 +122,10 @@ class MpiTrainEngine:
                 readout.predict(state, consts, x[lo:hi], dom[lo:hi], seed, first + lo, cfg=cfg, spec=spec),
                 np.int32,
             )
-        got = self.ex.allgather_bytes(mine, f"answers on {m} items")
+        first_call = m not in self._predicted  # then a rank may still be compiling its slice's program
+        self._predicted.add(m)
+        timeout_s = self._compile_timeout_s if first_call else None
+        got = self.ex.allgather_bytes(mine, f"answers on {m} items", timeout_s=timeout_s)
         self.predict_s += time.perf_counter() - t0
         return np.concatenate([g.view(np.int32) for g in got])
 

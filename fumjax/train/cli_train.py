@@ -185,7 +185,7 @@ def run_train(args: argparse.Namespace, engine=None) -> int:
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, out / "summary.json")
     ranks = ""
-    if distributed:
+    if distributed.get("step_ms_per_rank"):
         per_rank = zip(distributed["step_ms_per_rank"], distributed["exchange_share_per_rank"], strict=True)
         ranks = "; " + ", ".join(
             f"rank {q} {ms:.3f} ms/step ({100 * share:.1f}% exchange)"
