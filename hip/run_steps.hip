@@ -1211,6 +1211,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // Per step only spiking neurons' synapses are touched: O(N + spikes * K); the handler allocates nothing.
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
+constexpr int kMultiU = 4;  // synapses per lane in flight in the synapse kernel
 
 template <typename T>
 struct alignas(2 * sizeof(T)) Pair {
@@ -1310,34 +1311,81 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
       const uint8_t code_j = __ldg(a.excitatory + j);
       const bool learn = plastic && code_j != 2;
       const T ltp_j = plastic ? pre_info[j].a : T(0);
-      for (int64_t k = k0 + lane; k < k1; k += FUMJAX_WARP) {
-        const int32_t i = __ldg(a.post + k);
-        if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-        const T wk = Ld(a.w[k]);
-        int32_t rs = slot;
-        if (d > 1) {
-          const int32_t dk = __ldg(a.delay + k);
-          if (dk < 1 || dk > d) continue;
-          rs = slot + dk;
-          if (rs >= d) rs -= d;
+      // kMultiU synapses per lane in flight: every stage's loads of the kMultiU are issued before any is used (the
+      // stores of one batch would otherwise keep the compiler from starting the next batch's loads).
+      for (int64_t kb = k0; kb < k1; kb += kMultiU * FUMJAX_WARP) {
+        int64_t kk[kMultiU];
+        int32_t ii[kMultiU], rr[kMultiU];
+        T ww[kMultiU];
+#pragma unroll
+        for (int u = 0; u < kMultiU; ++u) {
+          kk[u] = kb + u * FUMJAX_WARP + lane;
+          ii[u] = -1;
+          rr[u] = 1;
+          if (kk[u] < k1) {
+            ii[u] = __ldg(a.post + kk[u]);
+            ww[u] = Ld(a.w[kk[u]]);
+            if (d > 1) rr[u] = __ldg(a.delay + kk[u]);
+          }
         }
-        atomicAdd(a.ring + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, wk));
-        if (learn) {
-          const Pair<T> pi = post_info[i];
-          const T diff = Sub(pi.b != T(0) ? ltp_j : T(0), Mul(a.a_minus, pi.a));
-          ApplyDw(a, k, code_j == 1 ? diff : -diff, rstdp, inv, wk);
+        Pair<T> pi[kMultiU];
+#pragma unroll
+        for (int u = 0; u < kMultiU; ++u) {
+          const bool ok = static_cast<uint32_t>(ii[u]) < static_cast<uint32_t>(n) && rr[u] >= 1 && rr[u] <= d;
+          if (!ok) ii[u] = -1;
+          if (learn && ok) pi[u] = post_info[ii[u]];
+        }
+#pragma unroll
+        for (int u = 0; u < kMultiU; ++u) {
+          if (ii[u] < 0) continue;
+          int32_t rs = slot;
+          if (d > 1) {
+            rs = slot + rr[u];
+            if (rs >= d) rs -= d;
+          }
+          atomicAdd(a.ring + static_cast<int64_t>(rs) * n + ii[u], Mul(a.g_syn, ww[u]));
+          if (learn) {
+            const T diff = Sub(pi[u].b != T(0) ? ltp_j : T(0), Mul(a.a_minus, pi[u].a));
+            ApplyDw(a, kk[u], code_j == 1 ? diff : -diff, rstdp, inv, ww[u]);
+          }
         }
       }
       if (plastic) {
         const int64_t p0 = __ldg(a.in_ptr + j), p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + j + 1)), e);
-        for (int64_t p = p0 + lane; p < p1; p += FUMJAX_WARP) {
-          const int64_t k = __ldg(a.in_syn + p);
-          if (k >= e) continue;
-          const Pair<T> q = pre_info[PreOfSlot(a, k)];
-          const int code = static_cast<int>(q.b);
-          if (code >= 2) continue;  // the pre spiked (its row did this synapse) or is static
-          const T diff = Sub(q.a, T(0));
-          ApplyDw(a, k, code == 1 ? diff : -diff, rstdp, inv, rstdp ? T(0) : Ld(a.w[k]));
+        for (int64_t pb = p0; pb < p1; pb += kMultiU * FUMJAX_WARP) {
+          int64_t kk[kMultiU];
+          int32_t jj[kMultiU];
+#pragma unroll
+          for (int u = 0; u < kMultiU; ++u) {
+            const int64_t p = pb + u * FUMJAX_WARP + lane;
+            kk[u] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
+          }
+#pragma unroll
+          for (int u = 0; u < kMultiU; ++u) {  // the bucket's row, then at most a few rows forward
+            jj[u] = kk[u] < e ? __ldg(a.pre_bucket + (kk[u] >> a.pre_shift)) : -1;
+            jj[u] = jj[u] >= n ? n - 1 : jj[u];
+          }
+#pragma unroll
+          for (int u = 0; u < kMultiU; ++u) {
+            if (jj[u] < 0) continue;
+            while (jj[u] + 1 < n && static_cast<int64_t>(__ldg(a.row_ptr + jj[u] + 1)) <= kk[u]) ++jj[u];
+          }
+          Pair<T> q[kMultiU];
+          T wk[kMultiU];
+#pragma unroll
+          for (int u = 0; u < kMultiU; ++u) {
+            if (jj[u] < 0) continue;
+            q[u] = pre_info[jj[u]];
+            wk[u] = rstdp ? T(0) : Ld(a.w[kk[u]]);
+          }
+#pragma unroll
+          for (int u = 0; u < kMultiU; ++u) {
+            if (jj[u] < 0) continue;
+            const int code = static_cast<int>(q[u].b);
+            if (code >= 2) continue;  // the pre spiked (its row did this synapse) or is static
+            const T diff = Sub(q[u].a, T(0));
+            ApplyDw(a, kk[u], code == 1 ? diff : -diff, rstdp, inv, wk[u]);
+          }
         }
       }
     }
