@@ -127,17 +127,17 @@ def test_two_ranks_equal_single_process(single, two_ranks):
     assert len(lines) == 2  # rank 0 prints, the others do not
 
 
-def test_resume_on_three_ranks_continues_exactly(single, two_ranks, toml, tmp_path):
-    """The 2-rank run's checkpoint after unit 3, resumed on 3 ranks, finishes as the single process did."""
+def test_resume_on_four_ranks_continues_exactly(single, two_ranks, toml, tmp_path):
+    """The 2-rank run's checkpoint after unit 3, resumed on 4 ranks, finishes as the single process did."""
     run = tmp_path / "run"
     shutil.copytree(two_ranks[0], run)
     for u in (4, 5):
         (run / f"ckpt/ckpt-{u:010d}.npz").unlink()
     (run / "summary.json").unlink()
-    lines = _launch(_train_cmd(3, toml, run, "--resume"))
+    lines = _launch(_train_cmd(4, toml, run, "--resume"))
     _assert_same_run(run, single, range(4, UNITS + 1))
-    assert json.loads(lines[-1])["ranks"] == 3
-    assert json.loads(np.load(run / "ckpt/ckpt-0000000005.npz")["__meta__"].tobytes())["meta"]["ranks"] == 3
+    assert json.loads(lines[-1])["ranks"] == 4
+    assert json.loads(np.load(run / "ckpt/ckpt-0000000005.npz")["__meta__"].tobytes())["meta"]["ranks"] == 4
 
 
 def test_two_rank_checkpoint_resumes_in_one_process(single, two_ranks, toml, tmp_path):
