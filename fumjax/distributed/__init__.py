@@ -1,5 +1,5 @@
 """Distribution layer: METIS partitioning, splitting a network into parts, sharded multi-device runs, exact
-MPI runs (one rank per part)."""
+MPI runs (one rank per part) and MPI training."""
 
 from fumjax.distributed.partition import (
     Partition,
@@ -16,6 +16,7 @@ from fumjax.distributed.partition import (
 
 __all__ = [
     "MpiRun",
+    "MpiTrainEngine",
     "Partition",
     "ShardedRun",
     "cut_fraction",
@@ -41,4 +42,8 @@ def __getattr__(name: str):
         from fumjax.distributed.mpi_runner import MpiRun
 
         return MpiRun
+    if name == "MpiTrainEngine":
+        from fumjax.distributed.mpi_train import MpiTrainEngine
+
+        return MpiTrainEngine
     raise AttributeError(f"module 'fumjax.distributed' has no attribute {name!r}")

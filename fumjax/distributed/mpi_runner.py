@@ -268,7 +268,7 @@ class MpiRun:
                 f"i_ext_mV has shape {i_ext_mV.shape}, expected (T >= 1, {n_p}) for rank {self.rank}"
             )
         fn = self._call(("run", i_ext_mV.shape[0]), self._run_program(), self.local, state, i_ext_mV)
-        state, spikes = self._timed(fn, i_ext_mV.shape[0])
+        state, spikes = self.timed(fn, i_ext_mV.shape[0])
         return state, spikes
 
     def end_window(self, state: State, reward: float | Array) -> State:
@@ -285,7 +285,7 @@ class MpiRun:
             raise ValueError(f"n_windows = {n_windows}: must be >= 1")
         prog = self._driven_program(n_windows, record_spikes)
         fn = self._call(("driven", n_windows, record_spikes), prog, self.local, state)
-        state, (out, rewards) = self._timed(fn, n_windows * self.cfg.run.window_steps)
+        state, (out, rewards) = self.timed(fn, n_windows * self.cfg.run.window_steps)
         return state, out, rewards
 
     def compile(
@@ -391,8 +391,9 @@ class MpiRun:
 
     # ---- compiled programs --------------------------------------------------------------------------
 
-    def _steps(self, net: Network, state: State, i_ext: Array) -> tuple[State, Array]:
-        """T = i_ext.shape[0] steps, one exchange per exchange_every steps: (state, spikes (T, n_p))."""
+    def steps(self, net: Network, state: State, i_ext: Array) -> tuple[State, Array]:
+        """T = i_ext.shape[0] steps of this part (net: its Network, i_ext: (T, n_p) mV), one exchange per
+        exchange_every steps; traceable (inside a jitted program). Returns (state, spikes (T, n_p))."""
         if self.exchange_every == 1:
             spec = jax.ShapeDtypeStruct((self.net.n_neurons,), jnp.uint8)
             cfg, mode, backend = self.cfg, self.mode, self.backend
@@ -440,7 +441,7 @@ class MpiRun:
 
     @functools.cache  # noqa: B019 - one program per MpiRun
     def _run_program(self):
-        return jax.jit(self._steps)
+        return jax.jit(self.steps)
 
     @functools.cache  # noqa: B019
     def _driven_program(self, n_windows: int, record_spikes: bool):
@@ -449,7 +450,7 @@ class MpiRun:
         def program(net: Network, state: State):
             def window(s: State, _):
                 drive = self.background_current(s, t_win)
-                s, spikes = self._steps(net, s, drive)
+                s, spikes = self.steps(net, s, drive)
                 local_rates = running_rate_hz(s, cfg)
                 spec = jax.ShapeDtypeStruct((self.net.n_neurons,), local_rates.dtype)
                 rates = io_callback(self._gather_rates, spec, local_rates, s.step, ordered=True)
@@ -466,7 +467,9 @@ class MpiRun:
             self._compiled[key] = prog.lower(*args).compile()
         return functools.partial(self._compiled[key], *args)
 
-    def _timed(self, fn, n_steps: int):
+    def timed(self, fn, n_steps: int):
+        """fn() (a compiled run of n_steps steps of this part) run to completion, its wall and CPU time
+        counted in the statistics."""
         t0, c0 = time.perf_counter(), time.process_time()
         out = jax.block_until_ready(fn())
         self.run_s += time.perf_counter() - t0

@@ -100,7 +100,7 @@ class MpiTrainEngine:
             self._programs[key] = self._chunk_program(cfg, spec).lower(*args).compile()
             self.ex.barrier("compiling the chunk program", timeout_s=self._compile_timeout_s)
         n_steps = items["x"].shape[0] * cfg.run.window_steps
-        (part_state, sie, _, prev_c), log = run._timed(lambda: self._programs[key](*args), n_steps)
+        (part_state, sie, _, prev_c), log = run.timed(lambda: self._programs[key](*args), n_steps)
         t0 = time.perf_counter()
         got = self.ex.allgather_obj(_numpy_fields(part_state), f"the states after chunk {self.chunks}")
         whole = merge_states(
@@ -198,7 +198,7 @@ class MpiTrainEngine:
             local = readout.learning_arrays(consts, spec, (members, syn, net_p))
 
             def simulate(s: State, i_ext):
-                s, spikes = run._steps(net_p, s, jnp.take(i_ext, members, axis=1))
+                s, spikes = run.steps(net_p, s, jnp.take(i_ext, members, axis=1))
                 counts = spikes.sum(0, dtype=jnp.int32)
                 out_steps = jnp.where(is_out[None, :], spikes, 0).sum(1, dtype=jnp.int32)
                 total = io_callback(gather_counts, out_spec, counts, out_steps, ordered=True)
