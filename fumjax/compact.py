@@ -4,11 +4,14 @@
 slot s is found from `pre_bucket[s >> PRE_SHIFT]` and `row_ptr`. Weights and eligibility live in the State.
 
 `build_compact` draws the same graph distribution as :func:`fumjax.network.sample_distance_graph` (each
-neuron takes K distinct partners != itself, successively without replacement, p ∝ exp(-d/sigma)), but from
-another random stream (jax.random, not numpy), and restricted to partners within a truncation radius R
-chosen so that exact sampling would put at most a fraction `tail_tol` of the partners beyond R (see
-:func:`truncation_radius`). Inside the window the sampling is exact: Gumbel-top-K (smallest K of
-Exp(1) * exp(d/sigma)) over every valid grid cell.
+neuron takes K distinct partners != itself, successively without replacement, p ∝ exp(-d/sigma)) from
+another random stream: a counter-based hash of (seed, post, offset) on the device instead of numpy's
+generator, so a seed gives another graph than a regular Network's, the same one for any block size (and on
+any device up to the rounding of float32 log). Partners are restricted to a window of radius R chosen so
+that exact sampling would put at most a fraction `tail_tol` (default 1e-4) of an edge neuron's partners
+beyond R (:func:`truncation_radius`; R = 64 at K = 500, sigma = 5); those partners are drawn inside the
+window instead. When R reaches the grid's side the window is the whole grid and the law is exact. Inside
+the window the sampling is exact: Gumbel-top-K (the K smallest log Exp(1) + d/sigma) over every valid cell.
 
 Layout of the build (jax x64 is off, so no jax index may exceed 2^31 - 1; every device array here is 2-D or
 smaller than 2^31 elements): (1) per block of posts, the K chosen offsets (into a table of grid offsets sorted
@@ -249,6 +252,7 @@ def _expected_beyond(k: int, sigma: float, radii: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
+@functools.lru_cache(maxsize=32)
 def truncation_radius(k: int, sigma: float, tail_tol: float) -> tuple[int, float]:
     """Smallest integer radius R (grid units) such that exact sampling of K partners would place at most a
     fraction tail_tol of them beyond R, for a neuron on a grid edge (a half plane, i.e. 2K partners on

@@ -125,10 +125,28 @@ def _group(state, net, n_windows: int, cfg: FumConfig, mode: str, backend: str):
     return state, counts.sum(axis=1, dtype=jnp.int32)
 
 
-@jax.jit
-def _weight_stats(w):
-    w = w.astype(jnp.float32)
-    return jnp.stack([w.mean(), w.std(), w.min(), w.max()]), jnp.isfinite(w).all()
+_STATS_CHUNK = 1 << 28  # synapses per weight-statistics reduction
+
+
+@functools.partial(jax.jit, static_argnames=("a", "b"))
+def _chunk_stats(w, a: int, b: int):
+    """(sum, sum of squares, min, max) of w[a:b] in float32 and whether all are finite; a static slice, so
+    no E-sized float32 copy and no index above 2^31 in the program."""
+    x = w[a:b].astype(jnp.float32)
+    return jnp.stack([x.sum(), jnp.square(x).sum(), x.min(), x.max()]), jnp.isfinite(x).all()
+
+
+def weight_stats(w) -> tuple[list[float], bool]:
+    """[mean, std, min, max] of the weights (E,) and whether all are finite, reduced on the device in
+    chunks of _STATS_CHUNK and combined in float64 on the host."""
+    e = int(w.shape[0])
+    parts = [_chunk_stats(w, a, min(a + _STATS_CHUNK, e)) for a in range(0, e, _STATS_CHUNK)]
+    st = np.array([np.asarray(p[0], np.float64) for p in parts])
+    mean = st[:, 0].sum() / e
+    var = max(st[:, 1].sum() / e - mean * mean, 0.0)
+    return [float(mean), math.sqrt(var), float(st[:, 2].min()), float(st[:, 3].max())], all(
+        bool(p[1]) for p in parts
+    )
 
 
 def _rate_hz(spikes: int, n: int, n_windows: int, cfg: FumConfig) -> float:
@@ -289,8 +307,7 @@ def _scale(args: argparse.Namespace) -> int:
             compile_s = dt  # the first group compiles; later groups of another size compile too (one more)
         else:
             wall_s += dt
-        ws, finite = _weight_stats(state.w)
-        ws = [float(x) for x in np.asarray(ws)]
+        ws, finite = weight_stats(state.w)
         rate = _rate_hz(int(counts.sum()), n, g, cfg)
         spikes_total += int(counts.sum())
         done += g
