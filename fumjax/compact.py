@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -525,29 +526,42 @@ def build_compact(
     cfg: FumConfig | None = None,
     tail_tol: float = 1e-4,
     block_elements: int = 1 << 28,
+    timings: dict[str, float] | None = None,
 ) -> CompactNetwork:
     """Distance-biased CompactNetwork: N neurons, in-degree exactly K, partners ∝ exp(-d/sigma_grid).
 
     Neuron parameters as network.neuron_parameters with cfg.neuron's distributions (same stream as a
     regular Network of this seed). tail_tol: see truncation_radius; block_elements bounds the (posts x K)
     entries of one pre block's sort (device temporaries ~ 32 bytes each). The graph is a pure function of
-    (n, k, sigma_grid, seed, tail_tol), independent of block_elements and of the device.
+    (n, k, sigma_grid, seed, tail_tol), independent of block_elements. timings: if given, receives the
+    seconds of each phase (plan, sample, csr, put).
     """
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = now - clock[0]
+        clock[0] = now
+
     cfg = cfg or FumConfig()
     plan = build_plan(
         n_neurons, k_per_neuron, sigma_grid=sigma_grid, tail_tol=tail_tol, block_elements=block_elements
     )
     dists = {f: getattr(cfg.neuron, f) for f in _NEURON_DISTRIBUTION_KEYS}
     exc, tau, v_th = neuron_parameters(plan.n_neurons, **dists, seed=seed)
+    lap("plan")
     sel = _sample_all(plan, float(sigma_grid), seed)
+    lap("sample")
     row_ptr, post, in_syn = _csr_all(plan, sel)
     del sel
+    lap("csr")
     e = plan.n_neurons * plan.k
     post_j = jax.device_put(post)
     del post
     in_syn_j = jax.device_put(in_syn)
     del in_syn
-    return CompactNetwork(
+    net = CompactNetwork(
         row_ptr=jnp.asarray(row_ptr.astype(np.uint32)),
         post=post_j,
         in_ptr=jnp.asarray((np.arange(plan.n_neurons + 1, dtype=np.int64) * plan.k).astype(np.uint32)),
@@ -558,3 +572,6 @@ def build_compact(
         v_th_mV=jnp.asarray(v_th),
         n_neurons=plan.n_neurons,
     )
+    jax.block_until_ready(net)
+    lap("put")
+    return net
