@@ -375,7 +375,8 @@ def _partner_keys(seed: Array, q: Array, d_over_sigma: Array) -> Array:
     o = jnp.arange(d_over_sigma.shape[0], dtype=jnp.uint32)
     h = _fmix32(seed ^ (q.astype(jnp.uint32) * jnp.uint32(0x9E3779B1)))
     h = _fmix32(h[:, None] ^ (o[None, :] * jnp.uint32(0x27D4EB2F) + jnp.uint32(0x165667B1)))
-    u = ((h >> 8).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-24)  # (0, 1)
+    # 23 bits: (j + 0.5) 2^-23 is exact in float32 and < 1, so -log(u) > 0 (24 bits would round to 1.0)
+    u = ((h >> 9).astype(jnp.float32) + 0.5) * jnp.float32(2.0**-23)
     return jnp.log(-jnp.log(u)) + d_over_sigma[None, :]
 
 
