@@ -206,6 +206,7 @@ def add_scale_command(sub) -> None:
         "weight onto a neuron as in the default K = 100 network; at K = 500 unscaled weights run away)",
     )
     s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
+    s.add_argument("--estimate-only", action="store_true", help="print the memory estimate (JSON) and stop")
     s.set_defaults(func=_scale)
 
 
@@ -245,6 +246,9 @@ def _scale(args: argparse.Namespace) -> int:
     say = functools.partial(print, flush=True)
     est = estimate_device_bytes(n, k, cfg, tail_tol=args.tail_tol)
     limit = device_bytes_limit()
+    if args.estimate_only:
+        print(json.dumps({**est, "bytes_limit": limit, "max_gb": args.max_gb}))
+        return 0
     check_device_memory(est, max_gb=args.max_gb, bytes_limit=limit, what=f"N = {n}, K = {k}: ")
     dev = jax.devices()[0]
     say(f"fumjax scale: {n} x {k} = {n * k} synapses, {args.dtype}, on {dev.platform} ({dev.device_kind})")
