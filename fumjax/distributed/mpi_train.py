@@ -171,6 +171,7 @@ class MpiTrainEngine:
                 timeout_s=self.timeout_s,
             )
             self._net = net
+            self._programs = {}  # they hold the previous part
         return self.run
 
     def _chunk_program(self, cfg: FumConfig, spec: readout.ReadoutSpec):
