@@ -428,8 +428,8 @@ def _sample_block(seed, start, dx, dy, d_over_sigma, *, n, side, k, b, method):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block"))
-def _csr_block(sel_w, q0, a, n_rows, lin, base, *, k, block):
-    """CSR rows of pre block [a, a+block) from the window of posts q0..q0+nw-1 (first n_rows real).
+def _csr_block(sel_w, q0, a, lin, base, *, k, block):
+    """CSR rows of pre block [a, a+block) from the window of posts q0..q0+nw-1.
 
     Returns (post (nw*K,) int32 whose first E_b entries are the block's CSR, row_ptr_local (block+1,)
     int32, slot (nw, K) uint32: the CSR slot base + j of entry (q, k) if its pre is in the block, else 0).
@@ -437,7 +437,7 @@ def _csr_block(sel_w, q0, a, n_rows, lin, base, *, k, block):
     nw = sel_w.shape[0]
     q = q0 + jnp.arange(nw, dtype=jnp.int32)
     pre = q[:, None] + lin[sel_w.astype(jnp.int32)]
-    inb = (pre >= a) & (pre < a + block) & (jnp.arange(nw)[:, None] < n_rows)
+    inb = (pre >= a) & (pre < a + block)
     key = jnp.where(inb, pre - a, block).ravel()
     val = jnp.arange(nw * k, dtype=jnp.int32)
     skey, sval = jax.lax.sort((key, val), num_keys=1, is_stable=True)
@@ -469,13 +469,19 @@ def _sample_all(plan: BuildPlan, sigma: float, seed: int, method: str | None = N
     dxj, dyj, ds = jnp.asarray(dx), jnp.asarray(dy), jnp.asarray(d / np.float32(sigma))
     b = plan.sample_block
     ok_all = True
-    for start in range(0, n, b):
-        s, ok = _sample_block(
-            seed_u32, jnp.int32(start), dxj, dyj, ds, n=n, side=side, k=k, b=b, method=method
-        )
+    pending = None  # the previous block's device results, fetched after the next block is dispatched
+
+    def fetch(start, s, ok):
         stop = min(start + b, n)
         sel[start:stop] = np.asarray(s)[: stop - start]
-        ok_all &= bool(np.asarray(ok).all())
+        return bool(np.asarray(ok).all())
+
+    for start in range(0, n, b):
+        out = _sample_block(seed_u32, jnp.int32(start), dxj, dyj, ds, n=n, side=side, k=k, b=b, method=method)
+        if pending is not None:
+            ok_all &= fetch(*pending)
+        pending = (start, *out)
+    ok_all &= fetch(*pending)
     if not ok_all:
         raise RuntimeError(f"some neuron has fewer than K = {k} valid cells within radius {plan.radius}")
     return sel
@@ -491,28 +497,26 @@ def _csr_all(plan: BuildPlan, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     post = np.empty(e, np.int32)
     in_syn = np.zeros((n, k), np.uint32)
     nw = min(blk + 2 * halo, n)
-    window = np.zeros((nw, k), sel.dtype)
-    for a in range(0, n, blk):
-        q0 = max(0, min(a - halo, n - nw))  # a window of nw posts holding [a - halo, a + blk + halo)
-        rows = min(nw, n - q0)
-        window[:rows] = sel[q0 : q0 + rows]
-        base = int(row_ptr[a])
-        p, rp, slot = _csr_block(
-            jnp.asarray(window),
-            jnp.int32(q0),
-            jnp.int32(a),
-            jnp.int32(rows),
-            lin_j,
-            jnp.uint32(base),
-            k=k,
-            block=blk,
-        )
-        b1 = min(a + blk, n)
+
+    def fetch(a, q0, p, rp, slot):  # host part of block a (row_ptr[a] is known: blocks end in order)
+        b1, base = min(a + blk, n), int(row_ptr[a])
         rp = np.asarray(rp, np.int64)
         e_b = int(rp[b1 - a])
         row_ptr[a + 1 : b1 + 1] = base + rp[1 : b1 - a + 1]
         post[base : base + e_b] = np.asarray(p[:e_b])
-        np.add(in_syn[q0 : q0 + rows], np.asarray(slot)[:rows], out=in_syn[q0 : q0 + rows])
+        np.add(in_syn[q0 : q0 + nw], np.asarray(slot), out=in_syn[q0 : q0 + nw])
+
+    base = jnp.uint32(0)  # first slot of the block, kept on the device so the next block needs no fetch
+    pending = None
+    for a in range(0, n, blk):
+        q0 = max(0, min(a - halo, n - nw))  # a window of nw posts holding [a - halo, a + blk + halo)
+        window = jnp.asarray(np.ascontiguousarray(sel[q0 : q0 + nw]))
+        p, rp, slot = _csr_block(window, jnp.int32(q0), jnp.int32(a), lin_j, base, k=k, block=blk)
+        base = base + rp[blk].astype(jnp.uint32)
+        if pending is not None:
+            fetch(*pending)
+        pending = (a, q0, p, rp, slot)
+    fetch(*pending)
     if row_ptr[n] != e:
         raise RuntimeError(f"CSR build lost synapses: {row_ptr[n]} of {e}")
     return row_ptr, post, in_syn.reshape(e)

@@ -119,7 +119,8 @@ def test_build_invariants_and_block_independence():
 
 
 def test_sampling_methods_agree():
-    plan = build_plan(1200, 40)
+    plan = build_plan(4000, 20)
+    assert not plan.exact  # grid edges inside the window and cells cut off by it
     a = compact._sample_all(plan, 5.0, 2, "top_k")
     b = compact._sample_all(plan, 5.0, 2, "bisect")
     np.testing.assert_array_equal(a, b)
