@@ -195,7 +195,6 @@ def add_scale_command(sub) -> None:
     s.add_argument("--out", help="directory for summary.json and windows.jsonl (never overwritten)")
     s.add_argument("--config", help="TOML file of FumConfig sections (flags override it)")
     s.add_argument("--seed", type=int, help="seed of network and drive (default: config, 0)")
-    s.add_argument("--backend", choices=("fused", "reference"), default="fused")
     s.add_argument("--drive-hz", type=float, help="drive rate (Hz) to use: skips the calibration")
     s.add_argument("--calib-neurons", type=int, default=20_000, help="slice size of the calibration")
     s.add_argument("--group-windows", type=int, default=20, help="windows per printed group (default 20)")
@@ -217,7 +216,7 @@ def _config(args: argparse.Namespace) -> FumConfig:
             raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)}: must be >= 1")
     if not args.seconds > 0 or not args.rate_hz > 0:
         raise ValueError(f"--seconds = {args.seconds}, --rate-hz = {args.rate_hz}: both must be > 0")
-    run = {"dtype": args.dtype, "backend": args.backend}
+    run = {"dtype": args.dtype, "backend": "fused"}
     if args.seed is not None:
         run["seed"] = args.seed
     r = args.rate_hz
@@ -235,6 +234,18 @@ def _config(args: argparse.Namespace) -> FumConfig:
         run=run,
         intrinsic={"target_rate_min_hz": 0.5 * r, "target_rate_max_hz": 2.0 * r},
     )
+
+
+def _check_fused(state, net) -> None:
+    """A CompactNetwork runs only through the fused run_steps (the step-by-step path needs net.pre)."""
+    from fumjax.kernels import fused
+
+    if not fused.run_steps_supported(state, net):
+        raise RuntimeError(
+            "fumjax scale runs the fused run_steps kernel, which is unavailable here (needs fumjax._core on "
+            f"the CPU or fumjax._core_gpu on a GPU; platform {jax.default_backend()}): reinstall with "
+            "`pip install .` (CUDA toolkit present for the GPU build)"
+        )
 
 
 def _scale(args: argparse.Namespace) -> int:
@@ -269,7 +280,8 @@ def _scale(args: argparse.Namespace) -> int:
         slice_net = build_compact(
             n_cal, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=c_cal
         )
-        drive, calib = calibrate_drive(slice_net, c_cal, args.rate_hz, args.backend, log=say)
+        _check_fused(init_state(slice_net, c_cal), slice_net)
+        drive, calib = calibrate_drive(slice_net, c_cal, args.rate_hz, cfg.run.backend, log=say)
         del slice_net
     calib_s = time.perf_counter() - t0
     cfg = cfg.replace(drive={"rate_hz": drive})
@@ -286,6 +298,7 @@ def _scale(args: argparse.Namespace) -> int:
     # init_state's tau/v_th are the network's arrays: copy them, since _group donates the state
     state = state.replace(tau_ms=jnp.copy(state.tau_ms), v_th_mV=jnp.copy(state.v_th_mV))
     jax.block_until_ready(state)
+    _check_fused(state, net)
     build_s = time.perf_counter() - t0
     held_net = sum(net.nbytes.values())
     held_syn = int(state.w.nbytes + state.elig.nbytes)
@@ -304,7 +317,7 @@ def _scale(args: argparse.Namespace) -> int:
     while done < n_windows:
         g = min(args.group_windows, n_windows - done)
         t0 = time.perf_counter()
-        state, counts = _group(state, net, g, cfg, mode, args.backend)
+        state, counts = _group(state, net, g, cfg, mode, cfg.run.backend)
         counts = np.asarray(counts, np.int64)
         dt = time.perf_counter() - t0
         if done == 0:
@@ -337,7 +350,7 @@ def _scale(args: argparse.Namespace) -> int:
         "neurons": n,
         "synapses": e,
         "dtype": args.dtype,
-        "backend": args.backend,
+        "backend": cfg.run.backend,
         "platform": dev.platform,
         "device": dev.device_kind,
         "build_s": round(build_s, 3),
