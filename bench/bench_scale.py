@@ -9,12 +9,11 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    the reference ("measured device copy").
 2. the network: fumjax.compact.build_compact(N, K) where it exists (the compact layout), else a regular
    Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
-3. drive calibration: on a slice of min(N, --calib-neurons) neurons with the same K (the network itself
-   when N is at most that), the mean rate over
-   windows 3-4 of a run at each of 6 drive rates (cfg.drive.rate_hz 2.5..80 Hz, x2 apart), then 4
-   bisections in log(drive) between the pair that brackets each target; the low end (slice rate <= target)
-   wins, since just above it the network can run away a few windows later. The measured rate of the
-   timed run is what the bytes use, so a miss only moves the operating point (--drives skips all this).
+3. configuration and drive: those of `fumjax scale --k K --rate-hz R` for each target rate R: initial
+   weights scaled by min(1, 100/K), intrinsic plasticity's band [R/2, 2R], and the drive from
+   fumjax.train.scale.calibrate_drive on a slice of min(N, --calib-neurons) neurons with the same K (the
+   network itself when N is at most that). The measured rate of the timed run is what the bytes use, so a
+   miss only moves the operating point (--drives skips the calibration).
 4. per target rate: run_driven windows (default drive, SIE reward, rstdp learning, intrinsic plasticity;
    backend --backend) through fumjax.control.realtime.run_paced without sleeping: 2 warm-up windows
    (compile) excluded, then --windows windows, each timed to its results being ready; step time = median
@@ -43,7 +42,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -51,15 +49,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import fumjax
 from fumjax.config import FumConfig
 from fumjax.control.realtime import run_paced
 from fumjax.kernels.traffic import step_traffic
-
-CALIB_DRIVES_HZ = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
-CALIB_BISECTIONS = 4
+from fumjax.train.scale import calibrate_drive, weight_stats
 
 
 def log(msg: str) -> None:
@@ -120,63 +115,37 @@ def build(n: int, k: int, cfg: FumConfig, compact: bool):
     return fumjax.build_network(cfg), "regular"
 
 
-def slice_rate_hz(net, cfg: FumConfig, drive_hz: float, backend: str) -> float:
-    """Mean rate (Hz) over windows 3-4 of a 4-window run_driven at cfg.drive.rate_hz = drive_hz."""
-    c = cfg.replace(drive={"rate_hz": drive_hz})
-    state = fumjax.init_state(net, c)
-    _, counts, _ = fumjax.run_driven(state, net, 4, config=c, backend=backend)
-    counts = np.asarray(counts, np.int64)
-    return float(counts[2:].sum()) / (net.n_neurons * 2 * c.run.window_steps * c.neuron.dt_ms / 1000.0)
+def run_config(cfg: FumConfig, k: int, rate_hz: float) -> FumConfig:
+    """The network `fumjax scale --k K --rate-hz R` runs (fumjax/train/scale.py): initial weights scaled by
+    min(1, 100/K) and intrinsic plasticity's band set to [R/2, 2R]."""
+    scale = min(1.0, 100.0 / k)
+    cc = cfg.connectivity
+    return cfg.replace(
+        connectivity={
+            "k_per_neuron": k,
+            "w_exc_max": scale * cc.w_exc_max,
+            "w_inh_min": scale * cc.w_inh_min,
+        },
+        intrinsic={"target_rate_min_hz": 0.5 * rate_hz, "target_rate_max_hz": 2.0 * rate_hz},
+    )
 
 
 def calibrate(
     n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool, net=None
 ) -> dict:
-    """Drive rate (Hz) for each target network rate, from a slice of n neurons (see the module doc); net:
-    the slice when it is already built (the whole network when N is small)."""
+    """Drive rate (Hz) for each target rate: fumjax.train.scale.calibrate_drive on a slice of n neurons
+    (net: the slice when it is already built, e.g. the whole network when N is small)."""
     cfg = cfg.replace(neuron={"n_neurons": n})
-    layout = "given"
     if net is None:
-        net, layout = build(n, k, cfg, compact)
-    seen: dict[float, float] = {}
-
-    def rate(d: float) -> float:
-        if d not in seen:
-            seen[d] = slice_rate_hz(net, cfg, d, backend)
-            log(f"  calibration ({layout}, {n} x {k}): drive {d:.4g} Hz -> {seen[d]:.3f} Hz")
-        return seen[d]
-
-    for d in CALIB_DRIVES_HZ:
-        rate(d)
-    out = {}
-    for target in targets:
-        # The rate can jump by orders of magnitude between two grid drives (recurrent runaway): bisect the
-        # bracketing pair in log(drive) CALIB_BISECTIONS times and keep the low end (rate <= target): just
-        # above it the network can run away a few windows later.
-        lo = max((d for d, r in seen.items() if r <= target), default=None)
-        hi = min((d for d, r in seen.items() if r > target), default=None)
-        for _ in range(CALIB_BISECTIONS if lo is not None and hi is not None else 0):
-            mid = math.sqrt(lo * hi)
-            lo, hi = (mid, hi) if rate(mid) <= target else (lo, mid)
-        out[target] = lo if lo is not None else hi
-    return out
+        net, _ = build(n, k, cfg, compact)
+    return {t: calibrate_drive(net, run_config(cfg, k, t), t, backend, log=log)[0] for t in targets}
 
 
-@jax.jit
-def _weight_stats(w):
-    w = w.astype(jnp.float32)
-    return jnp.stack([w.mean(), w.std(), w.min(), w.max()]), jnp.isfinite(w).all()
-
-
-def weight_stats(w) -> tuple[list[float], bool]:
-    """[mean, std, min, max] of the weights and whether all are finite, reduced on the device."""
-    stats, finite = _weight_stats(w)
-    return [float(x) for x in np.asarray(stats)], bool(finite)
-
-
-def measure(net, cfg: FumConfig, drive_hz: float, windows: int, backend: str, profile: bool) -> dict:
+def measure(
+    net, cfg: FumConfig, target_hz: float, drive_hz: float, windows: int, backend: str, profile: bool
+) -> dict:
     """Time `windows` learning windows at the given drive; returns step time, rate and the byte model."""
-    c = cfg.replace(drive={"rate_hz": drive_hz})
+    c = run_config(cfg, round(net.n_synapses / net.n_neurons), target_hz).replace(drive={"rate_hz": drive_hz})
     state = fumjax.init_state(net, c)
     state, run = run_paced(
         state,
@@ -300,7 +269,7 @@ def main() -> None:
     results = []
     for target in list(drives)[: 1 if a.profile else None]:
         try:
-            r = measure(net, cfg, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
+            r = measure(net, cfg, target, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
         except Exception as exc:  # one shot on the device: record the failure and go on to the next rate
             log(f"target {target:g} Hz: FAILED {type(exc).__name__}: {exc}")
             results.append({"target_hz": target, "error": f"{type(exc).__name__}: {exc}"})
