@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 PRE_SHIFT = 9  # one pre_bucket entry per 512 CSR slots
-#: (posts x window cells) keys of one sampling block (device temporaries ~ 20 bytes each).
+#: (posts x window cells) keys of one sampling block (device temporaries ~ 24 bytes each).
 SAMPLE_BLOCK_KEYS = 1 << 25
 _STREAM_GRAPH, _STREAM_WEIGHTS = 1, 2  # jax.random / hash stream ids
 _U32_MAX = np.uint32(0xFFFFFFFF)
@@ -552,6 +552,8 @@ def build_compact(
         clock[0] = now
 
     cfg = cfg or FumConfig()
+    if int(seed) != seed or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2^32), got {seed}")
     plan = build_plan(
         n_neurons, k_per_neuron, sigma_grid=sigma_grid, tail_tol=tail_tol, block_elements=block_elements
     )
