@@ -145,3 +145,11 @@ def test_cli_realtime(capsys):
         "--steps = 120 with --realtime: must be a multiple of run.window_steps = 50"
         in capsys.readouterr().err
     )
+
+
+def test_scale_command_realtime(capsys):
+    argv = ["scale", "--neurons", "400", "--k", "20", "--seconds", "0.1", "--drive-hz", "15", "--realtime"]
+    assert main(argv) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert s["synapses"] == 400 * 20 and s["paced_chunks"] == 2 and s["model_ms"] == 100.0
+    assert s["wall_ms"] >= 100.0 and s["finite"] and s["drive_hz"] == 15.0

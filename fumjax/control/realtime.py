@@ -291,8 +291,8 @@ def add_realtime_argument(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=(
             "pace the run to the wall clock (1 ms of model time per ms) in chunks of one window; report the "
-            f"busy fraction, worst lag and overruns (the first {WARMUP_CHUNKS} chunks compile: run unpaced "
-            "before the paced --steps and excluded)"
+            f"busy fraction, worst lag and overruns (the first {WARMUP_CHUNKS} chunks compile: they run "
+            "unpaced before the paced model time and are excluded)"
         ),
     )
 

@@ -206,6 +206,9 @@ def add_scale_command(sub) -> None:
     )
     s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
     s.add_argument("--estimate-only", action="store_true", help="print the memory estimate (JSON) and stop")
+    from fumjax.control.realtime import add_realtime_argument  # lazily: the control layer sits after train
+
+    add_realtime_argument(s)
     s.set_defaults(func=_scale)
 
 
@@ -311,6 +314,18 @@ def _scale(args: argparse.Namespace) -> int:
         f"  build {build_s:.1f} s: {per_syn:.3f} B/synapse (post, in_syn, w, elig, pre_bucket), "
         f"{per_neuron:.1f} B/neuron; allocator peak {stats.get('peak_bytes_in_use', 0) / GB:.2f} GB"
     )
+
+    if args.realtime:  # paced to the wall clock instead of groups: busy fraction, lag, overruns
+        from fumjax.control.realtime import print_paced, run_paced
+
+        state, paced = run_paced(state, net, n_windows, config=cfg, plasticity=mode, backend=cfg.run.backend)
+        print_paced(paced, quiet=False)
+        ws, finite = weight_stats(state.w)
+        summary = {"neurons": n, "synapses": e, "dtype": args.dtype, "device": dev.device_kind}
+        summary |= {"build_s": round(build_s, 3), "drive_hz": drive, "bytes_per_synapse": per_syn}
+        summary |= {"w_mean_std_min_max": ws, "finite": finite and bool(jnp.isfinite(state.v_mV).all())}
+        print(json.dumps({**summary, **paced.summary()}), flush=True)
+        return 0 if summary["finite"] else 1
 
     records = []
     done, spikes_total, wall_s, compile_s = 0, 0, 0.0, 0.0
