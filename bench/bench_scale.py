@@ -1,4 +1,4 @@
-"""Bandwidth accounting of a learning run (issue 5 item 3): bytes a step must move vs a measured device copy.
+r"""Bandwidth accounting of a learning run (issue 5 item 3): bytes a step must move vs a measured device copy.
 
     python bench/bench_scale.py --neurons 20000 --k 100 --rates 1,5,10               # CPU, small N
     python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 1,5,10 --copy-gb 4  # H200
@@ -23,18 +23,21 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    the copy bandwidth (target >= 0.5), and the same for the 32-byte-sector count (the random-access
    penalty: a gathered 4-byte value costs a 32-byte sector).
 
-Nsight Compute on the GPU (kernel names: the fused GPU path's per-step kernels and XLA's fusions; check them
-first with `nsys profile --stats=true python bench/bench_scale.py ... --profile` or ncu --list below):
+Nsight Compute on the GPU. The fused GPU path for large N (hip/run_steps.hip, "multi") launches NeuronKernel
+and SynapseKernel once per step and FinalizeKernel once per window; the window pass (eligibility + reward
+over all E synapses, 8 B x E per window) and the drive are XLA fusions. `--profile` runs the build, one
+warm-up window (compile) and ONE more window, no copy test and no calibration (drive: --drives, else 15 Hz):
     python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 5 --profile
-runs the build, one calibration-free window to compile and ONE more window, nothing else; then e.g.
-    ncu --clock-control none -k regex:'Synapse|Neuron|RunSteps' --launch-skip 100 -c 4 --set full \
-        -o $OUT/scale_steps python bench/bench_scale.py <same args> --profile
-    ncu --clock-control none -k regex:'fusion' --launch-skip-before-match 0 -c 6 \
+    ncu --clock-control none -k regex:'NeuronKernel|SynapseKernel' --launch-skip 100 -c 4 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+        python bench/bench_scale.py <same args> --profile        # 2 steps of the second window
+    ncu --clock-control none -k regex:'fusion|Finalize' --launch-skip 0 -c 12 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        python bench/bench_scale.py <same args> --profile
-(--launch-skip 100 skips the first window's 2 x 50 per-step launches of a two-kernels-per-step path; the
-window pass is XLA fusions over all E synapses: the biggest byte mover at 8 B x E / 50 per step). Read
-Duration, DRAM Throughput, Memory Throughput and L2 Hit Rate off each kernel.
+        python bench/bench_scale.py <same args> --profile        # the window-end kernels
+(--launch-skip 100 skips the first window's 50 + 50 per-step launches; the second line also catches build
+fusions first: raise --launch-skip if the names show build kernels.) Read Duration, DRAM Throughput, L2 Hit
+Rate and the bytes read/written per kernel; `nsys profile --stats=true` on the same command lists every
+kernel's total time.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ from fumjax.config import FumConfig
 from fumjax.control.realtime import run_paced
 from fumjax.kernels.traffic import step_traffic
 from fumjax.train.scale import calibrate_drive, weight_stats
+
+# --profile without --drives: the drive that gave ~5 Hz in the CPU calibrations at K = 100 and 200 with the
+# 100/K weight scale (15.1-15.4 Hz and 14.8 Hz); the default 20 Hz drive runs those networks away (~370 Hz).
+PROFILE_DRIVE_HZ = 15.0
 
 
 def log(msg: str) -> None:
@@ -253,7 +260,7 @@ def main() -> None:
     if a.drives:
         drives = dict(zip(targets, [float(x) for x in a.drives.split(",")], strict=True))
     elif a.profile:
-        drives = {targets[0]: cfg.drive.rate_hz}
+        drives = {targets[0]: PROFILE_DRIVE_HZ}
     else:
         n_cal = min(a.neurons, a.calib_neurons)
         t0 = time.perf_counter()
