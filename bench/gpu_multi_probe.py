@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--neurons", type=int, default=1_000_000)
     p.add_argument("--k", type=int, default=500)
     p.add_argument("--dtype", default="float16")
-    p.add_argument("--mode", default="rstdp")
+    p.add_argument("--mode", default="rstdp", help="off, stdp or rstdp")
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--windows", type=int, default=6)
     p.add_argument("--drives", default="0.001,0.005,0.01")
@@ -104,7 +104,17 @@ def main() -> None:
         f"built N={a.neurons} K={a.k} E={net.n_synapses:.3e} in {t_build:.1f} s; {b['total']:.2f} B/syn",
         flush=True,
     )
-    run = jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, a.mode), donate_argnums=0)
+    # The network's arrays go in as arguments (captured, they would be compiled in as constants).
+    arrays = {k: v for k, v in vars(net).items() if isinstance(v, jax.Array)}
+    static = {k: v for k, v in vars(net).items() if k not in arrays}
+    step = jax.jit(
+        lambda s, arr, i: fused.run_steps(s, types.SimpleNamespace(**static, **arr), i, cfg, a.mode),
+        donate_argnums=0,
+    )
+
+    def run(s, i):
+        return step(s, arrays, i)
+
     n, T = a.neurons, a.window
     rows = []
     for pr in (float(x) for x in a.drives.split(",")):

@@ -67,6 +67,7 @@ using BFloat16 = __hip_bfloat16;
 
 #if !defined(FUMJAX_USE_HIP)
 #define hipMemcpyAsync cudaMemcpyAsync
+#define hipMemsetAsync cudaMemsetAsync
 #define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
 #define hipFuncSetAttribute cudaFuncSetAttribute
 #define hipFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
@@ -139,7 +140,7 @@ struct GpuArgs {
   int32_t* window_spikes;
   int32_t* step;
   uint8_t* spikes;  // (T, N)
-  T* work;          // (4, N) scratch of the multi path (an extra result, discarded by fused.py)
+  T* work;          // (4, N + 2) scratch of the multi path (an extra result, discarded by fused.py)
   // Read-only.
   const T* tau;
   const T* v_th;
@@ -1200,22 +1201,40 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // =====================================================================================================
 // Multi-kernel path (large networks: 7M neurons x 500 synapses on one GPU). Per step two launches:
 //   NeuronKernel (grid over N): the dense eligibility renormalization when due (the once-per-window pass
-//     over all E synapses, 16-byte vectors), input + LIF, spikes, and per neuron the values the synapse
-//     kernel needs from it, into the (4, N) scratch `work`: pre_info[j] = {a_plus * x_j*decay_x, code_j +
-//     4*spiked_j} and post_info[i] = {y_i*decay_y, spiked_i}; then the traces x' = fma(x, decay_x, s),
-//     y' = fma(y, decay_y, s) at once (the synapse kernel reads only the scratch).
-//   SynapseKernel (a warp per 32 neurons; it ballots the spiking ones): the outgoing row of each spiking
-//     pre j (transmission by global atomicAdd into the ring, STDP with post_info of the post, one random
-//     8- or 16-byte load) and its incoming list as a post (STDP of the synapses whose pre is silent and
-//     plastic: pre from pre_bucket/row_ptr, then pre_info, one random load each).
-// Per step only spiking neurons' synapses are touched: O(N + spikes * K); the handler allocates nothing.
+//     over all E synapses, 16-byte vectors), input + LIF, spikes; per neuron the one value each synapse pass
+//     needs from it, in the scratch `work`: pre_dw[j] (the in-list dw of a silent plastic pre, sign * a_plus
+//     * x_j*decay_x; NaN where j spiked -- its row does those synapses -- or is static) and post_yd[i]
+//     (y_i*decay_y, negated when i spiked: the traces are >= 0, so the sign bit carries the spike); then the
+//     traces x' = fma(x, decay_x, s), y' = fma(y, decay_y, s) at once. Spiking neurons are appended to a
+//     spike list (warp-aggregated atomics) with their LTP factor a_plus * x_j*decay_x.
+//   SynapseKernel (a fixed grid of warps looping over tasks): 2P tasks per listed spike -- P parts of its
+//     outgoing row (transmission by global atomicAdd into the ring, STDP with post_yd of the post) and P
+//     parts of its incoming list (STDP of the synapses whose pre is silent: pre from pre_bucket/row_ptr,
+//     then pre_dw) -- each a batch of kMultiU x 32 synapses with every stage's loads in flight together.
+//     P = ceil(E/N / (kMultiU x 32)): about one batch per task, so the work spreads over all warps whatever
+//     the rate (no warp walks a whole row while others idle).
+// The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
+// sums are order-free atomics already). Per step only spiking neurons' synapses are touched: O(N + spikes x
+// K); the handler allocates nothing (the scratch is an extra result of the call).
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
 constexpr int kMultiU = 4;  // synapses per lane in flight in the synapse kernel
 
+// Scratch layout in `work` ((4, N + 2) elements of T): pre_dw, post_yd, list_ltp (N T each), list_j (N
+// int32), then two spike counters (int32, by step parity).
 template <typename T>
-struct alignas(2 * sizeof(T)) Pair {
-  T a, b;
+struct MultiScratch {
+  T* pre_dw;
+  T* post_yd;
+  T* list_ltp;
+  int32_t* list_j;
+  int32_t* count;
+  __host__ __device__ MultiScratch(T* work, int64_t n)
+      : pre_dw(work),
+        post_yd(work + n),
+        list_ltp(work + 2 * n),
+        list_j(reinterpret_cast<int32_t*>(work + 3 * n)),
+        count(reinterpret_cast<int32_t*>(work + 3 * n) + n) {}
 };
 
 // elig[0, e) *= scale in T, rounded to W, in 16-byte vectors where elig is 16-byte aligned.
@@ -1241,14 +1260,18 @@ __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t g
   for (int64_t k = done + gid; k < e; k += stride) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
 }
 
+__device__ __forceinline__ float QuietNaN(float) { return __int_as_float(0x7fc00000); }
+__device__ __forceinline__ double QuietNaN(double) { return __longlong_as_double(0x7ff8000000000000ll); }
+
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, int32_t t) {
   const int32_t n = a.n;
   const int32_t s0 = *a.step;
   const int32_t s = s0 + t;
   const int32_t slot = FloorMod(s, a.d);
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;  // a multiple of the warp size
   const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int lane = threadIdx.x % FUMJAX_WARP;
   if (a.mode == 2) {
     const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
     if (c.renorm) RenormAll<T, W>(a.elig, a.e, Ld(a.gamma_pow[c.scale_idx]), gid, stride);
@@ -1256,31 +1279,51 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
   T* ring_now = a.ring + static_cast<int64_t>(slot) * n;
   const T* iext = a.i_ext + static_cast<int64_t>(t) * n;
   uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
-  Pair<T>* pre_info = reinterpret_cast<Pair<T>*>(a.work);
-  Pair<T>* post_info = pre_info + n;
-  for (int64_t i = gid; i < n; i += stride) {
-    const T cur = Add(ring_now[i], iext[i]);
-    ring_now[i] = T(0);
-    T v = a.v[i];
-    int32_t r = a.refrac[i];
-    const bool spiked = Lif(a, v, r, Div(a.dt, a.tau[i]), a.v_th[i], cur);
-    a.v[i] = v;
-    a.refrac[i] = r;
-    spk[i] = static_cast<uint8_t>(spiked);
-    if (spiked) a.window_spikes[i] += 1;
-    if (a.mode != 0) {
-      const T xi = a.x[i], yi = a.y[i], sp = static_cast<T>(spiked);
-      const int code = __ldg(a.excitatory + i);
-      pre_info[i] = Pair<T>{Mul(a.a_plus, Mul(xi, a.decay_x)), static_cast<T>(code + (spiked ? 4 : 0))};
-      post_info[i] = Pair<T>{Mul(yi, a.decay_y), sp};
-      a.x[i] = Fma(xi, a.decay_x, sp);
-      a.y[i] = Fma(yi, a.decay_y, sp);
+  MultiScratch<T> m(a.work, n);
+  int32_t* count = m.count + (t & 1);
+  for (int64_t i = gid; i - lane < n; i += stride) {  // whole warps iterate together (ballot below)
+    bool spiked = false;
+    T ltp = T(0);
+    if (i < n) {
+      const T cur = Add(ring_now[i], iext[i]);
+      ring_now[i] = T(0);
+      T v = a.v[i];
+      int32_t r = a.refrac[i];
+      spiked = Lif(a, v, r, Div(a.dt, a.tau[i]), a.v_th[i], cur);
+      a.v[i] = v;
+      a.refrac[i] = r;
+      spk[i] = static_cast<uint8_t>(spiked);
+      if (spiked) a.window_spikes[i] += 1;
+      if (a.mode != 0) {
+        const T xi = a.x[i], yi = a.y[i], sp = static_cast<T>(spiked);
+        const int code = __ldg(a.excitatory + i);
+        ltp = Mul(a.a_plus, Mul(xi, a.decay_x));
+        const T diff = Sub(ltp, T(0));
+        m.pre_dw[i] = (spiked || code == 2) ? QuietNaN(T(0)) : (code == 1 ? diff : -diff);
+        const T yd = Mul(yi, a.decay_y);
+        m.post_yd[i] = spiked ? -yd : yd;
+        a.x[i] = Fma(xi, a.decay_x, sp);
+        a.y[i] = Fma(yi, a.decay_y, sp);
+      }
+    }
+    const auto mask = __ballot_sync(FUMJAX_FULL_MASK, spiked);
+    if (mask) {
+      const int leader = __ffsll(static_cast<unsigned long long>(mask)) - 1;
+      int32_t base = 0;
+      if (lane == leader) base = atomicAdd(count, static_cast<int32_t>(__popcll(static_cast<unsigned long long>(mask))));
+      base = __shfl_sync(FUMJAX_FULL_MASK, base, leader);
+      if (spiked) {
+        const unsigned long long below = (1ull << lane) - 1ull;
+        const int32_t pos = base + __popcll(static_cast<unsigned long long>(mask) & below);
+        m.list_j[pos] = static_cast<int32_t>(i);
+        m.list_ltp[pos] = ltp;
+      }
     }
   }
 }
 
 template <typename T, typename W>
-__global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, int32_t t) {
+__global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, int32_t t, int32_t parts) {
   const int32_t n = a.n, d = a.d;
   const int64_t e = a.e;
   const int32_t s0 = *a.step;
@@ -1293,30 +1336,29 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
     const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
     inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
   }
-  const uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
-  const Pair<T>* pre_info = reinterpret_cast<const Pair<T>*>(a.work);
-  const Pair<T>* post_info = pre_info + n;
+  MultiScratch<T> m(a.work, n);
+  const int64_t ns = m.count[t & 1];
+  if (blockIdx.x == 0 && threadIdx.x == 0) m.count[(t + 1) & 1] = 0;  // NeuronKernel(t + 1) appends there
   const int lane = threadIdx.x % FUMJAX_WARP;
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / FUMJAX_WARP);
-  for (int64_t g = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
-       g * FUMJAX_WARP < n; g += warps_total) {
-    const int64_t i_lane = g * FUMJAX_WARP + lane;
-    const bool mine = i_lane < n && spk[i_lane] != 0;
-    auto ballot = __ballot_sync(FUMJAX_FULL_MASK, mine);
-    while (ballot) {
-      const int b = __ffsll(static_cast<unsigned long long>(ballot)) - 1;
-      ballot &= ballot - 1;
-      const int32_t j = static_cast<int32_t>(g * FUMJAX_WARP + b);
+  const int32_t per_spike = plastic ? 2 * parts : parts;
+  constexpr int64_t kBatch = static_cast<int64_t>(kMultiU) * FUMJAX_WARP;
+  const int64_t n_tasks = ns * per_spike;
+  for (int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP; task < n_tasks;
+       task += warps_total) {
+    const int64_t sp = task / per_spike;
+    const int32_t part = static_cast<int32_t>(task - sp * per_spike);
+    const int32_t j = m.list_j[sp];
+    if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n)) continue;
+    if (part < parts) {  // outgoing row of j: transmission, then STDP (pre spiked)
       const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
       const uint8_t code_j = __ldg(a.excitatory + j);
       const bool learn = plastic && code_j != 2;
-      const T ltp_j = plastic ? pre_info[j].a : T(0);
-      // kMultiU synapses per lane in flight: every stage's loads of the kMultiU are issued before any is used (the
-      // stores of one batch would otherwise keep the compiler from starting the next batch's loads).
-      for (int64_t kb = k0; kb < k1; kb += kMultiU * FUMJAX_WARP) {
+      const T ltp_j = m.list_ltp[sp];
+      for (int64_t kb = k0 + part * kBatch; kb < k1; kb += parts * kBatch) {
         int64_t kk[kMultiU];
         int32_t ii[kMultiU], rr[kMultiU];
-        T ww[kMultiU];
+        T ww[kMultiU], yd[kMultiU];
 #pragma unroll
         for (int u = 0; u < kMultiU; ++u) {
           kk[u] = kb + u * FUMJAX_WARP + lane;
@@ -1328,12 +1370,11 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
             if (d > 1) rr[u] = __ldg(a.delay + kk[u]);
           }
         }
-        Pair<T> pi[kMultiU];
 #pragma unroll
         for (int u = 0; u < kMultiU; ++u) {
           const bool ok = static_cast<uint32_t>(ii[u]) < static_cast<uint32_t>(n) && rr[u] >= 1 && rr[u] <= d;
           if (!ok) ii[u] = -1;
-          if (learn && ok) pi[u] = post_info[ii[u]];
+          yd[u] = learn && ok ? m.post_yd[ii[u]] : T(0);
         }
 #pragma unroll
         for (int u = 0; u < kMultiU; ++u) {
@@ -1345,47 +1386,43 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
           }
           atomicAdd(a.ring + static_cast<int64_t>(rs) * n + ii[u], Mul(a.g_syn, ww[u]));
           if (learn) {
-            const T diff = Sub(pi[u].b != T(0) ? ltp_j : T(0), Mul(a.a_minus, pi[u].a));
+            const bool spk_i = signbit(yd[u]);
+            const T diff = Sub(spk_i ? ltp_j : T(0), Mul(a.a_minus, spk_i ? -yd[u] : yd[u]));
             ApplyDw(a, kk[u], code_j == 1 ? diff : -diff, rstdp, inv, ww[u]);
           }
         }
       }
-      if (plastic) {
-        const int64_t p0 = __ldg(a.in_ptr + j), p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + j + 1)), e);
-        for (int64_t pb = p0; pb < p1; pb += kMultiU * FUMJAX_WARP) {
-          int64_t kk[kMultiU];
-          int32_t jj[kMultiU];
+    } else {  // incoming list of j (a spiking post): STDP of the synapses whose pre is silent
+      const int32_t pp = part - parts;
+      const int64_t p0 = __ldg(a.in_ptr + j), p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + j + 1)), e);
+      for (int64_t pb = p0 + pp * kBatch; pb < p1; pb += parts * kBatch) {
+        int64_t kk[kMultiU];
+        int32_t jj[kMultiU];
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            const int64_t p = pb + u * FUMJAX_WARP + lane;
-            kk[u] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
-          }
+        for (int u = 0; u < kMultiU; ++u) {
+          const int64_t p = pb + u * FUMJAX_WARP + lane;
+          kk[u] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
+        }
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {  // the bucket's row, then at most a few rows forward
-            jj[u] = kk[u] < e ? __ldg(a.pre_bucket + (kk[u] >> a.pre_shift)) : -1;
-            jj[u] = jj[u] >= n ? n - 1 : jj[u];
-          }
+        for (int u = 0; u < kMultiU; ++u) {  // the bucket's row, then at most a few rows forward
+          jj[u] = kk[u] < e ? __ldg(a.pre_bucket + (kk[u] >> a.pre_shift)) : -1;
+          jj[u] = jj[u] >= n ? n - 1 : jj[u];
+        }
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] < 0) continue;
-            while (jj[u] + 1 < n && static_cast<int64_t>(__ldg(a.row_ptr + jj[u] + 1)) <= kk[u]) ++jj[u];
-          }
-          Pair<T> q[kMultiU];
-          T wk[kMultiU];
+        for (int u = 0; u < kMultiU; ++u) {
+          if (jj[u] < 0) continue;
+          while (jj[u] + 1 < n && static_cast<int64_t>(__ldg(a.row_ptr + jj[u] + 1)) <= kk[u]) ++jj[u];
+        }
+        T dw[kMultiU], wk[kMultiU];
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] < 0) continue;
-            q[u] = pre_info[jj[u]];
-            wk[u] = rstdp ? T(0) : Ld(a.w[kk[u]]);
-          }
+        for (int u = 0; u < kMultiU; ++u) {
+          dw[u] = jj[u] < 0 ? QuietNaN(T(0)) : m.pre_dw[jj[u]];
+          wk[u] = rstdp || jj[u] < 0 ? T(0) : Ld(a.w[kk[u]]);
+        }
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] < 0) continue;
-            const int code = static_cast<int>(q[u].b);
-            if (code >= 2) continue;  // the pre spiked (its row did this synapse) or is static
-            const T diff = Sub(q[u].a, T(0));
-            ApplyDw(a, kk[u], code == 1 ? diff : -diff, rstdp, inv, wk[u]);
-          }
+        for (int u = 0; u < kMultiU; ++u) {
+          if (isnan(dw[u])) continue;  // no synapse, or the pre spiked (its row did this synapse) or is static
+          ApplyDw(a, kk[u], dw[u], rstdp, inv, wk[u]);
         }
       }
     }
@@ -1671,13 +1708,17 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   int64_t grid_n_min = sm * 8;  // enough threads for the dense renormalization pass
   const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(
       std::max(grid_n, a.mode == 2 ? grid_n_min : int64_t{1}), 65535)));
-  const int64_t warps_needed = (static_cast<int64_t>(a.n) + FUMJAX_WARP - 1) / FUMJAX_WARP;
-  const int64_t warps_per_block = kMultiThreads / FUMJAX_WARP;
-  const unsigned grid_syn = static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>((warps_needed + warps_per_block - 1) / warps_per_block, 65535)));
+  // Synapse kernel: a full GPU of resident warps (8 blocks of 256 per SM) looping over the step's tasks.
+  const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * 8));
+  const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
+  const int32_t parts = static_cast<int32_t>(
+      std::min<int64_t>(16, std::max<int64_t>(1, (avg_k + kMultiU * FUMJAX_WARP - 1) / (kMultiU * FUMJAX_WARP))));
+  MultiScratch<T> m(a.work, a.n);
+  hipError_t err = hipMemsetAsync(m.count, 0, 2 * sizeof(int32_t), stream);
+  if (err != hipSuccess) return err;
   for (int32_t t = 0; t < a.t_steps; ++t) {
     NeuronKernel<T, W><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
-    SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t);
+    SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t, parts);
   }
   FinalizeKernel<T, W><<<1, 1, 0, stream>>>(a);
   return hipGetLastError();
@@ -1831,13 +1872,13 @@ ffi::Error RunStepsGpuDispatch(
       Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre_bucket, {n_buckets}) &&
       Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) &&
       Dims(excitatory, {n}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n}) &&
-      work->element_type() == dt_f && Dims(*work, {4, n});
+      work->element_type() == dt_f && Dims(*work, {4, n + 2});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); ring (D, N); "
         "w, elig, post, in_syn (E,); delay (E,) or (0,) with D = 1; pre_bucket ((E-1 >> pre_shift) + 1,); "
         "row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,); "
-        "work (4, N) in the state's dtype");
+        "work (4, N + 2) in the state's dtype");
   }
   const ffi::AnyBuffer ops[] = {v,    refrac,     x,    y,     ring,   w,      elig,   elig_t0,
                                 window_spikes, step, tau, v_th, i_ext, row_ptr, pre_bucket, post,
@@ -1921,5 +1962,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Ret<ffi::AnyBuffer>()   // window_spikes
                                   .Ret<ffi::AnyBuffer>()   // step
                                   .Ret<ffi::AnyBuffer>()   // spikes (T, N)
-                                  .Ret<ffi::AnyBuffer>(),  // work (4, N): multi-path scratch
+                                  .Ret<ffi::AnyBuffer>(),  // work (4, N + 2): multi-path scratch
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -296,18 +296,19 @@ def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
     captured from it, always runs the same kernels): cfg.run.gpu_path if the config has one, else
     FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster (auto: one persistent block where the network fits
     its shared memory, else multi); FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and
-    FUMJAX_GPU_CLUSTER_BODY = auto | pull for the cluster path. Change them, then jax.clear_caches()."""
+    FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for the cluster path (auto = event where it fits).
+    Change them, then jax.clear_caches()."""
     path = getattr(getattr(cfg, "run", None), "gpu_path", None) or os.environ.get(
         "FUMJAX_GPU_RUN_PATH", "auto"
     )
     if path not in _GPU_PATHS:
         raise ValueError(f"GPU run path {path!r}: must be one of {', '.join(_GPU_PATHS)}")
-    cluster = os.environ.get("FUMJAX_GPU_CLUSTER", "0")
-    body = os.environ.get("FUMJAX_GPU_CLUSTER_BODY", "auto")
-    if not cluster.isdigit() or not 0 <= int(cluster) <= 16 or body not in ("auto", "pull"):
+    cluster = os.environ.get("FUMJAX_GPU_CLUSTER", "") or "0"
+    body = os.environ.get("FUMJAX_GPU_CLUSTER_BODY", "") or "auto"
+    if not cluster.isdigit() or not 0 <= int(cluster) <= 16 or body not in ("auto", "event", "pull"):
         raise ValueError(
             f"FUMJAX_GPU_CLUSTER = {cluster!r} (want 0..16) / "
-            f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto or pull)"
+            f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto, event or pull)"
         )
     return dict(
         gpu_path=np.int32(_GPU_PATHS[path]),
@@ -376,10 +377,10 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     call = jax.ffi.ffi_call(
         RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
     )
-    # The GPU handler also returns a (4, N) scratch of the multi path (no allocation inside the handler).
+    # The GPU handler also returns a (4, N + 2) scratch of the multi path (no allocation inside the handler).
     call_gpu = jax.ffi.ffi_call(
         RUN_STEPS_TARGET,
-        out_types + (jax.ShapeDtypeStruct((4, n), dtype),),
+        out_types + (jax.ShapeDtypeStruct((4, n + 2), dtype),),
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
