@@ -130,6 +130,10 @@ def test_paced_run_rejects_a_bad_state_before_running():
     bad = state.replace(v_mV=state.v_mV.at[3].set(np.nan))
     with pytest.raises(ValueError, match="state.v_mV contains NaN or Inf"):
         run_paced(bad, net, 1, config=cfg)
+    with pytest.raises(ValueError, match=r"state.tau_ms has shape \(10,\)"):
+        run_paced(state.replace(tau_ms=state.tau_ms[:10]), net, 1, config=cfg)
+    with pytest.raises(ValueError, match="state.elig contains NaN or Inf"):
+        run_paced(state.replace(elig=state.elig.at[7].set(np.inf)), net, 1, config=cfg)
     with pytest.raises(ValueError, match="n_chunks = 0"):
         run_paced(state, net, 0, config=cfg)
 

@@ -233,6 +233,25 @@ def _unshare(state: State, network) -> State:
     return jax.tree_util.tree_map(lambda x: jnp.copy(x) if id(x) in shared else x, state)
 
 
+@jax.jit
+def _finite(state: State) -> dict:
+    return {
+        f.name: jnp.isfinite(x).all()
+        for f in dataclasses.fields(state)
+        if jnp.issubdtype((x := getattr(state, f.name)).dtype, jnp.floating)
+    }
+
+
+def _check(state: State, network, cfg: FumConfig) -> None:
+    """check_state before the first chunk (inside the jitted chunks its NaN/Inf checks cannot run): shapes
+    and dtypes on abstract values, then every float field's finiteness in one jitted reduction, so no
+    E-sized boolean temporary is made (at 7M x 500 each would be 3.5 GB)."""
+    jax.eval_shape(lambda s, net: check_state(s, net, cfg), state, network)
+    bad = [name for name, ok in _finite(state).items() if not bool(ok)]
+    if bad:
+        raise ValueError(f"state.{bad[0]} contains NaN or Inf")
+
+
 def run_paced(
     state: State,
     network,
@@ -260,7 +279,7 @@ def run_paced(
         raise ValueError(f"warmup_chunks = {warmup_chunks}: must be >= 0")
     if n_chunks < 1:
         raise ValueError(f"n_chunks = {n_chunks}: must be >= 1")
-    check_state(state, network, cfg)  # inside the jitted chunk the NaN/Inf checks cannot run
+    _check(state, network, cfg)
     chunk_ms = windows_per_chunk * cfg.run.window_steps * cfg.neuron.dt_ms
     st = _unshare(state, network)
     counts = []
