@@ -6,8 +6,11 @@
 //   eligibility:  e_hat' = fma(dw, inv_pow[step + 1 - t0], e_hat)
 //   everything else one rounding per operation (explicit _rn intrinsics, built with --fmad=false).
 //
-// Three execution paths, chosen per call from N, D and the dtype (FUMJAX_GPU_RUN_PATH=block|multi forces one;
-// cluster is opt-in, see its section below):
+// Three execution paths, chosen from N, D and the dtype, or by the attribute gpu_path (fused.py sets it at
+// trace time from FUMJAX_GPU_RUN_PATH = auto|block|multi|cluster; cluster is opt-in, see its section below).
+// Synapse operands (issue 5): row_ptr / in_ptr / in_syn uint32 (E < 2^32, 64-bit index arithmetic), post int32,
+// pre_bucket int32 + attribute pre_shift instead of a per-synapse pre (PreOfSlot), delay (E,) or (0,) = all 1;
+// w / elig / gamma^k in the state's dtype or float16 / bfloat16 with float32 state (Ld / St).
 //
 // * cluster (CUDA, compute capability >= 9.0): a thread-block cluster, synapses staged in shared memory by post,
 //   spike flags exchanged through distributed shared memory, one cluster barrier per step, inputs summed in
@@ -19,15 +22,18 @@
 //   spiking neuron (transmission by shared-memory atomicAdd into the ring, then STDP on the same synapse with
 //   the weight read before it) and its incoming list (STDP of synapses whose pre did not spike). Each synapse is
 //   updated by exactly one thread. 3 __syncthreads per step; no launches, no host round trips.
-// * multi: for large networks, per step a neuron kernel (grid over N; also the dense eligibility
-//   renormalization when due) and a synapse kernel (each warp takes 32 neurons, ballots the spiking ones and
-//   walks their outgoing rows and incoming lists together; global atomicAdd into the ring), then one
-//   finalize kernel. Everything is enqueued on XLA's stream: no host synchronization, no allocation, so the
-//   handler is CUDA-graph (command buffer) compatible.
+// * multi: for large networks (7M x 500), per step a neuron kernel (grid over N; also the dense eligibility
+//   renormalization when due; a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks:
+//   parts of each spike's outgoing row and incoming list; global atomicAdd into the ring), then one finalize
+//   kernel; its section below has the details. Everything is enqueued on XLA's stream: no host
+//   synchronization, no allocation (the scratch is an extra result), so the handler is CUDA-graph (command
+//   buffer) compatible.
 //
 // Trace bookkeeping: the reference uses xd = x*decay (rounded) inside STDP and stores fma(x, decay, spike).
-// Both paths keep x (pre-decay) during step t's STDP, compute xd on the fly, and apply fma(x, decay, spike_t)
-// at the start of step t+1 (or at the end of the call): the same operations on the same values.
+// The block and cluster paths keep x (pre-decay) during step t's STDP, compute xd on the fly, and apply
+// fma(x, decay, spike_t) at the start of step t+1 (or at the end of the call); the multi path stores the
+// decayed values its synapse kernel needs in the scratch and updates x, y at once: the same operations on
+// the same values.
 //
 // The eligibility clock is a closed form of (step, elig_t0) at the call's start, so no kernel needs a value
 // another kernel of the same step writes: renormalizations happen at r1, r1+K, r1+2K, ... with

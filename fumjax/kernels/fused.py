@@ -2,7 +2,8 @@
 
 `lif_step`: the LIF step, same signature and bit-exact semantics as :func:`fumjax.kernels.reference.lif_step`.
 `run_steps`: T whole steps of `fumjax.dynamics._simulate` (LIF, delayed transmission, STDP/eligibility) in
-one CPU call, bit-identical to the jitted reference backend.
+one call, on the CPU bit-identical to the jitted reference backend (on the GPU identical rasters, float state
+within a few ulp); it takes a `Network` or a `fumjax.compact.CompactNetwork`.
 The native handlers live in the compiled extensions ``fumjax._core`` (CPU) and, when built
 with a GPU toolkit, ``fumjax._core_gpu`` (CUDA or ROCm). Targets are registered lazily,
 once per process, on first use.
