@@ -10,8 +10,8 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
 2. the network: fumjax.compact.build_compact(N, K) where it exists (the compact layout), else a regular
    Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
 3. configuration and drive: those of `fumjax scale --k K --rate-hz R` for each target rate R: initial
-   weights scaled by min(1, 100/K), intrinsic plasticity's band [R/2, 2R], and the drive from
-   fumjax.train.scale.calibrate_drive on a slice of min(N, --calib-neurons) neurons with the same K (the
+   weights scaled by default_weight_scale(K) = min(1, 50/K), intrinsic plasticity's band [R/2, 2R], and the
+   drive from fumjax.train.scale.calibrate_drive on a slice of min(N, --calib-neurons) neurons with the same K (the
    network itself when N is at most that). The measured rate of the timed run is what the bytes use, so a
    miss only moves the operating point (--drives skips the calibration).
 4. per target rate: run_driven windows (default drive, SIE reward, rstdp learning, intrinsic plasticity;
@@ -57,10 +57,10 @@ import fumjax
 from fumjax.config import FumConfig
 from fumjax.control.realtime import run_paced
 from fumjax.kernels.traffic import step_traffic
-from fumjax.train.scale import calibrate_drive, weight_stats
+from fumjax.train.scale import calibrate_drive, default_weight_scale, weight_stats
 
 # --profile without --drives: the drive that gave ~5 Hz in the CPU calibrations at K = 100 and 200 with the
-# 100/K weight scale (15.1-15.4 Hz and 14.8 Hz); the default 20 Hz drive runs those networks away (~370 Hz).
+# former 100/K weight scale (15.1-15.4 Hz and 14.8 Hz); the default 20 Hz drive ran those networks away.
 PROFILE_DRIVE_HZ = 15.0
 
 
@@ -124,8 +124,8 @@ def build(n: int, k: int, cfg: FumConfig, compact: bool):
 
 def run_config(cfg: FumConfig, k: int, rate_hz: float) -> FumConfig:
     """The network `fumjax scale --k K --rate-hz R` runs (fumjax/train/scale.py): initial weights scaled by
-    min(1, 100/K) and intrinsic plasticity's band set to [R/2, 2R]."""
-    scale = min(1.0, 100.0 / k)
+    default_weight_scale(K) and intrinsic plasticity's band set to [R/2, 2R]."""
+    scale = default_weight_scale(k)
     cc = cfg.connectivity
     return cfg.replace(
         connectivity={

@@ -6,7 +6,7 @@ Before anything is allocated, `estimate_device_bytes` adds up every array the ru
 SIE self-benefit reward, rstdp eligibility + reward every window, intrinsic plasticity) in groups, the state
 donated between groups (no second copy of w/elig). The drive rate is calibrated on a slice with the same K
 so the network rate lands near --rate-hz, and intrinsic plasticity's band is set to [rate/2, 2 rate] so it
-holds the rate there. Initial weights are scaled by 100/K for K > 100 (see --weight-scale). The last line
+holds the rate there. Initial weights are scaled by 50/K for K > 50 (default_weight_scale). The last line
 of stdout is a JSON summary.
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "estimate_device_bytes",
     "check_device_memory",
     "calibrate_drive",
+    "default_weight_scale",
     "add_scale_command",
 ]
 
@@ -201,8 +202,7 @@ def add_scale_command(sub) -> None:
     s.add_argument(
         "--weight-scale",
         type=float,
-        help="multiplies connectivity.w_exc_max and w_inh_min (default min(1, 100/K): the summed initial "
-        "weight onto a neuron as in the default K = 100 network; at K = 500 unscaled weights run away)",
+        help="factor on connectivity.w_exc_max and w_inh_min (default min(1, 50/K): default_weight_scale)",
     )
     s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
     s.add_argument("--estimate-only", action="store_true", help="print the memory estimate (JSON) and stop")
@@ -210,6 +210,17 @@ def add_scale_command(sub) -> None:
 
     add_realtime_argument(s)
     s.set_defaults(func=_scale)
+
+
+def default_weight_scale(k_per_neuron: int) -> float:
+    """Factor on the initial weight bounds for K synapses per neuron: min(1, 50/K).
+
+    The summed initial weight onto a neuron then stays that of a K = 50 network. With 100/K the K = 500
+    network is bistable (20k x 500 on the CPU: drive 15.4 Hz -> 5 Hz, 16.8 Hz -> 180 Hz) and the 7M sheet
+    ran away from 6 to 321 Hz within a second on the H200; with 50/K the rate follows the drive smoothly
+    (14.1, 16.8, 18.3, 20 Hz -> 2.1, 4.8, 7.0, 10.1 Hz).
+    """
+    return min(1.0, 50.0 / k_per_neuron)
 
 
 def _config(args: argparse.Namespace) -> FumConfig:
@@ -223,7 +234,7 @@ def _config(args: argparse.Namespace) -> FumConfig:
     if args.seed is not None:
         run["seed"] = args.seed
     r = args.rate_hz
-    scale = min(1.0, 100.0 / args.k) if args.weight_scale is None else args.weight_scale
+    scale = default_weight_scale(args.k) if args.weight_scale is None else args.weight_scale
     if not scale > 0:
         raise ValueError(f"--weight-scale = {scale}: must be > 0")
     cc = cfg.connectivity
