@@ -11,9 +11,9 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
 3. configuration and drive: those of `fumjax scale --k K --rate-hz R` for each target rate R: initial
    weights scaled by default_weight_scale(K) = min(1, 50/K), intrinsic plasticity's band [R/2, 2R], and the
-   drive from fumjax.train.scale.calibrate_drive on a slice of min(N, --calib-neurons) neurons with the same K (the
-   network itself when N is at most that). The measured rate of the timed run is what the bytes use, so a
-   miss only moves the operating point (--drives skips the calibration).
+   drive from fumjax.train.scale.calibrate_drive on a slice of min(N, --calib-neurons) neurons with the same
+   K (the network itself when N is at most that). The measured rate of the timed run is what the bytes
+   use, so a miss only moves the operating point (--drives skips the calibration).
 4. per target rate: run_driven windows (default drive, SIE reward, rstdp learning, intrinsic plasticity;
    backend --backend) through fumjax.control.realtime.run_paced without sleeping: 2 warm-up windows
    (compile) excluded, then --windows windows, each timed to its results being ready; step time = median
