@@ -57,7 +57,7 @@ import fumjax
 from fumjax.config import FumConfig
 from fumjax.control.realtime import run_paced
 from fumjax.kernels.traffic import step_traffic
-from fumjax.train.scale import calibrate_drive, default_weight_scale, weight_stats
+from fumjax.train.scale import calibrate_drive, scale_config, weight_stats
 
 # --profile without --drives: the drive that gave ~5 Hz in the CPU calibrations at K = 100 and 200 with the
 # former 100/K weight scale (15.1-15.4 Hz and 14.8 Hz); the default 20 Hz drive ran those networks away.
@@ -122,21 +122,6 @@ def build(n: int, k: int, cfg: FumConfig, compact: bool):
     return fumjax.build_network(cfg), "regular"
 
 
-def run_config(cfg: FumConfig, k: int, rate_hz: float) -> FumConfig:
-    """The network `fumjax scale --k K --rate-hz R` runs (fumjax/train/scale.py): initial weights scaled by
-    default_weight_scale(K) and intrinsic plasticity's band set to [R/2, 2R]."""
-    scale = default_weight_scale(k)
-    cc = cfg.connectivity
-    return cfg.replace(
-        connectivity={
-            "k_per_neuron": k,
-            "w_exc_max": scale * cc.w_exc_max,
-            "w_inh_min": scale * cc.w_inh_min,
-        },
-        intrinsic={"target_rate_min_hz": 0.5 * rate_hz, "target_rate_max_hz": 2.0 * rate_hz},
-    )
-
-
 def calibrate(
     n: int, k: int, cfg: FumConfig, targets: list[float], backend: str, compact: bool, net=None
 ) -> dict:
@@ -145,14 +130,15 @@ def calibrate(
     cfg = cfg.replace(neuron={"n_neurons": n})
     if net is None:
         net, _ = build(n, k, cfg, compact)
-    return {t: calibrate_drive(net, run_config(cfg, k, t), t, backend, log=log)[0] for t in targets}
+    return {t: calibrate_drive(net, scale_config(cfg, k, t), t, backend, log=log)[0] for t in targets}
 
 
 def measure(
     net, cfg: FumConfig, target_hz: float, drive_hz: float, windows: int, backend: str, profile: bool
 ) -> dict:
     """Time `windows` learning windows at the given drive; returns step time, rate and the byte model."""
-    c = run_config(cfg, round(net.n_synapses / net.n_neurons), target_hz).replace(drive={"rate_hz": drive_hz})
+    c = scale_config(cfg, round(net.n_synapses / net.n_neurons), target_hz)
+    c = c.replace(drive={"rate_hz": drive_hz})
     state = fumjax.init_state(net, c)
     state, run = run_paced(
         state,

@@ -34,6 +34,7 @@ __all__ = [
     "check_device_memory",
     "calibrate_drive",
     "default_weight_scale",
+    "scale_config",
     "add_scale_command",
 ]
 
@@ -223,6 +224,23 @@ def default_weight_scale(k_per_neuron: int) -> float:
     return min(1.0, 50.0 / k_per_neuron)
 
 
+def scale_config(
+    cfg: FumConfig, k_per_neuron: int, rate_hz: float, weight_scale: float | None = None
+) -> FumConfig:
+    """cfg for K synapses per neuron at a target rate_hz (Hz): connectivity.k_per_neuron = K, the initial
+    weight bounds times weight_scale (default default_weight_scale(K)), intrinsic band [rate/2, 2 rate]."""
+    scale = default_weight_scale(k_per_neuron) if weight_scale is None else weight_scale
+    cc = cfg.connectivity
+    return cfg.replace(
+        connectivity={
+            "k_per_neuron": k_per_neuron,
+            "w_exc_max": scale * cc.w_exc_max,
+            "w_inh_min": scale * cc.w_inh_min,
+        },
+        intrinsic={"target_rate_min_hz": 0.5 * rate_hz, "target_rate_max_hz": 2.0 * rate_hz},
+    )
+
+
 def _config(args: argparse.Namespace) -> FumConfig:
     cfg = FumConfig.from_toml(args.config) if args.config else FumConfig()
     for name in ("neurons", "k", "group_windows", "calib_neurons"):
@@ -233,21 +251,11 @@ def _config(args: argparse.Namespace) -> FumConfig:
     run = {"dtype": args.dtype, "backend": "fused"}
     if args.seed is not None:
         run["seed"] = args.seed
-    r = args.rate_hz
-    scale = default_weight_scale(args.k) if args.weight_scale is None else args.weight_scale
-    if not scale > 0:
-        raise ValueError(f"--weight-scale = {scale}: must be > 0")
-    cc = cfg.connectivity
-    return cfg.replace(
-        neuron={"n_neurons": args.neurons},
-        connectivity={
-            "k_per_neuron": args.k,
-            "w_exc_max": scale * cc.w_exc_max,
-            "w_inh_min": scale * cc.w_inh_min,
-        },
-        run=run,
-        intrinsic={"target_rate_min_hz": 0.5 * r, "target_rate_max_hz": 2.0 * r},
-    )
+    if args.weight_scale is not None and not args.weight_scale > 0:
+        raise ValueError(f"--weight-scale = {args.weight_scale}: must be > 0")
+    # N and K in one replace: the config checks K <= N - 1
+    cfg = cfg.replace(neuron={"n_neurons": args.neurons}, connectivity={"k_per_neuron": args.k}, run=run)
+    return scale_config(cfg, args.k, args.rate_hz, args.weight_scale)
 
 
 def _check_fused(state, net) -> None:
