@@ -92,10 +92,12 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.realtime:
         if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
             raise ValueError("--realtime runs one process without checkpoints: drop the distributed flags")
-        from fumjax.control.realtime import simulate_realtime
-
-        return simulate_realtime(args, cfg)
-    if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
+        if args.steps % cfg.run.window_steps:
+            raise ValueError(
+                f"--steps = {args.steps} with --realtime: must be a multiple of run.window_steps = "
+                f"{cfg.run.window_steps} (the run is paced in chunks of one window)"
+            )
+    elif args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
         from fumjax.distributed.mpi_cli import simulate_distributed
 
         return simulate_distributed(args, cfg)
@@ -112,6 +114,35 @@ def _simulate(args: argparse.Namespace) -> int:
     state = fumjax.init_state(net, cfg)
     jax.block_until_ready(state)
     build_s = time.perf_counter() - t0
+    n = net.n_neurons
+    head = {
+        "neurons": n,
+        "synapses": net.n_synapses,
+        "steps": args.steps,
+        "backend": cfg.run.backend,
+        "plasticity": mode,
+        "seed": cfg.run.seed,
+    }
+
+    def finite(st) -> bool:
+        return bool(np.isfinite(np.asarray(st.w)).all() and np.isfinite(np.asarray(st.v_mV)).all())
+
+    if args.realtime:
+        from fumjax.control.realtime import print_paced, run_paced
+
+        state, paced = run_paced(state, net, args.steps // cfg.run.window_steps, config=cfg, plasticity=mode)
+        platform = jax.devices()[0].platform
+        summary = {**head, "finite": finite(state), "build_s": round(build_s, 4), "platform": platform}
+        summary.update(paced.summary())
+        if not args.json:
+            print(
+                f"fumjax simulate --realtime: {n} neurons, {net.n_synapses} synapses, "
+                f"backend {cfg.run.backend}, plasticity {mode}, platform {platform}"
+            )
+        print_paced(paced, quiet=args.json)
+        print(json.dumps(summary))
+        return 0
+
     w_start = np.asarray(state.w, np.float64)
 
     t_win = cfg.run.window_steps
@@ -135,19 +166,13 @@ def _simulate(args: argparse.Namespace) -> int:
     wall_s = time.perf_counter() - t0
 
     w_end = np.asarray(state.w, np.float64)
-    n = net.n_neurons
     summary = {
-        "neurons": n,
-        "synapses": net.n_synapses,
-        "steps": args.steps,
-        "backend": cfg.run.backend,
-        "plasticity": mode,
-        "seed": cfg.run.seed,
+        **head,
         "spike_count": spike_count,
         "mean_rate_hz": spike_count / (n * args.steps * cfg.neuron.dt_ms / 1000.0),
         "mean_abs_dw": float(np.abs(w_end - w_start).mean()),
         "mean_v_th_mV": float(np.asarray(state.v_th_mV).mean()),
-        "finite": bool(np.isfinite(w_end).all() and np.isfinite(np.asarray(state.v_mV)).all()),
+        "finite": finite(state),
         "build_s": round(build_s, 4),
         "compile_s": round(compile_s, 4),
         "wall_s": round(wall_s, 4),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import shutil
 import statistics
@@ -42,7 +41,7 @@ __all__ = [
     "run_paced",
     "GpuSampler",
     "add_realtime_argument",
-    "simulate_realtime",
+    "print_paced",
 ]
 
 WARMUP_CHUNKS = 2
@@ -338,42 +337,3 @@ def print_paced(run: PacedRun, *, quiet: bool) -> None:
         )
     else:
         print(f"  GPU utilization: no samples ({g['reason']})")
-
-
-def simulate_realtime(args: argparse.Namespace, cfg: FumConfig) -> int:
-    """`fumjax simulate --realtime`: build the network, run --steps of model time paced; print a summary."""
-    import fumjax
-
-    window = cfg.run.window_steps
-    if args.steps % window:
-        raise ValueError(
-            f"--steps = {args.steps} with --realtime: must be a multiple of run.window_steps = {window} "
-            "(the run is paced in chunks of one window)"
-        )
-    mode = resolve_mode(args.plasticity, cfg)
-    t0 = time.perf_counter()
-    net = fumjax.build_network(cfg)
-    state = jax.block_until_ready(fumjax.init_state(net, cfg))
-    build_s = time.perf_counter() - t0
-    state, run = run_paced(state, net, args.steps // window, config=cfg, plasticity=mode)
-    w = np.asarray(state.w, np.float64)
-    summary = {
-        "neurons": net.n_neurons,
-        "synapses": net.n_synapses,
-        "steps": args.steps,
-        "backend": resolve_backend(cfg.run.backend),
-        "plasticity": mode,
-        "seed": cfg.run.seed,
-        "finite": bool(np.isfinite(w).all() and np.isfinite(np.asarray(state.v_mV)).all()),
-        "build_s": round(build_s, 4),
-        "platform": jax.devices()[0].platform,
-        **run.summary(),
-    }
-    if not args.json:
-        print(
-            f"fumjax simulate --realtime: {net.n_neurons} neurons, {net.n_synapses} synapses, "
-            f"backend {summary['backend']}, plasticity {mode}, platform {summary['platform']}"
-        )
-    print_paced(run, quiet=args.json)
-    print(json.dumps(summary))
-    return 0
