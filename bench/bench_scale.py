@@ -7,7 +7,7 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
 1. device copy: a ~copy-gb float32 array (not zeros) copied by `x.copy()` and by `x + 1` (jitted), median of
    --copy-repeats after 2 warm-ups; bandwidth = (bytes read + bytes written) / time. The larger of the two is
    the reference ("measured device copy").
-2. the network: fumjax.compact.build_compact(N, K) where it exists (the compact layout), else a regular
+2. the network: fumjax.compact.build_compact(N, K) (the compact layout), or with --regular a regular
    Network (fumjax.build_network; small N only). Build time and the allocator peak where the device has one.
 3. configuration and drive: those of `fumjax scale --k K --rate-hz R` for each target rate R: initial
    weights scaled by default_weight_scale(K) = min(1, 50/K), intrinsic plasticity's band [R/2, 2R], and the
@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 
 import fumjax
+from fumjax.compact import build_compact
 from fumjax.config import FumConfig
 from fumjax.control.realtime import run_paced
 from fumjax.kernels.traffic import step_traffic
@@ -108,17 +109,11 @@ def peak_bytes() -> int | None:
 
 
 def build(n: int, k: int, cfg: FumConfig, compact: bool):
-    """(network, layout name): the compact builder where fumjax.compact has it and `compact`, else regular."""
+    """(network, layout name): fumjax.compact.build_compact if `compact`, else a regular Network."""
     cfg = cfg.replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
     if compact:
-        try:
-            from fumjax.compact import build_compact
-        except ImportError:
-            build_compact = None
-        if build_compact is not None:
-            return build_compact(n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg), (
-                "compact"
-            )
+        net = build_compact(n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg)
+        return net, "compact"
     return fumjax.build_network(cfg), "regular"
 
 
@@ -191,7 +186,7 @@ def main() -> None:
     p.add_argument("--copy-repeats", type=int, default=10)
     p.add_argument("--calib-neurons", type=int, default=20_000, help="slice size of the drive calibration")
     p.add_argument("--drives", help="drive rates (Hz), one per target rate: skips the calibration")
-    p.add_argument("--regular", action="store_true", help="a regular Network even where build_compact exists")
+    p.add_argument("--regular", action="store_true", help="a regular Network instead of build_compact")
     p.add_argument("--profile", action="store_true", help="for ncu: build, 1 warm-up + 1 window, first rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the JSON summary to this file")
