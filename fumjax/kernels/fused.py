@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+# One pre_bucket entry per 2**PRE_SHIFT CSR slots: the kernels' slot -> presynaptic neuron table.
+from fumjax.compact import PRE_SHIFT
+
 __all__ = [
     "OPS",
     "TARGET",
@@ -226,9 +229,6 @@ def _pre_codes(net) -> Array:
 
 
 _SYNAPSE_DTYPES_16 = (jnp.float16, jnp.bfloat16)
-#: One pre_bucket entry per 2**PRE_SHIFT CSR slots (the slot -> presynaptic neuron table of the kernels;
-#: fumjax.compact.PRE_SHIFT is the same number).
-PRE_SHIFT = 9
 #: Synapse indices are uint32 in the kernels: E must stay below this.
 MAX_SYNAPSES = 2**32
 
@@ -269,18 +269,13 @@ def _as_uint32(x) -> Array:
 def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     """The kernels' synapse operands of a Network or a CompactNetwork: (row_ptr uint32 (N+1,), pre_bucket
     int32 ((E-1 >> PRE_SHIFT) + 1,), post int32 (E,), delay int32 ((E,), or (0,) = all delays 1), in_ptr
-    uint32 (N+1,), in_syn uint32 (E,)). A CompactNetwork carries its pre_bucket; for a Network it is
-    computed here from row_ptr (searchsorted, O(E >> PRE_SHIFT * log N), also on traced arrays)."""
-    e = int(net.n_synapses)
-    row_ptr = _as_uint32(net.row_ptr)
+    uint32 (N+1,), in_syn uint32 (E,)). A CompactNetwork carries its pre_bucket; a Network's is every
+    2**PRE_SHIFT-th entry of its pre (CSR order: the row that holds that slot), a strided slice."""
     bucket = getattr(net, "pre_bucket", None)
     if bucket is None:
-        n_buckets = ((e - 1) >> PRE_SHIFT) + 1 if e > 0 else 0
-        slots = jnp.arange(n_buckets, dtype=jnp.uint32) << PRE_SHIFT
-        # The last pre i with row_ptr[i] <= slot: the row that holds it (empty rows are skipped).
-        bucket = jnp.searchsorted(row_ptr, slots, side="right").astype(jnp.int32) - 1
+        bucket = net.pre[:: 1 << PRE_SHIFT]
     return (
-        row_ptr,
+        _as_uint32(net.row_ptr),
         jnp.asarray(bucket, jnp.int32),
         jnp.asarray(net.post, jnp.int32),
         jnp.asarray(net.delay_steps, jnp.int32),
