@@ -35,7 +35,7 @@ import numpy as np
 from jax import Array
 
 from fumjax.config import FumConfig
-from fumjax.network import Network, grid_side, neuron_parameters
+from fumjax.network import Network, _check_k, grid_side, neuron_parameters
 
 __all__ = [
     "PRE_SHIFT",
@@ -313,9 +313,8 @@ def build_plan(
     block_elements: int = 1 << 28,
 ) -> BuildPlan:
     """Sizes of build_compact for (N, K) without building anything (also used by the memory estimate)."""
+    _check_k(n_neurons, k_per_neuron)
     n, k = int(n_neurons), int(k_per_neuron)
-    if n < 2 or not 1 <= k <= n - 1:
-        raise ValueError(f"need n_neurons >= 2 and 1 <= k_per_neuron <= n_neurons - 1, got {n}, {k}")
     if n * k >= 2**32:
         raise ValueError(
             f"N*K = {n * k} synapses: the compact layout indexes CSR slots with uint32, so E must be < 2^32 "
