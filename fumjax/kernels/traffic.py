@@ -18,6 +18,7 @@ import dataclasses
 import math
 
 from fumjax.config import FumConfig
+from fumjax.state import weight_dtype
 
 __all__ = ["SECTOR_BYTES", "StepTraffic", "step_traffic", "run_bytes"]
 
@@ -72,7 +73,7 @@ def step_traffic(
             f"N = {n_neurons}, K = {k_per_neuron}, rate = {rate_hz} Hz: need N >= 1, K >= 0, rate >= 0"
         )
     n, k, s = n_neurons, k_per_neuron, state_bytes
-    wb = synapse_bytes or {"float64": 8, "float32": 4}.get(cfg.run.dtype, 2)
+    wb = synapse_bytes or weight_dtype(cfg).itemsize
     e = n * k
     spikes = n * rate_hz * cfg.neuron.dt_ms / 1000.0
     plastic = mode != "off"
