@@ -187,6 +187,9 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   const auto bad_index = [] {
     return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
   };
+  const auto bad_ptr = [] {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+  };
   // The slot -> pre table, every call (O(E >> shift)): entry b must be the row holding slot b << shift.
   for (int64_t b = 0; b < static_cast<int64_t>(o.pre_bucket.element_count()); ++b) {
     const int64_t i = a.pre_bucket[b], s = b << a.pre_shift;
@@ -205,9 +208,6 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
       if (ptr[i + 1] < ptr[i] || ptr[i + 1] > a.e) return false;
     }
     return true;
-  };
-  const auto bad_ptr = [] {
-    return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
   };
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
     if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
@@ -269,7 +269,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     case -2:
       return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
     case -3:
-      return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
+      return bad_ptr();
     default:
       return bad_index();
   }
