@@ -252,8 +252,10 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
       for (int64_t p = a.in_ptr[i]; p < static_cast<int64_t>(a.in_ptr[i + 1]); ++p) {
         const int64_t k = a.in_syn[p];
         const int64_t j = PreOfSlot(a.row_ptr, a.pre_bucket, a.pre_shift, a.n, k);
-        if (any_static && a.excitatory[j] == 2) continue;
-        if (any_static) lin_syn.push_back(static_cast<uint32_t>(k));
+        if (any_static) {
+          if (a.excitatory[j] == 2) continue;
+          lin_syn.push_back(static_cast<uint32_t>(k));
+        }
         lin_pre.push_back(static_cast<int32_t>(j));
       }
       if (any_static) lin_ptr[static_cast<size_t>(i) + 1] = static_cast<uint32_t>(lin_syn.size());
