@@ -446,10 +446,5 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
     parts["total"] = parts["plastic_total"] + parts["per_neuron_share"] + parts["pre_bucket"]
     static = bool(np.any(~np.asarray(net.plastic_pre))) if plastic else False
     parts["call_scratch"] = (8.0 if static else 4.0) if plastic else 0.0
-    held = (
-        net.nbytes
-        if hasattr(net, "nbytes")
-        else {k: x.nbytes for k, x in vars(net).items() if hasattr(x, "nbytes")}
-    )
-    parts["process_total"] = (parts["w"] + parts["elig"]) + sum(held.values()) / e
+    parts["process_total"] = (parts["w"] + parts["elig"]) + sum(net.nbytes.values()) / e
     return parts
