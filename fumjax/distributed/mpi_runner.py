@@ -217,10 +217,11 @@ class MpiRun:
         check_state(whole, self.net, self.cfg)
         return split_state_part(whole, self.part, self.rank, self.syn)
 
-    def gather_state(self, state: State, root: int = 0) -> State | None:
-        """The whole-network State on `root` (None on the other ranks)."""
+    def gather_state(self, state: State, root: int | None = 0) -> State | None:
+        """The whole-network State on `root` (None on the other ranks), or on every rank if root is None."""
         local = {f: np.asarray(getattr(state, f)) for f in state.__dataclass_fields__}
-        got = self.ex.gather_obj(local, f"state at step {int(state.step)}", root=root)
+        what, ex = f"state at step {int(state.step)}", self.ex
+        got = ex.allgather_obj(local, what) if root is None else ex.gather_obj(local, what, root=root)
         if got is None:
             return None
         states = [State(**{f: jnp.asarray(v) for f, v in d.items()}) for d in got]

@@ -39,7 +39,6 @@ from jax.experimental import io_callback
 from fumjax.config import FumConfig
 from fumjax.distributed.exchange import Exchanger
 from fumjax.distributed.mpi_runner import MpiRun, save_on_root
-from fumjax.distributed.partition import merge_states
 from fumjax.network import Network
 from fumjax.state import State
 from fumjax.train import phases, readout
@@ -102,10 +101,7 @@ class MpiTrainEngine:
         n_steps = items["x"].shape[0] * cfg.run.window_steps
         (part_state, sie, _, prev_c), log = run.timed(lambda: self._programs[key](*args), n_steps)
         t0 = time.perf_counter()
-        got = self.ex.allgather_obj(_numpy_fields(part_state), f"the states after chunk {self.chunks}")
-        whole = merge_states(
-            [State(**{f: jnp.asarray(v) for f, v in d.items()}) for d in got], run.net, run.part
-        )
+        whole = run.gather_state(part_state, root=None)
         self.sync_s += time.perf_counter() - t0
         self.chunks += 1
         return (whole, sie, v_th0, prev_c), log
@@ -209,10 +205,6 @@ class MpiTrainEngine:
             return jax.lax.scan(window, carry, items)
 
         return jax.jit(program)
-
-
-def _numpy_fields(state: State) -> dict[str, np.ndarray]:
-    return {f: np.asarray(getattr(state, f)) for f in state.__dataclass_fields__}
 
 
 def train_distributed(args: argparse.Namespace) -> int:
