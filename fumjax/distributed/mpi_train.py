@@ -26,7 +26,6 @@ the per-step work is the part's.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -42,18 +41,9 @@ from fumjax.distributed.mpi_runner import MpiRun, save_on_root
 from fumjax.network import Network
 from fumjax.state import State
 from fumjax.train import phases, readout
+from fumjax.train.checkpoint import tree_digest
 
 __all__ = ["MpiTrainEngine", "train_distributed", "tree_digest"]
-
-
-def tree_digest(tree: Any) -> str:
-    """SHA-256 of a pytree's leaves (dtype, shape and bytes): equal on two ranks iff the trees are equal."""
-    h = hashlib.sha256()
-    for leaf in jax.tree_util.tree_leaves(tree):
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{a.dtype.str}|{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 class MpiTrainEngine:

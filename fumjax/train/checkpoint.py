@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "tree_digest"]
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{10})\.npz$")
@@ -41,6 +41,12 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def tree_digest(tree: Any) -> str:
+    """SHA-256 of a pytree's leaves (paths, dtypes, shapes, bytes), as a checkpoint records it: two trees
+    have the same digest iff they are equal."""
+    return _digest(_leaves(tree))
 
 
 def save_checkpoint(directory: str | Path, tree: Any, *, step: int, meta: dict | None = None) -> Path:
