@@ -183,14 +183,9 @@ def learning_arrays(consts, spec: ReadoutSpec, part: tuple | None = None) -> dic
     local post ids): post (E,) local post ids, n, post_pop (E,), learn_syn (E,), syn_scale (E,),
     out_alive (n,)."""
     net, pop, alive = consts["net"], consts["pop"], consts["alive"]
-    plastic, persistent, post, post_g, pop_n, alive_n = (
-        consts["plastic_syn"],
-        consts["persistent"],
-        net.post,
-        net.post,
-        pop,
-        alive,
-    )
+    plastic, persistent = consts["plastic_syn"], consts["persistent"]
+    post = post_g = net.post  # post_g: global post ids (equal to post for the whole network)
+    pop_n, alive_n = pop, alive
     if part is not None:
         members, syn, local_net = part
         plastic, persistent, post, post_g = plastic[syn], persistent[syn], local_net.post, net.post[syn]
