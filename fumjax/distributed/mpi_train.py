@@ -43,7 +43,7 @@ from fumjax.state import State
 from fumjax.train import phases, readout
 from fumjax.train.checkpoint import tree_digest
 
-__all__ = ["MpiTrainEngine", "train_distributed", "tree_digest"]
+__all__ = ["MpiTrainEngine", "train_distributed"]
 
 
 class MpiTrainEngine:
