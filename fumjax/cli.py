@@ -41,8 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     add_partition_command(sub)
     from fumjax.train.cli_train import add_train_command
 
-    add_train_command(sub)
-    sub.choices["train"].set_defaults(func=_train)
+    add_train_command(sub).set_defaults(func=_train)
     from fumjax.control.explain_cli import add_explain_command
     from fumjax.control.tune_cli import add_tune_command
 

@@ -18,8 +18,9 @@ from pathlib import Path
 __all__ = ["add_train_command"]
 
 
-def add_train_command(sub) -> None:
-    """Register the `train` subcommand on an argparse subparsers object."""
+def add_train_command(sub) -> argparse.ArgumentParser:
+    """Register the `train` subcommand's arguments on an argparse subparsers object; returns its parser
+    (fumjax.cli binds the command to one process or, with --distributed, to fumjax.distributed.mpi_train)."""
     t = sub.add_parser("train", help="train by reward only through FUM phases 1-3 (built-in 8-domain corpus)")
     t.add_argument("--phases", help="phases to run, e.g. 1,2 or 1,2,3 (default: config, else 1,2,3)")
     t.add_argument("--corpus", help="JSONL corpus (one {domain, input, target} per line); default built-in")
@@ -42,7 +43,7 @@ def add_train_command(sub) -> None:
         default=60.0,
         help="--distributed: seconds to wait for a rank before aborting",
     )
-    t.set_defaults(func=run_train)
+    return t
 
 
 def _prepare(args: argparse.Namespace):
