@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     add_explain_command(sub)
     from fumjax.train.scale import add_scale_command
 
-    add_scale_command(sub)
+    scale = add_scale_command(sub)
+    add_realtime_argument(scale)
+    scale.set_defaults(func=_scale)
     return p
 
 
@@ -71,6 +73,21 @@ def _train(args: argparse.Namespace) -> int:
     from fumjax.train.cli_train import run_train
 
     return run_train(args)
+
+
+def _scale(args: argparse.Namespace) -> int:
+    from fumjax.train.scale import run_scale
+
+    if not args.realtime:
+        return run_scale(args)
+    from fumjax.control.realtime import print_paced, run_paced
+
+    def paced(state, net, n_windows, cfg, mode):  # busy fraction, lag, overruns instead of printed groups
+        state, run = run_paced(state, net, n_windows, config=cfg, plasticity=mode, backend=cfg.run.backend)
+        print_paced(run, quiet=False)
+        return state, run.summary()
+
+    return run_scale(args, pace=paced)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -17,16 +17,17 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fumjax.compact import PRE_SHIFT, build_compact, build_plan
+from fumjax.compact import PRE_SHIFT, CompactNetwork, build_compact, build_plan
 from fumjax.config import FumConfig
 from fumjax.dynamics import resolve_mode, run_driven
-from fumjax.state import compute_dtype, init_state, weight_dtype
+from fumjax.state import State, compute_dtype, init_state, weight_dtype
 
 __all__ = [
     "DeviceMemoryError",
@@ -36,11 +37,13 @@ __all__ = [
     "default_weight_scale",
     "scale_config",
     "add_scale_command",
+    "run_scale",
 ]
 
 GB = 1e9
 CALIB_DRIVES_HZ = (2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 CALIB_BISECTIONS = 4
+Pace = Callable[[State, CompactNetwork, int, FumConfig, str], tuple[State, dict]]
 
 
 class DeviceMemoryError(ValueError):
@@ -185,8 +188,9 @@ def calibrate_drive(net, cfg: FumConfig, target_hz: float, backend: str, log=pri
     return (lo if lo is not None else hi), trials
 
 
-def add_scale_command(sub) -> None:
-    """Register the `scale` subcommand on an argparse subparsers object."""
+def add_scale_command(sub) -> argparse.ArgumentParser:
+    """Register the `scale` subcommand's arguments on an argparse subparsers object; returns its parser
+    (fumjax.cli adds --realtime, from the control layer, and binds the command to run_scale)."""
     s = sub.add_parser("scale", help="build an N x K compact network on one device and run it learning")
     s.add_argument("--neurons", type=int, default=7_000_000, help="N (default 7,000,000)")
     s.add_argument("--k", type=int, default=500, help="synapses per neuron (in-degree, default 500)")
@@ -207,10 +211,7 @@ def add_scale_command(sub) -> None:
     )
     s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
     s.add_argument("--estimate-only", action="store_true", help="print the memory estimate (JSON) and stop")
-    from fumjax.control.realtime import add_realtime_argument  # lazily: the control layer sits after train
-
-    add_realtime_argument(s)
-    s.set_defaults(func=_scale)
+    return s
 
 
 def default_weight_scale(k_per_neuron: int) -> float:
@@ -270,7 +271,10 @@ def _check_fused(state, net) -> None:
         )
 
 
-def _scale(args: argparse.Namespace) -> int:
+def run_scale(args: argparse.Namespace, pace: Pace | None = None) -> int:
+    """`fumjax scale` (args as parsed by add_scale_command's parser); returns the exit code. pace: when given,
+    the windows run through pace(state, net, n_windows, cfg, mode) -> (state, figures) instead of in printed
+    groups, and its figures (a dict) join the JSON summary (fumjax.cli passes --realtime's paced run)."""
     cfg = _config(args)
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
@@ -334,16 +338,13 @@ def _scale(args: argparse.Namespace) -> int:
         f"{per_neuron:.1f} B/neuron; allocator peak {stats.get('peak_bytes_in_use', 0) / GB:.2f} GB"
     )
 
-    if args.realtime:  # paced to the wall clock instead of groups: busy fraction, lag, overruns
-        from fumjax.control.realtime import print_paced, run_paced
-
-        state, paced = run_paced(state, net, n_windows, config=cfg, plasticity=mode, backend=cfg.run.backend)
-        print_paced(paced, quiet=False)
+    if pace is not None:
+        state, figures = pace(state, net, n_windows, cfg, mode)
         ws, finite = weight_stats(state.w)
         summary = {"neurons": n, "synapses": e, "dtype": args.dtype, "device": dev.device_kind}
         summary |= {"build_s": round(build_s, 3), "drive_hz": drive, "bytes_per_synapse": per_syn}
         summary |= {"w_mean_std_min_max": ws, "finite": finite and bool(jnp.isfinite(state.v_mV).all())}
-        print(json.dumps({**summary, **paced.summary()}), flush=True)
+        print(json.dumps({**summary, **figures}), flush=True)
         return 0 if summary["finite"] else 1
 
     records = []
