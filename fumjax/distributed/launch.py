@@ -1,0 +1,18 @@
+"""Launching MPI ranks on the CPU: the environment every rank gets (JAX on the CPU, one XLA thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["ONE_THREAD_XLA_FLAGS", "cpu_rank_env"]
+
+# one XLA thread per rank: P ranks on P cores do not oversubscribe them with XLA's own thread pools
+ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def cpu_rank_env(env: Mapping[str, str], *, xla_flags: str | None = None) -> dict[str, str]:
+    """A copy of env for CPU ranks: JAX_PLATFORMS=cpu (also on a GPU host) and XLA_FLAGS = xla_flags if given,
+    else env's own, else ONE_THREAD_XLA_FLAGS. JAX reads JAX_PLATFORMS when it is imported: set it first."""
+    out = dict(env, JAX_PLATFORMS="cpu")
+    out["XLA_FLAGS"] = xla_flags if xla_flags is not None else env.get("XLA_FLAGS", ONE_THREAD_XLA_FLAGS)
+    return out
