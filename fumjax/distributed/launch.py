@@ -1,10 +1,13 @@
-"""Launching MPI ranks on the CPU: the environment every rank gets (JAX on the CPU, one XLA thread)."""
+"""Launching MPI ranks: Open MPI's mpirun command, and the environment of CPU ranks (JAX on the CPU, one
+XLA thread)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 
-__all__ = ["ONE_THREAD_XLA_FLAGS", "cpu_rank_env"]
+__all__ = ["ONE_THREAD_XLA_FLAGS", "cpu_rank_env", "mpirun_prefix"]
 
 # one XLA thread per rank: P ranks on P cores do not oversubscribe them with XLA's own thread pools
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -16,3 +19,12 @@ def cpu_rank_env(env: Mapping[str, str], *, xla_flags: str | None = None) -> dic
     out = dict(env, JAX_PLATFORMS="cpu")
     out["XLA_FLAGS"] = xla_flags if xla_flags is not None else env.get("XLA_FLAGS", ONE_THREAD_XLA_FLAGS)
     return out
+
+
+def mpirun_prefix(n: int) -> list[str]:
+    """`mpirun -n n --oversubscribe [--allow-run-as-root]` (more ranks than cores; root as on CI), to put
+    before a command."""
+    cmd = [shutil.which("mpirun") or "mpirun", "-n", str(n), "--oversubscribe"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd

@@ -3,10 +3,11 @@ cores) and --allow-run-as-root when root (CI runs as root)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
+
+from fumjax.distributed.launch import mpirun_prefix
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,14 +19,6 @@ def have_mpi() -> bool:
     except ImportError:
         return False
     return shutil.which("mpirun") is not None
-
-
-def mpirun_prefix(n: int) -> list[str]:
-    """`mpirun -n n --oversubscribe [--allow-run-as-root]`, to put before a command."""
-    cmd = [shutil.which("mpirun") or "mpirun", "-n", str(n), "--oversubscribe"]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    return cmd
 
 
 def mpirun_cmd(n: int, script: str, *args: str) -> list[str]:
