@@ -1,7 +1,9 @@
 #!/bin/bash
 # One device call: build, GPU tests, compute-sanitizer, Nsight Compute, timings. Logs under $OUT (5 files).
-#   STAGES=test,san,ncu,bench (default all, run in the order given); PYTEST_K (a -k expression, may hold
-#   spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage. ncu on the cluster
+#   STAGES=test,san,ncu,bench (default; any order) and probe, scale (opt-in); PYTEST_K (a -k expression, may
+#   hold spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage; PROBE_ARGS go
+#   to bench/gpu_multi_probe.py (probe.log), SCALE_ARGS to bench/bench_scale.py and SCALE10_ARGS to
+#   `fumjax scale` (scale.log; either may be empty to skip it). ncu on the cluster
 #   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
 # If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
 # committed sources only, not other work in progress in a shared checkout.
@@ -44,6 +46,27 @@ do_ncu() {
   done
   grep -E "path|RunSteps|Duration|Elapsed Cycles|SM Frequency|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|stalled|Dynamic Shared|rc=" $OUT/ncu.txt | cut -c1-150 | head -70
   stage_t ncu
+}
+do_probe() {
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+  timeout ${PROBE_TIMEOUT:-300} python3 $OLDPWD/bench/gpu_multi_probe.py ${PROBE_ARGS} 2>&1 | tee $OUT/probe.log \
+    | grep -v "^W0\|^I0"
+  unset XLA_PYTHON_CLIENT_PREALLOCATE
+  stage_t probe
+}
+do_scale() {
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+  if [[ -n "$SCALE_ARGS" ]]; then
+    timeout ${SCALE_TIMEOUT:-300} python3 $OLDPWD/bench/bench_scale.py ${SCALE_ARGS} 2>&1 | tee -a $OUT/scale.log \
+      | grep -v "^W0\|^I0"
+    stage_t bench_scale
+  fi
+  if [[ -n "$SCALE10_ARGS" ]]; then
+    timeout ${SCALE10_TIMEOUT:-200} python3 -m fumjax.cli scale ${SCALE10_ARGS} 2>&1 | tee -a $OUT/scale.log \
+      | grep -v "^W0\|^I0"
+    stage_t fumjax_scale
+  fi
+  unset XLA_PYTHON_CLIENT_PREALLOCATE
 }
 do_bench() {
   timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log | grep -v "^W0\|^I0" | tail -45

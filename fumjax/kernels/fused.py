@@ -266,6 +266,12 @@ def _as_uint32(x) -> Array:
     return x.astype(jnp.uint32)
 
 
+def _pre_shift(net) -> int:
+    """log2 of the CSR slots per pre_bucket entry: net.pre_shift where a network carries one (a coarser
+    table, e.g. bench/gpu_multi_probe.py --pre-shifts), else PRE_SHIFT."""
+    return int(getattr(net, "pre_shift", PRE_SHIFT))
+
+
 def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     """The kernels' synapse operands of a Network or a CompactNetwork: (row_ptr uint32 (N+1,), pre_bucket
     int32 ((E-1 >> PRE_SHIFT) + 1,), post int32 (E,), delay int32 ((E,), or (0,) = all delays 1), in_ptr
@@ -273,7 +279,7 @@ def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     2**PRE_SHIFT-th entry of its pre (CSR order: the row that holds that slot), a strided slice."""
     bucket = getattr(net, "pre_bucket", None)
     if bucket is None:
-        bucket = net.pre[:: 1 << PRE_SHIFT]
+        bucket = net.pre[:: 1 << _pre_shift(net)]
     return (
         _as_uint32(net.row_ptr),
         jnp.asarray(bucket, jnp.int32),
@@ -284,16 +290,16 @@ def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     )
 
 
-_GPU_PATHS = {"auto": 0, "block": 1, "multi": 2, "cluster": 3}
+_GPU_PATHS = {"auto": 0, "block": 1, "multi": 2, "cluster": 3, "multi_split": 4}
 
 
 def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
     """The GPU handler's kernel choice, fixed when the program is traced (a compiled program, or a CUDA graph
     captured from it, always runs the same kernels): cfg.run.gpu_path if the config has one, else
-    FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster (auto: one persistent block where the network fits
-    its shared memory, else multi); FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and
-    FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for the cluster path (auto = event where it fits).
-    Change them, then jax.clear_caches()."""
+    FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster | multi_split (auto: one persistent block where the
+    network fits its shared memory, else multi; multi_split: multi with its former split scratch layout);
+    FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for
+    the cluster path (auto = event where it fits). Change them, then jax.clear_caches()."""
     path = getattr(getattr(cfg, "run", None), "gpu_path", None) or os.environ.get(
         "FUMJAX_GPU_RUN_PATH", "auto"
     )
@@ -373,10 +379,11 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     call = jax.ffi.ffi_call(
         RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
     )
-    # The GPU handler also returns a (4, N + 2) scratch of the multi path (no allocation inside the handler).
+    # The GPU handler also returns a (6, N + 2) scratch of the multi path (no allocation inside the handler):
+    # per-neuron {post_yd, input accumulator} and {pre_dw, row end} cells, the spike list and its counters.
     call_gpu = jax.ffi.ffi_call(
         RUN_STEPS_TARGET,
-        out_types + (jax.ShapeDtypeStruct((4, n + 2), dtype),),
+        out_types + (jax.ShapeDtypeStruct((6, n + 2), dtype),),
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
@@ -394,7 +401,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         decay_y=np.float64(math.exp(-dt / sc.tau_minus_ms)),
         refractory_steps=np.int32(nc.refractory_steps),
         mode=np.int32(_MODE_IDS[mode]),
-        pre_shift=np.int32(PRE_SHIFT),
+        pre_shift=np.int32(_pre_shift(net)),
     )
     # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) its path instead.
     results = jax.lax.platform_dependent(
