@@ -189,6 +189,11 @@ def main() -> None:
     p.add_argument("--regular", action="store_true", help="a regular Network instead of build_compact")
     p.add_argument("--profile", action="store_true", help="for ncu: build, 1 warm-up + 1 window, first rate")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pre-shift",
+        type=int,
+        help="coarser pre_bucket table (log2 CSR slots per entry, >= fumjax.compact.PRE_SHIFT; compact only)",
+    )
     p.add_argument("--out", help="also write the JSON summary to this file")
     a = p.parse_args()
 
@@ -205,6 +210,7 @@ def main() -> None:
         neuron={"n_neurons": a.neurons},
     )
     summary: dict = {"neurons": a.neurons, "k": a.k, "dtype": a.dtype, "backend": a.backend}
+    summary["pre_shift"] = a.pre_shift
     summary["device"] = f"{dev.device_kind} ({dev.platform})"
 
     cp = None
@@ -224,6 +230,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     net, layout = build(a.neurons, a.k, cfg, not a.regular)
+    if a.pre_shift is not None:
+        net = net.with_pre_shift(a.pre_shift)
     jax.block_until_ready(net)
     build_s = time.perf_counter() - t0
     syn_bytes = sum(

@@ -76,11 +76,12 @@ class CompactNetwork:
     post: Array  # (E,) int32, CSR order (by pre, then post)
     in_ptr: Array  # (N+1,) uint32: incoming synapses of post j are in_syn[in_ptr[j]:in_ptr[j+1]]
     in_syn: Array  # (E,) uint32: CSR slots grouped by post, ascending slot within a group
-    pre_bucket: Array  # ((E-1 >> PRE_SHIFT) + 1,) int32: pre neuron of slot b << PRE_SHIFT
+    pre_bucket: Array  # ((E-1 >> pre_shift) + 1,) int32: pre neuron of slot b << pre_shift
     excitatory: Array  # (N,) bool
     tau_ms: Array  # (N,) float32
     v_th_mV: Array  # (N,) float32
     n_neurons: int  # static
+    pre_shift: int = PRE_SHIFT  # static: log2 of the CSR slots per pre_bucket entry
 
     @property
     def n_synapses(self) -> int:
@@ -121,6 +122,14 @@ class CompactNetwork:
     def nbytes(self) -> dict[str, int]:
         """Bytes held by each array field: {name: bytes}."""
         return {f: int(getattr(self, f).nbytes) for f in _FIELDS}
+
+    def with_pre_shift(self, shift: int) -> CompactNetwork:
+        """The same network with a coarser pre_bucket table (shift >= pre_shift: every 2^(shift -
+        pre_shift)-th entry), e.g. so that the table stays in a GPU's L2 cache; the kernels walk forward."""
+        if not isinstance(shift, int) or not self.pre_shift <= shift <= 31:
+            raise ValueError(f"pre_shift {shift!r}: must be an int in [{self.pre_shift}, 31]")
+        step = 1 << (shift - self.pre_shift)
+        return dataclasses.replace(self, pre_bucket=self.pre_bucket[::step], pre_shift=shift)
 
     @classmethod
     def from_network(cls, net: Network) -> CompactNetwork:
@@ -206,7 +215,9 @@ class CompactNetwork:
 
 
 _FIELDS = ("row_ptr", "post", "in_ptr", "in_syn", "pre_bucket", "excitatory", "tau_ms", "v_th_mV")
-jax.tree_util.register_dataclass(CompactNetwork, data_fields=list(_FIELDS), meta_fields=["n_neurons"])
+jax.tree_util.register_dataclass(
+    CompactNetwork, data_fields=list(_FIELDS), meta_fields=["n_neurons", "pre_shift"]
+)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "dtype"))

@@ -12,7 +12,7 @@ import pytest
 
 from fumjax import compact
 from fumjax.cli import main
-from fumjax.compact import CompactNetwork, build_compact, build_plan, pre_bucket_table
+from fumjax.compact import PRE_SHIFT, CompactNetwork, build_compact, build_plan, pre_bucket_table
 from fumjax.config import FumConfig
 from fumjax.dynamics import run_driven
 from fumjax.kernels import fused
@@ -239,6 +239,29 @@ def test_fused_compact_equals_reference_network(dtype):
     np.testing.assert_array_equal(np.asarray(sp_c), np.asarray(sp_r))
     for f in ("w", "elig", "v_mV", "v_th_mV"):
         np.testing.assert_array_equal(np.asarray(getattr(s_c, f)), np.asarray(getattr(s_r, f)), err_msg=f)
+
+
+@needs_fused
+def test_with_pre_shift_coarser_table_same_run():
+    """with_pre_shift(s) holds pre_bucket_table(row_ptr, E, s), and the fused kernel (walking forward from
+    the coarser table) gives the same spikes and weights as with the default table."""
+    n, k = 2000, 50
+    cfg = FumConfig().replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
+    net = build_compact(n, k, cfg=cfg)
+    coarse = net.with_pre_shift(12)
+    assert coarse.pre_shift == 12 and net.pre_shift == PRE_SHIFT
+    want = pre_bucket_table(np.asarray(net.row_ptr, np.int64), net.n_synapses, 12)
+    np.testing.assert_array_equal(np.asarray(coarse.pre_bucket), want)
+    with pytest.raises(ValueError, match="pre_shift"):
+        net.with_pre_shift(PRE_SHIFT - 1)
+    runs = [
+        run_driven(init_state(x, cfg), x, 2, config=cfg, backend="fused", record_spikes=True)
+        for x in (net, coarse)
+    ]
+    assert int(np.asarray(runs[0][1]).sum()) > 100
+    np.testing.assert_array_equal(np.asarray(runs[0][1]), np.asarray(runs[1][1]))
+    for f in ("w", "elig", "v_mV"):
+        np.testing.assert_array_equal(np.asarray(getattr(runs[0][0], f)), np.asarray(getattr(runs[1][0], f)))
 
 
 @needs_fused

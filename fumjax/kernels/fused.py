@@ -267,8 +267,8 @@ def _as_uint32(x) -> Array:
 
 
 def _pre_shift(net) -> int:
-    """log2 of the CSR slots per pre_bucket entry: net.pre_shift where a network carries one (a coarser
-    table, e.g. bench/gpu_multi_probe.py --pre-shifts), else PRE_SHIFT."""
+    """log2 of the CSR slots per pre_bucket entry: net.pre_shift where a network carries one (a
+    CompactNetwork; a coarser table from CompactNetwork.with_pre_shift), else PRE_SHIFT."""
     return int(getattr(net, "pre_shift", PRE_SHIFT))
 
 
