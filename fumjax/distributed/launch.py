@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 __all__ = ["ONE_THREAD_XLA_FLAGS", "cpu_rank_env", "mpirun_prefix"]
 
-# one XLA thread per rank: P ranks on P cores do not oversubscribe them with XLA's own thread pools
+# no multi-threaded Eigen, one intra-op thread; XLA's thread pool follows the CPU affinity (bind_to_core)
 ONE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
