@@ -3,7 +3,9 @@
 #   STAGES=test,san,ncu,bench (default; any order) and probe, scale (opt-in); PYTEST_K (a -k expression, may
 #   hold spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage; PROBE_ARGS go
 #   to bench/gpu_multi_probe.py (probe.log), SCALE_ARGS to bench/bench_scale.py and SCALE10_ARGS to
-#   `fumjax scale` (scale.log; either may be empty to skip it). ncu on the cluster
+#   `fumjax scale` (scale.log; either may be empty to skip it). Stage pick (after probe): the probe variant
+#   with syn_blocks 0 fastest at drive PICK_DRIVE (default 0.005) sets FUMJAX_GPU_RUN_PATH and
+#   PICK_SHIFT (use as --pre-shift \$PICK_SHIFT in SCALE_ARGS) for the later stages. ncu on the cluster
 #   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
 # If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
 # committed sources only, not other work in progress in a shared checkout.
@@ -54,10 +56,20 @@ do_probe() {
   unset XLA_PYTHON_CLIENT_PREALLOCATE
   stage_t probe
 }
+do_pick() {
+  eval "$(python3 - $OUT/probe.log ${PICK_DRIVE:-0.005} <<'PY'
+import json, sys
+rows = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["rows"]
+best = min((r for r in rows if r["drive"] == float(sys.argv[2]) and r["syn_blocks"] == 0), key=lambda r: r["ms_per_step"])
+print(f"export FUMJAX_GPU_RUN_PATH={best['path']} PICK_SHIFT={best['pre_shift']}")
+PY
+)"
+  echo "== picked FUMJAX_GPU_RUN_PATH=$FUMJAX_GPU_RUN_PATH PICK_SHIFT=$PICK_SHIFT"
+}
 do_scale() {
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
   if [[ -n "$SCALE_ARGS" ]]; then
-    timeout ${SCALE_TIMEOUT:-300} python3 $OLDPWD/bench/bench_scale.py ${SCALE_ARGS} 2>&1 | tee -a $OUT/scale.log \
+    timeout ${SCALE_TIMEOUT:-300} python3 $OLDPWD/bench/bench_scale.py $(eval echo ${SCALE_ARGS}) 2>&1 | tee -a $OUT/scale.log \
       | grep -v "^W0\|^I0"
     stage_t bench_scale
   fi

@@ -77,6 +77,7 @@ using BFloat16 = __hip_bfloat16;
 #define hipMemsetAsync cudaMemsetAsync
 #define hipMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
 #define hipFuncSetAttribute cudaFuncSetAttribute
+#define hipOccupancyMaxActiveBlocksPerMultiprocessor cudaOccupancyMaxActiveBlocksPerMultiprocessor
 #define hipFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
 #define hipGetDevice cudaGetDevice
 #define hipDeviceGetAttribute cudaDeviceGetAttribute
@@ -133,7 +134,8 @@ __device__ __forceinline__ BFloat16 St<BFloat16, float>(float x) {
 template <typename T, typename W>
 struct GpuArgs {
   int32_t n = 0, d = 1, t_steps = 0, k_max = 0, mode = 0, refractory_steps = 0, pre_shift = 9;
-  bool multi_split = false;  // multi path: the former split scratch layout (gpu_path multi_split, A/B only)
+  int32_t multi_cells = 3;  // multi path: bit 0 post cells (with D = 1), bit 1 pre cells (others: A/B only)
+  int32_t syn_blocks = 0;   // multi path: SynapseKernel blocks per SM (0: as many as are resident at once)
   int64_t e = 0;  // synapses (< 2^32): every synapse index is 64-bit arithmetic
   T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
   // State (result buffers, updated in place).
@@ -1224,8 +1226,8 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 //     32-byte sector: PostCell {post_yd, input accumulator} when every delay is 1 (the call's first
 //     NeuronKernel takes step 0's input from the state's ring; FinalizeKernel writes the accumulators back
 //     to the ring; with D > 1 the ring itself takes the atomics and post_yd is a plain array), and PreCell
-//     {pre_dw, row_end = row_ptr[j + 1]} (row_end filled by the call's first NeuronKernel), so the in-list
-//     walk ends on the cell that also holds the dw.
+//     {pre_dw, row_end = row_ptr[j + 1]} (written whole by NeuronKernel), so the in-list walk ends on the
+//     cell that also holds the dw.
 //     P = ceil(E/N / (kMultiU x 32)): about one batch per task, so the work spreads over all warps whatever
 //     the rate (no warp walks a whole row while others idle).
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
@@ -1250,7 +1252,7 @@ static_assert(sizeof(PostCell<float>) == 8 && sizeof(PreCell<float>) == 8 && siz
 
 // Scratch layout in `work` ((6, N + 2) elements of T): pre cells, post cells (2N T each), list_ltp (N T),
 // list_j (N int32), then two spike counters (int32, by step parity). Where a cell is not used (post cells
-// with D > 1; both with multi_split) the plain arrays pre_dw / post_yd take the first N elements of its region.
+// with D > 1, or not in multi_cells) the plain arrays pre_dw / post_yd take the first N elements of its region.
 template <typename T>
 struct MultiScratch {
   PreCell<T>* pre;
@@ -1273,11 +1275,11 @@ struct MultiScratch {
 // Which cells a call uses (uniform over the call).
 template <typename T, typename W>
 __host__ __device__ __forceinline__ bool PairPost(const GpuArgs<T, W>& a) {
-  return !a.multi_split && a.d == 1;
+  return (a.multi_cells & 1) != 0 && a.d == 1;
 }
 template <typename T, typename W>
 __host__ __device__ __forceinline__ bool PairPre(const GpuArgs<T, W>& a) {
-  return !a.multi_split;
+  return (a.multi_cells & 2) != 0;
 }
 
 // One pre cell in one load (read-only during the synapse kernel).
@@ -1364,12 +1366,10 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
         ltp = Mul(a.a_plus, Mul(xi, a.decay_x));
         const T diff = Sub(ltp, T(0));
         const T dw = (spiked || code == 2) ? QuietNaN(T(0)) : (code == 1 ? diff : -diff);
-        if (!pair_pre) {
-          m.pre_dw[i] = dw;
-        } else if (t == 0) {
+        if (pair_pre) {  // the whole cell every step: a half-written sector costs a DRAM read-modify-write
           m.pre[i] = PreCell<T>{dw, __ldg(a.row_ptr + i + 1)};
         } else {
-          m.pre[i].dw = dw;
+          m.pre_dw[i] = dw;
         }
         const T yd = Mul(yi, a.decay_y);
         yd_i = spiked ? -yd : yd;
@@ -1772,9 +1772,29 @@ int BlockR(int64_t n) {
 
 // GPU path (attribute gpu_path, fixed when the program is traced: fused.py reads FUMJAX_GPU_RUN_PATH then, so
 // a compiled program, or a CUDA graph captured from it, always launches the same kernels).
-// multi_split: the multi path with the former split scratch layout (separate pre_dw / post_yd / ring /
-// row_ptr visits), kept for A/B measurements of the interleaved cells.
-enum GpuPath : int32_t { kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3, kPathMultiSplit = 4 };
+// multi_split / multi_pre / multi_post: the multi path with no / only the pre / only the post interleaved
+// cells (separate pre_dw / post_yd / ring / row_ptr visits otherwise), for A/B measurements.
+enum GpuPath : int32_t {
+  kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3, kPathMultiSplit = 4, kPathMultiPre = 5,
+  kPathMultiPost = 6
+};
+
+// SynapseKernel blocks per SM: `want` if > 0, else the occupancy calculator's resident count (cached per
+// device; a host query, no stream work).
+template <typename T, typename W>
+int64_t SynBlocksPerSm(int32_t want) {
+  if (want > 0) return want;
+  static int cache[64] = {};
+  int dev = 0;
+  if (hipGetDevice(&dev) != hipSuccess || dev < 0 || dev >= 64) return 8;
+  if (cache[dev] <= 0) {
+    int nb = 0;
+    const hipError_t err = hipOccupancyMaxActiveBlocksPerMultiprocessor(
+        &nb, reinterpret_cast<const void*>(&SynapseKernel<T, W>), kMultiThreads, 0);
+    cache[dev] = err == hipSuccess && nb > 0 ? nb : 8;
+  }
+  return cache[dev];
+}
 
 template <typename T, typename W>
 hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int32_t cluster, bool cluster_pull) {
@@ -1809,8 +1829,10 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   int64_t grid_n_min = sm * 8;  // enough threads for the dense renormalization pass
   const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(
       std::max(grid_n, a.mode == 2 ? grid_n_min : int64_t{1}), 65535)));
-  // Synapse kernel: a full GPU of resident warps (8 blocks of 256 per SM) looping over the step's tasks.
-  const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * 8));
+  // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
+  // resident at once (registers bound it: 5 of 256 threads per SM at 48 registers), so that no block waits
+  // for a second wave with its share of the tasks; syn_blocks > 0 overrides the count per SM.
+  const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * SynBlocksPerSm<T, W>(a.syn_blocks)));
   const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
   const int32_t parts = static_cast<int32_t>(
       std::min<int64_t>(16, std::max<int64_t>(1, (avg_k + kMultiU * FUMJAX_WARP - 1) / (kMultiU * FUMJAX_WARP))));
@@ -1852,7 +1874,7 @@ U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream
 template <typename T, typename W>
 hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res, void* work,
                     const double* sc, int32_t refractory_steps, int32_t mode, int32_t pre_shift, int32_t path,
-                    int32_t cluster, bool cluster_pull) {
+                    int32_t cluster, bool cluster_pull, int32_t syn_blocks) {
   enum { kV, kRefrac, kX, kY, kRing, kW, kElig, kT0, kWin, kStep, kTau, kVth, kIext, kRowPtr, kBucket, kPost,
          kDelay, kInPtr, kInSyn, kExc, kGamma, kInv };
   hipError_t err = hipSuccess;
@@ -1865,8 +1887,11 @@ hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<f
   a.mode = mode;
   a.refractory_steps = refractory_steps;
   a.pre_shift = pre_shift;
-  a.multi_split = path == kPathMultiSplit;
-  if (a.multi_split) path = kPathMulti;
+  a.syn_blocks = syn_blocks;
+  if (path >= kPathMultiSplit) {
+    a.multi_cells = path == kPathMultiPre ? 2 : (path == kPathMultiPost ? 1 : 0);
+    path = kPathMulti;
+  }
   T* scal[] = {&a.v_rest, &a.v_reset, &a.dt, &a.g_syn, &a.a_plus, &a.a_minus, &a.w_clip, &a.decay_x, &a.decay_y};
   for (int q = 0; q < 9; ++q) *scal[q] = static_cast<T>(sc[q]);
   a.v = InPlace<T>(ops[kV], res[kV], stream, &err);
@@ -1906,6 +1931,7 @@ ffi::Error RunStepsGpuDispatch(
     ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
     double a_plus, double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps,
     int32_t mode, int32_t pre_shift, int32_t gpu_path, int32_t gpu_cluster, int32_t gpu_cluster_body,
+    int32_t gpu_syn_blocks,
     ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
     ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
     ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
@@ -1996,16 +2022,16 @@ ffi::Error RunStepsGpuDispatch(
   hipError_t err;
   if (dt_f == ffi::DataType::F64) {
     err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                   gpu_cluster, pull);
+                                   gpu_cluster, pull, gpu_syn_blocks);
   } else if (dt_w == ffi::DataType::F32) {
     err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                 gpu_cluster, pull);
+                                 gpu_cluster, pull, gpu_syn_blocks);
   } else if (dt_w == ffi::DataType::F16) {
     err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                gpu_cluster, pull);
+                                gpu_cluster, pull, gpu_syn_blocks);
   } else {
     err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                    gpu_cluster, pull);
+                                    gpu_cluster, pull, gpu_syn_blocks);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
@@ -2053,9 +2079,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Attr<int32_t>("refractory_steps")
                                   .Attr<int32_t>("mode")
                                   .Attr<int32_t>("pre_shift")
-                                  .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster, 4 multi_split
+                                  .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster, 4-6 A/B
                                   .Attr<int32_t>("gpu_cluster")        // CTAs per cluster, 0 = default (8)
                                   .Attr<int32_t>("gpu_cluster_body")   // 0 auto, 1 pull
+                                  .Attr<int32_t>("gpu_syn_blocks")     // multi: synapse blocks per SM, 0 = resident
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre
