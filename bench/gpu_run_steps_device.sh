@@ -2,8 +2,8 @@
 # One device call: build, GPU tests, compute-sanitizer, Nsight Compute, timings. Logs under $OUT (5 files).
 #   STAGES=test,san,ncu,bench (default; any order) and probe, scale (opt-in); PYTEST_K (a -k expression, may
 #   hold spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage; PROBE_ARGS go
-#   to bench/gpu_multi_probe.py (probe.log), SCALE_ARGS to bench/bench_scale.py and SCALE10_ARGS to
-#   `fumjax scale` (scale.log; either may be empty to skip it). Stage pick (after probe): the probe variant
+#   to bench/gpu_multi_probe.py (probe.log), SCALE10_ARGS to `fumjax scale`, then SCALE_ARGS to
+#   bench/bench_scale.py (scale.log; either may be empty to skip it). Stage pick (after probe): the probe variant
 #   with syn_blocks 0 fastest at drive PICK_DRIVE (default 0.005) sets FUMJAX_GPU_RUN_PATH and
 #   PICK_SHIFT (use as --pre-shift \$PICK_SHIFT in SCALE_ARGS) for the later stages. ncu on the cluster
 #   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
@@ -68,15 +68,15 @@ PY
 }
 do_scale() {
   export XLA_PYTHON_CLIENT_PREALLOCATE=false
-  if [[ -n "$SCALE_ARGS" ]]; then
-    timeout ${SCALE_TIMEOUT:-300} python3 $OLDPWD/bench/bench_scale.py $(eval echo ${SCALE_ARGS}) 2>&1 | tee -a $OUT/scale.log \
-      | grep -v "^W0\|^I0"
-    stage_t bench_scale
-  fi
   if [[ -n "$SCALE10_ARGS" ]]; then
     timeout ${SCALE10_TIMEOUT:-200} python3 -m fumjax.cli scale ${SCALE10_ARGS} 2>&1 | tee -a $OUT/scale.log \
       | grep -v "^W0\|^I0"
     stage_t fumjax_scale
+  fi
+  if [[ -n "$SCALE_ARGS" ]]; then
+    timeout ${SCALE_TIMEOUT:-300} python3 $OLDPWD/bench/bench_scale.py $(eval echo ${SCALE_ARGS}) 2>&1 | tee -a $OUT/scale.log \
+      | grep -v "^W0\|^I0"
+    stage_t bench_scale
   fi
   unset XLA_PYTHON_CLIENT_PREALLOCATE
 }
