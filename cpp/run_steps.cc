@@ -28,6 +28,10 @@
 #include "run_steps_compute.h"
 #include "xla/ffi/api/ffi.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace ffi = xla::ffi;
 
 namespace fumjax {
@@ -135,6 +139,24 @@ int ResolveThreads(int32_t requested, int64_t n, int64_t e) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, std::max<int64_t>(1, n))));
 }
 
+// The (T, N) spike raster is a fresh output buffer of every call, written once, a row per step: on Linux
+// each 4 KiB page of it costs a page fault at its first write (measured: ~25,000 faults, ~13% of a
+// 10k-neuron x 10k-step call). Where transparent huge pages are enabled on request (the usual "madvise"
+// setting), asking for them turns that into one fault per 2 MiB. Only a hint: the contents do not change,
+// and an error (no THP support) is ignored.
+void AdviseHugePages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (bytes < static_cast<int64_t>(2 * kHuge)) return;
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 template <typename T, typename W>
 ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   RunStepsArgs<T, W> a;
@@ -183,6 +205,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.refractory_steps = c.refractory_steps;
   a.mode = static_cast<PlasticityMode>(c.mode);
   a.spikes = r.spikes->typed_data<uint8_t>();
+  AdviseHugePages(a.spikes, a.t_steps * a.n);
 
   const auto bad_index = [] {
     return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");

@@ -337,6 +337,28 @@ def test_unsorted_rows_one_thread():
         _assert_same(ref, got, s_ref, s_got, f"unsorted rows, 1 thread, mode={mode} seed={seed}")
 
 
+def test_large_network_prefetch_path():
+    """A network whose float32 weights exceed 1 MiB (2^18 synapses): the synapse passes prefetch the rows
+    and in-lists ahead (cpp/run_steps_compute.h, kPrefetchMinBytes); 1,000 steps also take the long-call
+    in-list with each entry's pre. Results stay identical to the reference, on 1 and 2 threads."""
+    seed = _fresh_seed()
+    n = 2700
+    # w_exc_max 0.15: ~10-12 Hz in both modes (rstdp keeps the weights, which run away at 0.3 and K = 100)
+    net = Network.distance_biased(n, k_per_neuron=100, w_exc_max=0.15, seed=seed % 2**31)
+    assert net.n_synapses * 4 >= 2**20
+    cfg = FumConfig().replace(neuron={"n_neurons": n}, plasticity={"gamma": 0.8})
+    i_ext = _drive(n, 1000, seed, jnp.float32)
+    state = fumjax.init_state(net, cfg)
+    for mode in ("stdp", "rstdp"):
+        ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
+        assert 3.0 < _rate_hz(s_ref) < 60.0, (_rate_hz(s_ref), seed)
+        for threads in (1, 2):
+            got, s_got = jax.jit(
+                lambda s, i, m=mode, t=threads: fused.run_steps(s, net, i, cfg, m, threads=t)
+            )(state, i_ext)
+            _assert_same(ref, got, s_ref, s_got, f"prefetch path mode={mode} threads={threads} seed={seed}")
+
+
 def test_threads_from_config():
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n}, run={"threads": 2})
