@@ -271,10 +271,18 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
       lin_syn.reserve(static_cast<size_t>(a.e));
       lin_ptr[0] = 0;
     }
+    // Each slot's pre, row by row (what PreOfSlot finds; slots past row_ptr[N] go to the last row): one
+    // sequential pass instead of a search per entry (the search was ~1.5 ms per 50k synapses).
+    std::vector<int32_t> slot_pre(static_cast<size_t>(a.e));
+    for (int64_t j = 0; j < a.n; ++j) {
+      const int32_t pre = static_cast<int32_t>(j);
+      std::fill(slot_pre.begin() + a.row_ptr[j], slot_pre.begin() + a.row_ptr[j + 1], pre);
+    }
+    std::fill(slot_pre.begin() + a.row_ptr[a.n], slot_pre.end(), static_cast<int32_t>(a.n - 1));
     for (int64_t i = 0; i < a.n; ++i) {
       for (int64_t p = a.in_ptr[i]; p < static_cast<int64_t>(a.in_ptr[i + 1]); ++p) {
         const int64_t k = a.in_syn[p];
-        const int64_t j = PreOfSlot(a.row_ptr, a.pre_bucket, a.pre_shift, a.n, k);
+        const int64_t j = slot_pre[static_cast<size_t>(k)];
         if (any_static) {
           if (a.excitatory[j] == 2) continue;
           lin_syn.push_back(static_cast<uint32_t>(k));
