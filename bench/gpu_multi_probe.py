@@ -9,9 +9,8 @@ E must stay below 2^31 here (jnp.argsort indices are int32 without x64); the rea
 the builder (fumjax.compact). Run on the GPU machine:
     python bench/gpu_multi_probe.py --neurons 1000000 --k 500 --drives 0.02,0.05,0.1
 A/B of kernel variants on the same network, each from the same initial state and drive:
-    python bench/gpu_multi_probe.py --neurons 4000000 --variants multi:9,multi_split:9,multi:11,multi:12:8
-(PATH:SHIFT[:BLOCKS] = FUMJAX_GPU_RUN_PATH, the pre_bucket table's log2 slots per entry and
-FUMJAX_GPU_SYN_BLOCKS (default 0), all read at trace time.)
+    python bench/gpu_multi_probe.py --neurons 4000000 --variants multi:9,multi:11,multi:12
+(PATH:SHIFT = FUMJAX_GPU_RUN_PATH, read at trace time, and the pre_bucket table's log2 slots per entry.)
 """
 
 from __future__ import annotations
@@ -150,8 +149,8 @@ def main() -> None:
     p.add_argument(
         "--variants",
         default="",
-        help="comma-separated PATH:SHIFT[:BLOCKS] (GPU run path, pre_bucket shift, synapse blocks per SM); "
-        "default: the current path and fumjax.compact.PRE_SHIFT",
+        help="comma-separated PATH:SHIFT (GPU run path, pre_bucket shift); default: the current path and "
+        "fumjax.compact.PRE_SHIFT",
     )
     a = p.parse_args()
     dev = jax.devices()[0]
@@ -171,19 +170,15 @@ def main() -> None:
     )
     variants = [v.split(":") for v in a.variants.split(",")] if a.variants else [["", str(fused.PRE_SHIFT)]]
     rows = []
-    for path, shift, *blocks in variants:
+    for path, shift in variants:
         if path:
             os.environ["FUMJAX_GPU_RUN_PATH"] = path
-        os.environ["FUMJAX_GPU_SYN_BLOCKS"] = blocks[0] if blocks else "0"
         jax.clear_caches()  # the path is an attribute fixed at trace time
         net.pre_shift = int(shift)
         net.pre_bucket = pre_bucket(a.neurons, a.k, net.pre_shift)
         del state  # a fresh copy (state arrays may alias net.w0 etc., and run_drives donates them)
         state = jax.tree.map(jnp.copy, fumjax.init_state(net, cfg))
-        tag = dict(
-            path=path or "default", pre_shift=net.pre_shift, syn_blocks=int(blocks[0]) if blocks else 0
-        )
-        rows += run_drives(a, net, cfg, state, tag)
+        rows += run_drives(a, net, cfg, state, dict(path=path or "default", pre_shift=net.pre_shift))
     stats = dev.memory_stats() or {}
     print(
         f"peak_bytes_in_use {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB; "

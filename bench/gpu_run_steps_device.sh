@@ -4,7 +4,7 @@
 #   hold spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage; PROBE_ARGS go
 #   to bench/gpu_multi_probe.py (probe.log), SCALE10_ARGS to `fumjax scale`, then SCALE_ARGS to
 #   bench/bench_scale.py (scale.log; either may be empty to skip it). Stage pick (after probe): the probe variant
-#   with syn_blocks 0 fastest at drive PICK_DRIVE (default 0.005) sets FUMJAX_GPU_RUN_PATH and
+#   fastest at drive PICK_DRIVE (default 0.005) sets FUMJAX_GPU_RUN_PATH and
 #   PICK_SHIFT (use as --pre-shift \$PICK_SHIFT in SCALE_ARGS) for the later stages. ncu on the cluster
 #   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
 # If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
@@ -60,7 +60,7 @@ do_pick() {
   eval "$(python3 - $OUT/probe.log ${PICK_DRIVE:-0.005} <<'PY'
 import json, sys
 rows = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])["rows"]
-best = min((r for r in rows if r["drive"] == float(sys.argv[2]) and r["syn_blocks"] == 0), key=lambda r: r["ms_per_step"])
+best = min((r for r in rows if r["drive"] == float(sys.argv[2])), key=lambda r: r["ms_per_step"])
 print(f"export FUMJAX_GPU_RUN_PATH={best['path']} PICK_SHIFT={best['pre_shift']}")
 PY
 )"

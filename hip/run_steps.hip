@@ -134,8 +134,6 @@ __device__ __forceinline__ BFloat16 St<BFloat16, float>(float x) {
 template <typename T, typename W>
 struct GpuArgs {
   int32_t n = 0, d = 1, t_steps = 0, k_max = 0, mode = 0, refractory_steps = 0, pre_shift = 9;
-  int32_t multi_cells = 3;  // multi path: bit 0 post cells (with D = 1), bit 1 pre cells (others: A/B only)
-  int32_t syn_blocks = 0;   // multi path: SynapseKernel blocks per SM (0: as many as are resident at once)
   int64_t e = 0;  // synapses (< 2^32): every synapse index is 64-bit arithmetic
   T v_rest{}, v_reset{}, dt{}, g_syn{}, a_plus{}, a_minus{}, w_clip{}, decay_x{}, decay_y{};
   // State (result buffers, updated in place).
@@ -150,7 +148,7 @@ struct GpuArgs {
   int32_t* window_spikes;
   int32_t* step;
   uint8_t* spikes;  // (T, N)
-  T* work;          // (6, N + 2) scratch of the multi path (an extra result, discarded by fused.py)
+  T* work;          // (5, N + 2) scratch of the multi path (an extra result, discarded by fused.py)
   // Read-only.
   const T* tau;
   const T* v_th;
@@ -1218,16 +1216,14 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 //     traces x' = fma(x, decay_x, s), y' = fma(y, decay_y, s) at once. Spiking neurons are appended to a
 //     spike list (warp-aggregated atomics) with their LTP factor a_plus * x_j*decay_x.
 //   SynapseKernel (a fixed grid of warps looping over tasks): 2P tasks per listed spike -- P parts of its
-//     outgoing row (transmission by global atomicAdd into the input accumulator, STDP with post_yd of the
-//     post) and P parts of its incoming list (STDP of the synapses whose pre is silent: pre from pre_bucket,
-//     then forward over row ends, then pre_dw) -- each a batch of kMultiU x 32 synapses with every stage's
-//     loads in flight together.
-//   Interleaved scratch (issue 5): each random per-neuron visit reads one 8-byte cell (16 with double), one
-//     32-byte sector: PostCell {post_yd, input accumulator} when every delay is 1 (the call's first
-//     NeuronKernel takes step 0's input from the state's ring; FinalizeKernel writes the accumulators back
-//     to the ring; with D > 1 the ring itself takes the atomics and post_yd is a plain array), and PreCell
-//     {pre_dw, row_end = row_ptr[j + 1]} (written whole by NeuronKernel), so the in-list walk ends on the
-//     cell that also holds the dw.
+//     outgoing row (transmission by global atomicAdd into the ring, STDP with post_yd of the post) and P
+//     parts of its incoming list (STDP of the synapses whose pre is silent: pre from pre_bucket, then
+//     forward over the pre cells' row ends to the cell that also holds pre_dw) -- each a batch of kMultiU x
+//     32 synapses with every stage's loads in flight together. The grid is as many blocks as are resident.
+//   Pre cells (issue 5): {pre_dw, row_end = row_ptr[j + 1]} per pre neuron, 8 bytes (16 with double), written
+//     whole by NeuronKernel, so the in-list's random walk and its pre_dw read hit one 32-byte sector instead
+//     of a row_ptr sector and a pre_dw sector. Pairing {post_yd, ring} the same way was measured slower
+//     (bench/GPU_RUN_STEPS.md: +12% per step at 4M x 500, 5 Hz) and is not done.
 //     P = ceil(E/N / (kMultiU x 32)): about one batch per task, so the work spreads over all warps whatever
 //     the rate (no warp walks a whole row while others idle).
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
@@ -1238,49 +1234,28 @@ constexpr int kMultiThreads = 256;
 constexpr int kMultiU = 4;  // synapses per lane in flight in the synapse kernel
 
 template <typename T>
-struct alignas(2 * sizeof(T)) PostCell {
-  T yd;   // post_yd
-  T acc;  // input of the next step (D = 1)
-};
-template <typename T>
 struct alignas(2 * sizeof(T)) PreCell {
   T dw;              // pre_dw
   uint32_t row_end;  // row_ptr[j + 1]
 };
-static_assert(sizeof(PostCell<float>) == 8 && sizeof(PreCell<float>) == 8 && sizeof(PreCell<double>) == 16,
-              "a scratch cell must be two elements of T");
+static_assert(sizeof(PreCell<float>) == 8 && sizeof(PreCell<double>) == 16, "a pre cell is two elements of T");
 
-// Scratch layout in `work` ((6, N + 2) elements of T): pre cells, post cells (2N T each), list_ltp (N T),
-// list_j (N int32), then two spike counters (int32, by step parity). Where a cell is not used (post cells
-// with D > 1, or not in multi_cells) the plain arrays pre_dw / post_yd take the first N elements of its region.
+// Scratch layout in `work` ((5, N + 2) elements of T): pre cells (2N T), post_yd, list_ltp (N T each),
+// list_j (N int32), then two spike counters (int32, by step parity).
 template <typename T>
 struct MultiScratch {
   PreCell<T>* pre;
-  PostCell<T>* post;
-  T* pre_dw;
   T* post_yd;
   T* list_ltp;
   int32_t* list_j;
   int32_t* count;
   __host__ __device__ MultiScratch(T* work, int64_t n)
       : pre(reinterpret_cast<PreCell<T>*>(work)),
-        post(reinterpret_cast<PostCell<T>*>(work + 2 * n)),
-        pre_dw(work),
         post_yd(work + 2 * n),
-        list_ltp(work + 4 * n),
-        list_j(reinterpret_cast<int32_t*>(work + 5 * n)),
-        count(reinterpret_cast<int32_t*>(work + 5 * n) + n) {}
+        list_ltp(work + 3 * n),
+        list_j(reinterpret_cast<int32_t*>(work + 4 * n)),
+        count(reinterpret_cast<int32_t*>(work + 4 * n) + n) {}
 };
-
-// Which cells a call uses (uniform over the call).
-template <typename T, typename W>
-__host__ __device__ __forceinline__ bool PairPost(const GpuArgs<T, W>& a) {
-  return (a.multi_cells & 1) != 0 && a.d == 1;
-}
-template <typename T, typename W>
-__host__ __device__ __forceinline__ bool PairPre(const GpuArgs<T, W>& a) {
-  return (a.multi_cells & 2) != 0;
-}
 
 // One pre cell in one load (read-only during the synapse kernel).
 template <typename T>
@@ -1338,21 +1313,12 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
   uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
   MultiScratch<T> m(a.work, n);
   int32_t* count = m.count + (t & 1);
-  const bool pair_post = PairPost(a), pair_pre = PairPre(a);
   for (int64_t i = gid; i - lane < n; i += stride) {  // whole warps iterate together (ballot below)
     bool spiked = false;
     T ltp = T(0);
     if (i < n) {
-      // This step's input: the ring slot, or the post cell's accumulator (D = 1; step 0 of a call reads the
-      // state's ring, which FinalizeKernel overwrites with the accumulators).
-      T cur;
-      if (pair_post && t > 0) {
-        cur = Add(m.post[i].acc, iext[i]);
-      } else {
-        cur = Add(ring_now[i], iext[i]);
-        if (!pair_post) ring_now[i] = T(0);
-      }
-      T yd_i = T(0);
+      const T cur = Add(ring_now[i], iext[i]);
+      ring_now[i] = T(0);
       T v = a.v[i];
       int32_t r = a.refrac[i];
       spiked = Lif(a, v, r, Div(a.dt, a.tau[i]), a.v_th[i], cur);
@@ -1365,19 +1331,14 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
         const int code = __ldg(a.excitatory + i);
         ltp = Mul(a.a_plus, Mul(xi, a.decay_x));
         const T diff = Sub(ltp, T(0));
-        const T dw = (spiked || code == 2) ? QuietNaN(T(0)) : (code == 1 ? diff : -diff);
-        if (pair_pre) {  // the whole cell every step: a half-written sector costs a DRAM read-modify-write
-          m.pre[i] = PreCell<T>{dw, __ldg(a.row_ptr + i + 1)};
-        } else {
-          m.pre_dw[i] = dw;
-        }
+        // The whole cell every step: a half-written sector would cost a DRAM read-modify-write.
+        m.pre[i] = PreCell<T>{(spiked || code == 2) ? QuietNaN(T(0)) : (code == 1 ? diff : -diff),
+                              __ldg(a.row_ptr + i + 1)};
         const T yd = Mul(yi, a.decay_y);
-        yd_i = spiked ? -yd : yd;
-        if (!pair_post) m.post_yd[i] = yd_i;
+        m.post_yd[i] = spiked ? -yd : yd;
         a.x[i] = Fma(xi, a.decay_x, sp);
         a.y[i] = Fma(yi, a.decay_y, sp);
       }
-      if (pair_post) m.post[i] = PostCell<T>{yd_i, T(0)};
     }
     const auto mask = __ballot_sync(FUMJAX_FULL_MASK, spiked);
     if (mask) {
@@ -1410,7 +1371,6 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
     inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
   }
   MultiScratch<T> m(a.work, n);
-  const bool pair_post = PairPost(a), pair_pre = PairPre(a);
   const int64_t ns = m.count[t & 1];
   if (blockIdx.x == 0 && threadIdx.x == 0) m.count[(t + 1) & 1] = 0;  // NeuronKernel(t + 1) appends there
   const int lane = threadIdx.x % FUMJAX_WARP;
@@ -1448,7 +1408,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
         for (int u = 0; u < kMultiU; ++u) {
           const bool ok = static_cast<uint32_t>(ii[u]) < static_cast<uint32_t>(n) && rr[u] >= 1 && rr[u] <= d;
           if (!ok) ii[u] = -1;
-          yd[u] = learn && ok ? (pair_post ? m.post[ii[u]].yd : m.post_yd[ii[u]]) : T(0);
+          yd[u] = learn && ok ? m.post_yd[ii[u]] : T(0);
         }
 #pragma unroll
         for (int u = 0; u < kMultiU; ++u) {
@@ -1458,8 +1418,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
             rs = slot + rr[u];
             if (rs >= d) rs -= d;
           }
-          T* dst = pair_post ? &m.post[ii[u]].acc : a.ring + static_cast<int64_t>(rs) * n + ii[u];
-          atomicAdd(dst, Mul(a.g_syn, ww[u]));
+          atomicAdd(a.ring + static_cast<int64_t>(rs) * n + ii[u], Mul(a.g_syn, ww[u]));
           if (learn) {
             const bool spk_i = signbit(yd[u]);
             const T diff = Sub(spk_i ? ltp_j : T(0), Mul(a.a_minus, spk_i ? -yd[u] : yd[u]));
@@ -1483,31 +1442,22 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
           jj[u] = kk[u] < e ? __ldg(a.pre_bucket + (kk[u] >> a.pre_shift)) : -1;
           jj[u] = jj[u] >= n ? n - 1 : jj[u];
         }
-        T dw[kMultiU], wk[kMultiU];
-        if (pair_pre) {  // the bucket's row's cell, then forward over row ends; the last cell holds the dw
-          PreCell<T> c[kMultiU];
+        PreCell<T> c[kMultiU];  // the bucket's row's cell, then forward over row ends; the last holds the dw
 #pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] >= 0) c[u] = LoadPre(m.pre + jj[u]);
-          }
-#pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] < 0) continue;
-            while (jj[u] + 1 < n && static_cast<int64_t>(c[u].row_end) <= kk[u]) c[u] = LoadPre(m.pre + ++jj[u]);
-          }
-#pragma unroll
-          for (int u = 0; u < kMultiU; ++u) dw[u] = jj[u] < 0 ? QuietNaN(T(0)) : c[u].dw;
-        } else {
-#pragma unroll
-          for (int u = 0; u < kMultiU; ++u) {
-            if (jj[u] < 0) continue;
-            while (jj[u] + 1 < n && static_cast<int64_t>(__ldg(a.row_ptr + jj[u] + 1)) <= kk[u]) ++jj[u];
-          }
-#pragma unroll
-          for (int u = 0; u < kMultiU; ++u) dw[u] = jj[u] < 0 ? QuietNaN(T(0)) : m.pre_dw[jj[u]];
+        for (int u = 0; u < kMultiU; ++u) {
+          if (jj[u] >= 0) c[u] = LoadPre(m.pre + jj[u]);
         }
 #pragma unroll
-        for (int u = 0; u < kMultiU; ++u) wk[u] = rstdp || jj[u] < 0 ? T(0) : Ld(a.w[kk[u]]);
+        for (int u = 0; u < kMultiU; ++u) {
+          if (jj[u] < 0) continue;
+          while (jj[u] + 1 < n && static_cast<int64_t>(c[u].row_end) <= kk[u]) c[u] = LoadPre(m.pre + ++jj[u]);
+        }
+        T dw[kMultiU], wk[kMultiU];
+#pragma unroll
+        for (int u = 0; u < kMultiU; ++u) {
+          dw[u] = jj[u] < 0 ? QuietNaN(T(0)) : c[u].dw;
+          wk[u] = rstdp || jj[u] < 0 ? T(0) : Ld(a.w[kk[u]]);
+        }
 #pragma unroll
         for (int u = 0; u < kMultiU; ++u) {
           if (isnan(dw[u])) continue;  // no synapse, or the pre spiked (its row did this synapse) or is static
@@ -1518,21 +1468,11 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
   }
 }
 
-// End of a call: step and eligibility clock; with post cells (D = 1, T > 0) the accumulators, i.e. the next
-// step's input, back into the state's ring (with T = 0 the ring is untouched).
 template <typename T, typename W>
-__global__ void __launch_bounds__(kMultiThreads) FinalizeKernel(GpuArgs<T, W> a) {
-  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  if (gid == 0) {
-    const int32_t s0 = *a.step;
-    *a.step = s0 + a.t_steps;
-    if (a.mode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, *a.elig_t0, a.k_max, s0 + a.t_steps - 1).t0;
-  }
-  if (PairPost(a) && a.t_steps > 0) {
-    MultiScratch<T> m(a.work, a.n);
-    for (int64_t i = gid; i < a.n; i += stride) a.ring[i] = m.post[i].acc;
-  }
+__global__ void FinalizeKernel(GpuArgs<T, W> a) {
+  const int32_t s0 = *a.step;
+  *a.step = s0 + a.t_steps;
+  if (a.mode == 2 && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, *a.elig_t0, a.k_max, s0 + a.t_steps - 1).t0;
 }
 
 // =====================================================================================================
@@ -1772,18 +1712,12 @@ int BlockR(int64_t n) {
 
 // GPU path (attribute gpu_path, fixed when the program is traced: fused.py reads FUMJAX_GPU_RUN_PATH then, so
 // a compiled program, or a CUDA graph captured from it, always launches the same kernels).
-// multi_split / multi_pre / multi_post: the multi path with no / only the pre / only the post interleaved
-// cells (separate pre_dw / post_yd / ring / row_ptr visits otherwise), for A/B measurements.
-enum GpuPath : int32_t {
-  kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3, kPathMultiSplit = 4, kPathMultiPre = 5,
-  kPathMultiPost = 6
-};
+enum GpuPath : int32_t { kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3 };
 
-// SynapseKernel blocks per SM: `want` if > 0, else the occupancy calculator's resident count (cached per
-// device; a host query, no stream work).
+// SynapseKernel blocks resident per SM (the occupancy calculator; cached per device, a host query with no
+// stream work).
 template <typename T, typename W>
-int64_t SynBlocksPerSm(int32_t want) {
-  if (want > 0) return want;
+int64_t SynBlocksPerSm() {
   static int cache[64] = {};
   int dev = 0;
   if (hipGetDevice(&dev) != hipSuccess || dev < 0 || dev >= 64) return 8;
@@ -1831,8 +1765,8 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
       std::max(grid_n, a.mode == 2 ? grid_n_min : int64_t{1}), 65535)));
   // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
   // resident at once (registers bound it: 5 of 256 threads per SM at 48 registers), so that no block waits
-  // for a second wave with its share of the tasks; syn_blocks > 0 overrides the count per SM.
-  const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * SynBlocksPerSm<T, W>(a.syn_blocks)));
+  // for a second wave with its share of the tasks (8 per SM was 4% slower at 4M x 500).
+  const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * SynBlocksPerSm<T, W>()));
   const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
   const int32_t parts = static_cast<int32_t>(
       std::min<int64_t>(16, std::max<int64_t>(1, (avg_k + kMultiU * FUMJAX_WARP - 1) / (kMultiU * FUMJAX_WARP))));
@@ -1843,9 +1777,7 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
     NeuronKernel<T, W><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
     SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t, parts);
   }
-  const bool copy_back = PairPost(a) && a.t_steps > 0;
-  const unsigned grid_fin = static_cast<unsigned>(copy_back ? std::clamp<int64_t>(grid_n, 1, 65535) : 1);
-  FinalizeKernel<T, W><<<grid_fin, kMultiThreads, 0, stream>>>(a);
+  FinalizeKernel<T, W><<<1, 1, 0, stream>>>(a);
   return hipGetLastError();
 }
 
@@ -1874,7 +1806,7 @@ U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream
 template <typename T, typename W>
 hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res, void* work,
                     const double* sc, int32_t refractory_steps, int32_t mode, int32_t pre_shift, int32_t path,
-                    int32_t cluster, bool cluster_pull, int32_t syn_blocks) {
+                    int32_t cluster, bool cluster_pull) {
   enum { kV, kRefrac, kX, kY, kRing, kW, kElig, kT0, kWin, kStep, kTau, kVth, kIext, kRowPtr, kBucket, kPost,
          kDelay, kInPtr, kInSyn, kExc, kGamma, kInv };
   hipError_t err = hipSuccess;
@@ -1887,11 +1819,6 @@ hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<f
   a.mode = mode;
   a.refractory_steps = refractory_steps;
   a.pre_shift = pre_shift;
-  a.syn_blocks = syn_blocks;
-  if (path >= kPathMultiSplit) {
-    a.multi_cells = path == kPathMultiPre ? 2 : (path == kPathMultiPost ? 1 : 0);
-    path = kPathMulti;
-  }
   T* scal[] = {&a.v_rest, &a.v_reset, &a.dt, &a.g_syn, &a.a_plus, &a.a_minus, &a.w_clip, &a.decay_x, &a.decay_y};
   for (int q = 0; q < 9; ++q) *scal[q] = static_cast<T>(sc[q]);
   a.v = InPlace<T>(ops[kV], res[kV], stream, &err);
@@ -1931,7 +1858,6 @@ ffi::Error RunStepsGpuDispatch(
     ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
     double a_plus, double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps,
     int32_t mode, int32_t pre_shift, int32_t gpu_path, int32_t gpu_cluster, int32_t gpu_cluster_body,
-    int32_t gpu_syn_blocks,
     ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
     ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
     ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
@@ -2003,13 +1929,13 @@ ffi::Error RunStepsGpuDispatch(
       Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre_bucket, {n_buckets}) &&
       Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) &&
       Dims(excitatory, {n}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n}) &&
-      work->element_type() == dt_f && Dims(*work, {6, n + 2});
+      work->element_type() == dt_f && Dims(*work, {5, n + 2});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); ring (D, N); "
         "w, elig, post, in_syn (E,); delay (E,) or (0,) with D = 1; pre_bucket ((E-1 >> pre_shift) + 1,); "
         "row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,); "
-        "work (6, N + 2) in the state's dtype");
+        "work (5, N + 2) in the state's dtype");
   }
   const ffi::AnyBuffer ops[] = {v,    refrac,     x,    y,     ring,   w,      elig,   elig_t0,
                                 window_spikes, step, tau, v_th, i_ext, row_ptr, pre_bucket, post,
@@ -2022,16 +1948,16 @@ ffi::Error RunStepsGpuDispatch(
   hipError_t err;
   if (dt_f == ffi::DataType::F64) {
     err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                   gpu_cluster, pull, gpu_syn_blocks);
+                                   gpu_cluster, pull);
   } else if (dt_w == ffi::DataType::F32) {
     err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                 gpu_cluster, pull, gpu_syn_blocks);
+                                 gpu_cluster, pull);
   } else if (dt_w == ffi::DataType::F16) {
     err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                gpu_cluster, pull, gpu_syn_blocks);
+                                gpu_cluster, pull);
   } else {
     err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                    gpu_cluster, pull, gpu_syn_blocks);
+                                    gpu_cluster, pull);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
@@ -2079,10 +2005,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Attr<int32_t>("refractory_steps")
                                   .Attr<int32_t>("mode")
                                   .Attr<int32_t>("pre_shift")
-                                  .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster, 4-6 A/B
+                                  .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster
                                   .Attr<int32_t>("gpu_cluster")        // CTAs per cluster, 0 = default (8)
                                   .Attr<int32_t>("gpu_cluster_body")   // 0 auto, 1 pull
-                                  .Attr<int32_t>("gpu_syn_blocks")     // multi: synapse blocks per SM, 0 = resident
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre
@@ -2094,5 +2019,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Ret<ffi::AnyBuffer>()   // window_spikes
                                   .Ret<ffi::AnyBuffer>()   // step
                                   .Ret<ffi::AnyBuffer>()   // spikes (T, N)
-                                  .Ret<ffi::AnyBuffer>(),  // work (6, N + 2): multi-path scratch
+                                  .Ret<ffi::AnyBuffer>(),  // work (5, N + 2): multi-path scratch
                               {xla::ffi::Traits::kCmdBufferCompatible});

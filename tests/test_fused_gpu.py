@@ -172,9 +172,9 @@ def test_gpu_matches_cpu_reference(n, delays, mode, path):
 
 @pytest.mark.parametrize("delays", ["1", "mixed"])
 def test_multi_calls_carry_input(delays, monkeypatch):
-    """Multi path over calls of 150, 0 and 250 steps against one 400-step reference run. With D = 1 the
-    input summed into the interleaved post cells is written back to the ring at a call's end and is the next
-    call's step-0 input; a 0-step call leaves every state array bit for bit as it was."""
+    """Multi path over calls of 150, 0 and 250 steps against one 400-step reference run: the input summed
+    into the ring at a call's end is the next call's step-0 input, each call rebuilds the pre cells' row ends
+    in its own scratch, and a 0-step call leaves every state array bit for bit as it was."""
     _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH="multi")
     net, cfg, state, i_ext = make_case(1000, 50, delays, seed=41, t_steps=400)
     to = lambda dev: lambda x: jax.device_put(x, dev)  # noqa: E731

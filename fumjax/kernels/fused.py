@@ -290,25 +290,15 @@ def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     )
 
 
-_GPU_PATHS = {
-    "auto": 0,
-    "block": 1,
-    "multi": 2,
-    "cluster": 3,
-    "multi_split": 4,
-    "multi_pre": 5,
-    "multi_post": 6,
-}
+_GPU_PATHS = {"auto": 0, "block": 1, "multi": 2, "cluster": 3}
 
 
 def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
     """The GPU handler's kernel choice, fixed when the program is traced (a compiled program, or a CUDA graph
     captured from it, always runs the same kernels): cfg.run.gpu_path if the config has one, else
     FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster (auto: one persistent block where the network fits
-    its shared memory, else multi; for A/B timings multi_split / multi_pre / multi_post: multi with none /
-    only the pre / only the post neurons' interleaved scratch cells); FUMJAX_GPU_CLUSTER (CTAs per cluster,
-    default 8) and FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for the cluster path (auto = event where it
-    fits); FUMJAX_GPU_SYN_BLOCKS (multi: synapse-kernel blocks per SM, default 0 = as many as are resident).
+    its shared memory, else multi); FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and
+    FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for the cluster path (auto = event where it fits).
     Change them, then jax.clear_caches()."""
     path = getattr(getattr(cfg, "run", None), "gpu_path", None) or os.environ.get(
         "FUMJAX_GPU_RUN_PATH", "auto"
@@ -317,24 +307,15 @@ def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
         raise ValueError(f"GPU run path {path!r}: must be one of {', '.join(_GPU_PATHS)}")
     cluster = os.environ.get("FUMJAX_GPU_CLUSTER", "") or "0"
     body = os.environ.get("FUMJAX_GPU_CLUSTER_BODY", "") or "auto"
-    syn_blocks = os.environ.get("FUMJAX_GPU_SYN_BLOCKS", "") or "0"
-    if (
-        not cluster.isdigit()
-        or not 0 <= int(cluster) <= 16
-        or body not in ("auto", "event", "pull")
-        or not syn_blocks.isdigit()
-        or not 0 <= int(syn_blocks) <= 32
-    ):
+    if not cluster.isdigit() or not 0 <= int(cluster) <= 16 or body not in ("auto", "event", "pull"):
         raise ValueError(
             f"FUMJAX_GPU_CLUSTER = {cluster!r} (want 0..16) / "
-            f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto, event or pull) / "
-            f"FUMJAX_GPU_SYN_BLOCKS = {syn_blocks!r} (want 0..32)"
+            f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto, event or pull)"
         )
     return dict(
         gpu_path=np.int32(_GPU_PATHS[path]),
         gpu_cluster=np.int32(int(cluster)),
         gpu_cluster_body=np.int32(body == "pull"),
-        gpu_syn_blocks=np.int32(int(syn_blocks)),
     )
 
 
@@ -398,11 +379,11 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     call = jax.ffi.ffi_call(
         RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
     )
-    # The GPU handler also returns a (6, N + 2) scratch of the multi path (no allocation inside the handler):
-    # per-neuron {post_yd, input accumulator} and {pre_dw, row end} cells, the spike list and its counters.
+    # The GPU handler also returns a (5, N + 2) scratch of the multi path (no allocation inside the handler):
+    # per-neuron {pre_dw, row end} cells, post_yd, the spike list and its counters.
     call_gpu = jax.ffi.ffi_call(
         RUN_STEPS_TARGET,
-        out_types + (jax.ShapeDtypeStruct((6, n + 2), dtype),),
+        out_types + (jax.ShapeDtypeStruct((5, n + 2), dtype),),
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
