@@ -232,10 +232,13 @@ struct RunShared {
   const RunStepsArgs<T, W>* a = nullptr;
   std::vector<int64_t> lo;         // (P+1,) neuron range bounds
   std::vector<T> ratio;            // (N,) dt / tau
-  std::vector<T> ltp_pre[2];       // (N,) a_plus * x_j decayed: LTP a spiking post reads from pre j
+  // a_plus * x_j decayed of each listed spike j (same index as spike_list): the LTP a spiking post reads
+  // from pre j; only the spiking need it, so it is not an N-array written every step.
+  std::vector<T> spike_ltp[2];     // (N,)
   std::vector<T> dw_silent_pre[2]; // (N,) in-list dw of pre j: +-ltp, or 0 if j spiked (row pass) or static
   std::vector<T> yd_post[2];       // (N,) y_i * decay_y: a spiking pre's LTD is a_minus * yd_post[i]
-  std::vector<T> spk_f[2];          // (N,) this step's spikes as 0/1 (plastic modes)
+  // This step's spikes as bytes 0/1 (plastic modes), padded by 3 so that 4-byte gathers stay inside.
+  std::vector<uint8_t> spk8[2];    // (N + 3,)
   std::vector<int32_t> spike_list[2];  // (N,) thread p's spikes at [lo_p, lo_p + count)
   std::vector<int32_t> spike_count[2];  // (P,)
   bool no_refractory = false;      // refractory_steps 0 and refrac all 0: LIF skips refrac
@@ -279,29 +282,28 @@ FUMJAX_ALWAYS_INLINE void LifInput(int64_t n, T* __restrict ring_now, const T* _
 }
 
 // Per-neuron STDP terms of this step, then the traces, over neurons [0, n) of the given pointers:
-// ltp = a_plus * (x * decay_x) (the decayed trace rounded once, as the reference's gathers recompute it),
-// yd = y * decay_y (LTD = a_minus * yd, contracted into the pair's subtraction); the in-list dw of a
-// silent pre is sign * (ltp - 0), 0 for a spiking or static pre; then x' = fma(x, decay_x, spiked), y' likewise (contracted like XLA).
+// ltp = a_plus * (x * decay_x) (the decayed trace rounded once, as the reference's gathers recompute it;
+// the rows of spiking pre take it from spike_ltp), yd = y * decay_y (LTD = a_minus * yd, contracted into
+// the pair's subtraction); the in-list dw of a silent pre is sign * (ltp - 0), 0 for a spiking or static
+// pre; the spike bytes copied to spk8; then x' = fma(x, decay_x, spiked), y' likewise (contracted like XLA).
 template <bool kFma, typename T>
 FUMJAX_ALWAYS_INLINE void StdpTermsAndTraces(int64_t n, T* __restrict x, T* __restrict y,
                                              const uint8_t* __restrict spk, const uint8_t* __restrict code,
-                                             T a_plus, T dx, T dy, T* __restrict ltp_pre,
-                                             T* __restrict dw_silent, T* __restrict yd_post,
-                                             T* __restrict spk_f) {
+                                             T a_plus, T dx, T dy, T* __restrict dw_silent,
+                                             T* __restrict yd_post, uint8_t* __restrict spk8) {
   const T zero = T(0);
   // Branch-free (bitwise &, selects) so that GCC vectorizes the loop.
   for (int64_t i = 0; i < n; ++i) {
     const T xi = x[i], yi = y[i];
     const uint8_t si = spk[i], ci = code[i];
     const T ltp = a_plus * (xi * dx);
-    ltp_pre[i] = ltp;
     yd_post[i] = yi * dy;
     const T diff = ltp - zero;
     const T signed_dw = ci == 1 ? diff : -diff;
     const bool learns = (si == 0) & (ci != 2);
     dw_silent[i] = learns ? signed_dw : zero;
     const T s = static_cast<T>(si);
-    spk_f[i] = s;
+    spk8[i] = si;
     x[i] = MulAdd<kFma>(xi, dx, s);
     y[i] = MulAdd<kFma>(yi, dy, s);
   }
@@ -374,15 +376,16 @@ __attribute__((target("avx2,fma"))) int64_t InListAvx2(int64_t q, int64_t p1, co
 template <PlasticityMode kMode>
 __attribute__((target("avx2,fma"))) int64_t RowAvx2(int64_t k, int64_t k1, int32_t n, const int32_t* __restrict post,
                                                     float* __restrict w, float* __restrict elig,
-                                                    float* __restrict ring, const float* __restrict spk_f,
+                                                    float* __restrict ring, const uint8_t* __restrict spk8,
                                                     const float* __restrict yd, float g, bool learn,
                                                     float ltp_j, bool excitatory, float neg_a_minus,
                                                     float inv, float lo_clip, float hi_clip) {
-  const __m256 g8 = _mm256_set1_ps(g), zero8 = _mm256_setzero_ps(), ltp8 = _mm256_set1_ps(ltp_j);
+  const __m256 g8 = _mm256_set1_ps(g), ltp8 = _mm256_set1_ps(ltp_j);
   const __m256 na8 = _mm256_set1_ps(neg_a_minus), inv8 = _mm256_set1_ps(inv);
   const __m256 lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
   const __m256 flip = _mm256_set1_ps(excitatory ? 0.0f : -0.0f);
   const __m256i n8 = _mm256_set1_epi32(n), rot = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+  const __m256i byte8 = _mm256_set1_epi32(0xff);
   __m256i prev = _mm256_set1_epi32(-1);  // lane 0: the last post of the previous block
   alignas(32) int32_t i8[8];
   alignas(32) float r8[8];
@@ -399,8 +402,10 @@ __attribute__((target("avx2,fma"))) int64_t RowAvx2(int64_t k, int64_t k1, int32
     for (int l = 0; l < 8; ++l) ring[i8[l]] = r8[l];
     if constexpr (kMode != PlasticityMode::kOff) {
       if (learn) {
-        const __m256 s8 = _mm256_i32gather_ps(spk_f, ii, 4);
-        const __m256 ltp = _mm256_blendv_ps(zero8, ltp8, _mm256_cmp_ps(s8, zero8, _CMP_NEQ_UQ));
+        // 4 bytes at each post's spike byte (spk8 is padded), the low one its flag: ltp_j or +0
+        const __m256i s4 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(spk8), ii, 1);
+        const __m256i fired = _mm256_cmpgt_epi32(_mm256_and_si256(s4, byte8), _mm256_setzero_si256());
+        const __m256 ltp = _mm256_and_ps(_mm256_castsi256_ps(fired), ltp8);
         const __m256 diff = _mm256_fmadd_ps(na8, _mm256_i32gather_ps(yd, ii, 4), ltp);
         const __m256 dw = _mm256_xor_ps(diff, flip);
         if constexpr (kMode == PlasticityMode::kRstdp) {
@@ -428,8 +433,8 @@ __attribute__((target("avx2,fma"))) int64_t DenseAvx2(
     const float* __restrict ratio, const float* __restrict v_th, float v_rest, float v_reset,
     int32_t refractory_steps, float* __restrict v, int32_t* __restrict refrac, uint8_t* __restrict spk,
     int32_t* __restrict list, int64_t* ns, int32_t* __restrict window_spikes, const uint8_t* __restrict code,
-    float a_plus, float dx, float dy, float* __restrict x, float* __restrict y, float* __restrict ltp_pre,
-    float* __restrict dw_silent, float* __restrict yd_post, float* __restrict spk_f) {
+    float a_plus, float dx, float dy, float* __restrict x, float* __restrict y, float* __restrict spike_ltp,
+    float* __restrict dw_silent, float* __restrict yd_post, uint8_t* __restrict spk8) {
   const __m256 zero8 = _mm256_setzero_ps(), one8 = _mm256_set1_ps(1.0f), sign8 = _mm256_set1_ps(-0.0f);
   const __m256 v_rest8 = _mm256_set1_ps(v_rest), v_reset8 = _mm256_set1_ps(v_reset);
   const __m256 a_plus8 = _mm256_set1_ps(a_plus), dx8 = _mm256_set1_ps(dx), dy8 = _mm256_set1_ps(dy);
@@ -466,16 +471,25 @@ __attribute__((target("avx2,fma"))) int64_t DenseAvx2(
         (static_cast<uint64_t>(m) * 0x0101010101010101ull) & 0x8040201008040201ull;
     const uint64_t bytes = ((bit_l_of_byte_l + 0x7f7f7f7f7f7f7f7full) >> 7) & 0x0101010101010101ull;
     std::memcpy(spk + i, &bytes, 8);
-    while (m != 0) {
-      const int64_t q = i + __builtin_ctz(m);
-      list[count++] = static_cast<int32_t>(base + q);
-      window_spikes[q] += 1;
-      m &= m - 1;
+    __m256 xi = zero8, ltp = zero8;
+    if constexpr (kPlastic) {
+      std::memcpy(spk8 + i, &bytes, 8);
+      xi = _mm256_loadu_ps(x + i);
+      ltp = _mm256_mul_ps(a_plus8, _mm256_mul_ps(xi, dx8));
+    }
+    if (m != 0) {
+      alignas(32) float ltp_lanes[8];
+      if constexpr (kPlastic) _mm256_store_ps(ltp_lanes, ltp);
+      do {
+        const int l = __builtin_ctz(m);
+        if constexpr (kPlastic) spike_ltp[count] = ltp_lanes[l];
+        list[count++] = static_cast<int32_t>(base + i + l);
+        window_spikes[i + l] += 1;
+        m &= m - 1;
+      } while (m != 0);
     }
     if constexpr (kPlastic) {
-      const __m256 xi = _mm256_loadu_ps(x + i), yi = _mm256_loadu_ps(y + i);
-      const __m256 ltp = _mm256_mul_ps(a_plus8, _mm256_mul_ps(xi, dx8));
-      _mm256_storeu_ps(ltp_pre + i, ltp);
+      const __m256 yi = _mm256_loadu_ps(y + i);
       _mm256_storeu_ps(yd_post + i, _mm256_mul_ps(yi, dy8));
       const __m256i ci = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(code + i)));
       const __m256 diff = _mm256_sub_ps(ltp, zero8);
@@ -484,7 +498,6 @@ __attribute__((target("avx2,fma"))) int64_t DenseAvx2(
       const __m256 silent_static = _mm256_or_ps(spiked, _mm256_castsi256_ps(_mm256_cmpeq_epi32(ci, two_i)));
       _mm256_storeu_ps(dw_silent + i, _mm256_andnot_ps(silent_static, signed_dw));
       const __m256 s = _mm256_and_ps(spiked, one8);
-      _mm256_storeu_ps(spk_f + i, s);
       _mm256_storeu_ps(x + i, _mm256_fmadd_ps(xi, dx8, s));
       _mm256_storeu_ps(y + i, _mm256_fmadd_ps(yi, dy8, s));
     }
@@ -558,10 +571,10 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
 
     // ---- own neurons: input + LIF, spike list (ascending) and window counts, STDP terms and traces ----
     int32_t* __restrict my_list = sh.spike_list[b].data() + lo;
-    T* __restrict ltp_pre = sh.ltp_pre[b].data();
+    T* __restrict my_ltp = sh.spike_ltp[b].data() + (plastic ? lo : 0);  // aligned with my_list
     T* __restrict dw_silent = sh.dw_silent_pre[b].data();
     T* __restrict yd_post = sh.yd_post[b].data();
-    T* __restrict spk_f = sh.spk_f[b].data();
+    uint8_t* __restrict spk8 = sh.spk8[b].data();
     const T* __restrict iext = a.i_ext + t * n;
     const T* iext_next = t + 1 < a.t_steps ? iext + n + lo : nullptr;
 
@@ -572,7 +585,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
       l0 += dense(own, lo, ring_now + lo, iext + lo, iext_next, sh.ratio.data() + lo, a.v_th + lo, a.v_rest,
                   a.v_reset, a.refractory_steps, a.v + lo, a.refrac + lo, spk + lo, my_list, &ns,
                   a.window_spikes + lo, code + lo, a.a_plus, a.decay_x, a.decay_y, a.x + lo, a.y + lo,
-                  ltp_pre + lo, dw_silent + lo, yd_post + lo, spk_f + lo);
+                  my_ltp, dw_silent + lo, yd_post + lo, plastic ? spk8 + lo : nullptr);
     }
     // The rest (all of them without the vector pass): three passes (vectorized, branch-free selects).
     const int64_t rest = hi - l0;
@@ -599,13 +612,16 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
         my_list[ns] = static_cast<int32_t>(i);
         ns += spk[i];
       }
-      for (int64_t c = ns0; c < ns; ++c) a.window_spikes[my_list[c]] += 1;  // sparse: only the spiking
+      for (int64_t c = ns0; c < ns; ++c) {  // sparse: only the spiking
+        a.window_spikes[my_list[c]] += 1;
+        if constexpr (plastic) my_ltp[c] = a.a_plus * (a.x[my_list[c]] * a.decay_x);  // x before its update
+      }
     }
     sh.spike_count[b][p] = static_cast<int32_t>(ns);
     T inv = T(1);
     if constexpr (plastic) {
       StdpTermsAndTraces<kFma, T>(rest, a.x + l0, a.y + l0, spk + l0, code + l0, a.a_plus, a.decay_x,
-                                  a.decay_y, ltp_pre + l0, dw_silent + l0, yd_post + l0, spk_f + l0);
+                                  a.decay_y, dw_silent + l0, yd_post + l0, spk8 + l0);
     }
     if constexpr (rstdp) {
       // Dense renormalization every K steps, of the synapses this thread owns (by post), before any of
@@ -637,6 +653,7 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
     // then STDP; only the synapses whose post this thread owns ----
     for (int q = 0; q < nt; ++q) {
       const int32_t* list = sh.spike_list[b].data() + sh.lo[q];
+      const T* list_ltp = sh.spike_ltp[b].data() + (plastic ? sh.lo[q] : 0);
       const int32_t count = sh.spike_count[b][q];
       for (int32_t c = 0; c < count; ++c) {
         const int32_t j = list[c];
@@ -659,13 +676,13 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
           k0 = std::lower_bound(first, last, static_cast<int32_t>(lo)) - post;
           k1 = std::lower_bound(post + k0, last, static_cast<int32_t>(hi)) - post;
         }
-        const T ltp_j = ltp_pre[j];
+        const T ltp_j = plastic ? list_ltp[c] : T(0);
         const uint8_t code_j = code[j];  // 2: a static presynaptic neuron, no STDP on its synapses
         const bool learn = plastic && code_j != 2;
         int64_t k = k0;
         if constexpr (kFma && kD1 && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
           if (vec_rows) {
-            k = RowAvx2<kMode>(k0, k1, static_cast<int32_t>(n), post, w, elig, ring_now, spk_f,
+            k = RowAvx2<kMode>(k0, k1, static_cast<int32_t>(n), post, w, elig, ring_now, spk8,
                                yd_post, g, learn, ltp_j, code_j == 1, neg_a_minus, inv, neg_clip, clip);
           }
         }
@@ -797,9 +814,9 @@ void PrepareShared(const RunStepsArgs<T, W>& a, RunShared<T, W>& sh) {
     sh.spike_list[b].resize(static_cast<size_t>(a.n));
     sh.spike_count[b].assign(static_cast<size_t>(nt), 0);
     if (plastic) {
-      sh.ltp_pre[b].resize(static_cast<size_t>(a.n));
+      sh.spike_ltp[b].resize(static_cast<size_t>(a.n));
       sh.dw_silent_pre[b].resize(static_cast<size_t>(a.n));
-      sh.spk_f[b].resize(static_cast<size_t>(a.n));
+      sh.spk8[b].resize(static_cast<size_t>(a.n) + 3);
       sh.yd_post[b].resize(static_cast<size_t>(a.n));
     }
   }
