@@ -18,7 +18,12 @@ from fumjax.dynamics import run_driven
 from fumjax.kernels import fused
 from fumjax.network import Network, grid_positions, sample_distance_graph
 from fumjax.state import init_state
-from fumjax.train.scale import DeviceMemoryError, check_device_memory, estimate_device_bytes
+from fumjax.train.scale import (
+    DeviceMemoryError,
+    check_device_memory,
+    default_pre_shift,
+    estimate_device_bytes,
+)
 
 
 def _net_with_empty_rows(n: int = 300, e: int = 3000, seed: int = 0) -> Network:
@@ -191,10 +196,10 @@ def test_memory_estimate_by_hand_and_errors():
     cfg = FumConfig().replace(run={"dtype": "bfloat16"})
     est = estimate_device_bytes(1000, 10, cfg)
     # E = 10^4: post, in_syn 4E; w, elig, window temp 2E; row_ptr+in_ptr 8(N+1); pre_bucket 4*20;
-    # network neuron arrays 9N; state (7*4 + 8)N; drive 50*4N; spikes 50N; GPU scratch 16N
+    # network neuron arrays 9N; state (7*4 + 8)N; drive 50*4N; spikes 50N; GPU scratch (5, N) x 4 B = 20N
     assert est["post"] == est["in_syn"] == 40_000 and est["w"] == est["elig"] == 20_000
     assert est["pre_bucket"] == 80 and est["drive_window"] == 200_000
-    assert est["run_total"] == 40_000 * 2 + 20_000 * 3 + 8008 + 80 + 9000 + 36_000 + 200_000 + 50_000 + 16_000
+    assert est["run_total"] == 40_000 * 2 + 20_000 * 3 + 8008 + 80 + 9000 + 36_000 + 200_000 + 50_000 + 20_000
     big = estimate_device_bytes(7_000_000, 500, cfg)
     assert big["post"] == 14_000_000_000 and big["w"] == 7_000_000_000
     assert 42e9 < big["total"] < 56e9
@@ -275,3 +280,18 @@ def test_scale_cli_small_run(capsys, tmp_path):
     assert summary["finite"] and summary["rate_hz"] > 0
     assert len((tmp_path / "run" / "windows.jsonl").read_text().splitlines()) == 2
     assert main(argv + ["--out", str(tmp_path / "run")]) == 2  # never overwrites
+    # a coarser pre_bucket table (every 4th entry: 49 of 196) runs the same network to the same spikes
+    assert summary["pre_shift"] == PRE_SHIFT == 9
+    assert main(argv + ["--pre-shift", "11"]) == 0
+    coarse = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert coarse["pre_shift"] == 11
+    assert coarse["bytes_per_synapse"] == pytest.approx(12 + 4 * 49 / 100_000)
+    assert coarse["rate_hz"] == summary["rate_hz"]
+
+
+def test_default_pre_shift():
+    # GPU: ~8 rows of K per entry (2^12 slots at K = 500); never finer than PRE_SHIFT; the CPU keeps PRE_SHIFT
+    assert default_pre_shift(500, "gpu") == 12
+    assert default_pre_shift(100, "gpu") == 10
+    assert default_pre_shift(50, "gpu") == PRE_SHIFT
+    assert default_pre_shift(500, "cpu") == PRE_SHIFT

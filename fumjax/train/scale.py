@@ -34,6 +34,7 @@ __all__ = [
     "estimate_device_bytes",
     "check_device_memory",
     "calibrate_drive",
+    "default_pre_shift",
     "default_weight_scale",
     "scale_config",
     "add_scale_command",
@@ -81,7 +82,7 @@ def estimate_device_bytes(
         "neuron_state": (7 * fb + 8) * n,
         "drive_window": t * n * fb,  # (T, N) background current of one window
         "spikes_window": t * n,  # (T, N) uint8
-        "gpu_scratch": 4 * n * fb,  # (4, N) scratch of the GPU run_steps handler
+        "gpu_scratch": 5 * n * fb,  # (5, N + 2) scratch of the GPU run_steps handler
         # the window-end pass (eligibility decay, reward) may keep one E-sized storage-dtype temporary
         "window_pass_temp": wb * e,
     }
@@ -210,8 +211,22 @@ def add_scale_command(sub) -> argparse.ArgumentParser:
         help="factor on connectivity.w_exc_max and w_inh_min (default min(1, 50/K): default_weight_scale)",
     )
     s.add_argument("--tail-tol", type=float, default=1e-4, help="partners moved inside the window, fraction")
+    s.add_argument(
+        "--pre-shift",
+        type=int,
+        help="log2 CSR slots per pre_bucket entry (default: default_pre_shift(K, platform))",
+    )
     s.add_argument("--estimate-only", action="store_true", help="print the memory estimate (JSON) and stop")
     return s
+
+
+def default_pre_shift(k_per_neuron: int, platform: str) -> int:
+    """log2 of the CSR slots per pre_bucket entry: on a GPU ~8 rows of K per entry, so the table stays in L2
+    (E/2^12 x 4 B = 3.4 MB at 7M x 500; shift 12 beat 9 by 10% at 4M x 500, bench/GPU_RUN_STEPS.md); on the
+    CPU PRE_SHIFT, whose forward walk from an entry is short at any K."""
+    if platform != "gpu":
+        return PRE_SHIFT
+    return max(PRE_SHIFT, min(16, (8 * int(k_per_neuron) - 1).bit_length()))
 
 
 def default_weight_scale(k_per_neuron: int) -> float:
@@ -320,6 +335,8 @@ def run_scale(args: argparse.Namespace, pace: Pace | None = None) -> int:
     net = build_compact(
         n, k, sigma_grid=cfg.connectivity.sigma_grid, seed=cfg.run.seed, cfg=cfg, tail_tol=args.tail_tol
     )
+    shift = default_pre_shift(k, dev.platform) if args.pre_shift is None else args.pre_shift
+    net = net.with_pre_shift(shift)
     state = init_state(net, cfg)
     # init_state's tau/v_th are the network's arrays: copy them, since _group donates the state
     state = state.replace(tau_ms=jnp.copy(state.tau_ms), v_th_mV=jnp.copy(state.v_th_mV))
@@ -398,6 +415,7 @@ def run_scale(args: argparse.Namespace, pace: Pace | None = None) -> int:
         "ms_per_model_ms": (wall_s * 1000.0 / model_ms) if model_ms else None,
         "bytes_per_synapse": per_syn,
         "bytes_per_neuron": per_neuron,
+        "pre_shift": net.pre_shift,
         "peak_bytes": stats.get("peak_bytes_in_use"),
         "bytes_limit": limit,
         "estimate_bytes": est["total"],
