@@ -23,33 +23,42 @@ def test_rstdp_tiny_network_by_hand():
     # neurons: 10 x (6 reads + 4 writes of 4 B + 2 B flag) + 1 spike x window_spikes r/w 8 B = 428
     # drive: 10 x (4 B written + 4 B read) = 80
     # out-row: row_ptr pair 8 + 4 x (post 4 + w 2 + ring r/w 8 + y_post 4 + elig r/w 4) = 96
-    # in-list: in_ptr pair 8 + 4 x (in_syn 4 + bucket 4 + row_ptr pair 8 + code 1 + x_pre 4 + elig 4) = 108
+    # scratch: 10 x (pre cell {pre_dw, row_end} 8 + post_yd 4) = 120
+    # in-list: in_ptr pair 8 + 4 x (in_syn 4 + bucket 4 + pre cell 8 + elig 4) = 88
     # window: (40 x (w r/w + elig r/w = 8 B) + 10 x 2 x (tau, v_th, rate 12 B + window_spikes 4 B)) / 5 = 128
     assert t.bytes == {
         "neuron_state": 428,
         "drive": 80,
+        "scratch": 120,
         "out_rows": 96,
-        "in_lists": 108,
+        "in_lists": 88,
         "window_pass": 128,
     }
-    assert t.total == 840
+    assert t.total == 940
     # sectors: neurons 420 + spike r/w 64 = 484; out-row 36 (pair) + post 32+12 + w 32+6 + elig 2 x 38
-    # + 4 x (ring 64 + y 32) = 578; in-list 36 + in_syn 44 + 4 x (bucket 32 + pair 36 + code 32 + x 32
-    # + elig 64) = 864
+    # + 4 x (ring 64 + y 32) = 578; in-list 36 + in_syn 44 + 4 x (bucket 32 + cell 32 + elig 64) = 592
     assert t.sector_bytes == {
         "neuron_state": 484,
         "drive": 80,
+        "scratch": 120,
         "out_rows": 578,
-        "in_lists": 864,
+        "in_lists": 592,
         "window_pass": 128,
     }
-    assert t.sector_total == 2134
+    assert t.sector_total == 1982
 
 
 def test_no_plasticity_drops_traces_in_lists_and_the_synapse_pass():
     t = step_traffic(10, 4, 100.0, TINY, mode="off")
     # neurons 10 x (6 x 4 + 2) + 8 = 268; out-row 8 + 4 x (4 + 2 + 8) = 64; window 10 x 32 / 5 = 64
-    assert t.bytes == {"neuron_state": 268, "drive": 80, "out_rows": 64, "in_lists": 0, "window_pass": 64}
+    assert t.bytes == {
+        "neuron_state": 268,
+        "drive": 80,
+        "scratch": 0,
+        "out_rows": 64,
+        "in_lists": 0,
+        "window_pass": 64,
+    }
 
 
 def test_long_window_adds_eligibility_renormalizations():

@@ -4,12 +4,14 @@ The model counts what the State layout and the step's equations need, each acces
 pass, the drive, the out-row of every spiking presynaptic neuron (transmission and LTD), the in-list of every
 spiking postsynaptic neuron (LTP) and the once-per-window eligibility/reward and intrinsic pass, amortized
 over the window's steps. Synapses are in the compact layout (uint32/int32 indices, no per-synapse pre or
-delay; a synapse's pre is found through pre_bucket and a row_ptr pair). Two counts: `bytes`, each element
-once, and `sector_bytes`, where memory moves in 32-byte sectors: a contiguous run of L bytes of b-byte
-elements at a random b-aligned offset touches 1 + (L - b) / 32 sectors on average, a random element one
-sector (two for a read-modify-write). The sector count is pessimistic for the N-sized arrays gathered at
-random (x_pre, y_post, ring, pre codes: 4 N bytes each, 28 MB at 7M neurons), which can stay in a 50 MB L2,
-and for posts of one out-row, which distance-biased wiring places near each other; E-sized arrays cannot.
+delay) as the GPU multi path reads them: a synapse's pre is found through pre_bucket and the pre's 8-byte
+cell {pre_dw, row_end}, which the dense pass writes for every neuron each step (with post_yd). Two counts:
+`bytes`, each element once, and `sector_bytes`, where memory moves in 32-byte sectors: a contiguous run of L
+bytes of b-byte elements at a random b-aligned offset touches 1 + (L - b) / 32 sectors on average, a random
+element one sector (two for a read-modify-write). The sector count is pessimistic for the N-sized arrays
+gathered at random (post_yd, ring: 4 N bytes each, the pre cells 8 N: 28 and 56 MB at 7M neurons) and the
+pre_bucket table, parts of which stay in a 50 MB L2, and for posts of one out-row, which distance-biased
+wiring places near each other; E-sized arrays cannot.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ def step_traffic(
     dense = n * ((10 if plastic else 6) * s + 2 + refrac)
     b = {"neuron_state": dense + spikes * 8, "drive": n * 2 * s}
     sb = {"neuron_state": dense + spikes * 2 * sec, "drive": n * 2 * s}
+    # plastic: the dense pass also writes each neuron's pre cell {pre_dw, row_end} and post_yd for the synapse
+    # pass, so that it reads one cell per visit instead of the pre's code, x_pre and row_ptr pair
+    cell = s + ib
+    b["scratch"] = sb["scratch"] = n * (cell + s) if plastic else 0.0
 
     # Out-row of a spiking pre: row_ptr pair, then per synapse post, w, the ring read-modify-write at post;
     # plastic: y_post[post] and the LTD write (elig read+write in rstdp, w written back in stdp).
@@ -99,12 +105,13 @@ def step_traffic(
         out_sec += k * sec + (ltd // wb) * run_bytes(k * wb, wb)
     sb["out_rows"] = spikes * out_sec
 
-    # In-list of a spiking post (plastic modes): in_ptr pair, then per synapse in_syn, pre_bucket, a row_ptr
-    # pair, the pre's code (1 B), x_pre[pre] and the LTP read-modify-write of elig (rstdp) or w (stdp).
+    # In-list of a spiking post (plastic modes): in_ptr pair, then per synapse in_syn, pre_bucket, the pre's
+    # cell (the walk from the bucket's row mostly stays in that sector) and the LTP read-modify-write of elig
+    # (rstdp) or w (stdp).
     if plastic:
-        in_syn = ib + ib + pair + 1 + s + 2 * wb
+        in_syn = ib + ib + cell + 2 * wb
         b["in_lists"] = spikes * (pair + k * in_syn)
-        per = sec + run_bytes(pair, ib) + sec + sec + 2 * sec
+        per = sec + sec + 2 * sec
         sb["in_lists"] = spikes * (run_bytes(pair, ib) + run_bytes(k * ib, ib) + k * per)
     else:
         b["in_lists"] = sb["in_lists"] = 0.0
