@@ -234,6 +234,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   };
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
     if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
+    bool distinct = true;
     for (int64_t j = 0; j < a.n; ++j) {
       const int64_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
       for (int64_t k = k0; k < k1; ++k) {
@@ -241,6 +242,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
           return bad_index();
         }
         if (k > k0 && a.post[k] < a.post[k - 1]) a.rows_sorted = false;
+        if (k > k0 && a.post[k] <= a.post[k - 1]) distinct = false;
       }
     }
     if (a.d > 1) {
@@ -255,6 +257,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         if (a.in_syn[p] >= a.e) return bad_index();
       }
     }
+    a.rows_distinct = distinct;
     a.validated = true;
   }
   // Long plastic runs: each in-list entry's pre (4 B per synapse for the call; the slot -> pre search
