@@ -339,7 +339,7 @@ def test_unsorted_rows_one_thread():
 
 def test_large_network_prefetch_path():
     """A network whose float32 weights exceed 1 MiB (2^18 synapses): the synapse passes prefetch the rows
-    and in-lists ahead (cpp/run_steps_compute.h, kPrefetchMinBytes); 1,000 steps also take the long-call
+    and in-lists ahead (cpp/run_steps_compute.h, kPrefetchMinBytes); calls of >= 32 steps also take the
     in-list with each entry's pre. Results stay identical to the reference, on 1 and 2 threads."""
     seed = _fresh_seed()
     n = 2700
@@ -360,7 +360,7 @@ def test_large_network_prefetch_path():
 
 
 def test_validated_rows_masked_tails():
-    """Rows with strictly ascending posts, checked once per call (calls of >= 1,000 steps): the vector row
+    """Rows with strictly ascending posts, checked once per call (calls of >= 32 steps): the vector row
     and in-list passes skip their per-block index checks and run each row's / in-list's last partial block
     masked (rows of every length mod 8 here). Identical to the reference in all modes, on 1 and 2 threads."""
     seed = _fresh_seed()
@@ -379,6 +379,27 @@ def test_validated_rows_masked_tails():
                 lambda s, i, m=mode, t=threads: fused.run_steps(s, net, i, cfg, m, threads=t)
             )(state, i_ext)
             _assert_same(ref, got, s_ref, s_got, f"validated rows mode={mode} threads={threads} seed={seed}")
+
+
+def test_short_calls_check_indices_in_the_loops():
+    """Calls of fewer than 32 steps skip the once-per-call index checks and the in-list scratch: the loops
+    check each index and search each in-list entry's pre. Back-to-back 20-step calls (and one of 5) stay
+    identical to the reference's whole run, with delays 1 and mixed 1-4."""
+    seed = _fresh_seed()
+    n = 300
+    cfg = FumConfig().replace(neuron={"n_neurons": n}, plasticity={"gamma": 0.8})
+    for delays in ("one", "mixed"):
+        net = _network(n, 0.8, delays, seed)
+        i_ext = _drive(n, 105, seed, jnp.float32)
+        state = fumjax.init_state(net, cfg)
+        for mode in ("off", "stdp", "rstdp"):
+            ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
+            got, parts = state, []
+            for a in range(0, 105, 20):
+                got, s_part = _simulate(got, net, i_ext[a : a + 20], cfg, mode, "fused")
+                parts.append(s_part)
+            s_got = jnp.concatenate(parts)
+            _assert_same(ref, got, s_ref, s_got, f"20-step calls delays={delays} mode={mode} seed={seed}")
 
 
 def test_threads_from_config():

@@ -425,7 +425,7 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
     neuron: row_ptr and in_ptr (uint32, in_ptr only when plastic), spread over the synapses.
     Returns {name: bytes per synapse} with 'plastic_total' (what a plastic synapse costs: 12 with 16-bit
     w and elig in rstdp), 'per_neuron_share', 'pre_bucket', 'total' (all three), 'call_scratch' (what one
-    CPU call of >= 1000 plastic steps allocates for its duration: each in-list entry's pre, int32, plus
+    CPU call of >= 32 plastic steps allocates for its duration: each in-list entry's pre, int32, plus
     the learning in-list itself when some presynaptic neurons are static; 0 otherwise), and
     'process_total': everything a run holds per synapse, i.e. the state's w and elig plus every array of
     the network (a Network also keeps pre, w0, input_order and int32 delays for the reference backend).
