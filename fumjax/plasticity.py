@@ -6,10 +6,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
 from fumjax.config import FumConfig
+from fumjax.state import elig_tables
+from fumjax.state import unscale_eligibility as eligibility
 
 DISABLED_V_TH_MV = 1.0e9  # a threshold at or above this marks a disabled (dead) neuron slot
 
@@ -24,30 +25,6 @@ __all__ = [
     "update_rate_estimate",
     "intrinsic_update",
 ]
-
-
-def elig_tables(cfg: FumConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Eligibility scale tables (gamma^k, gamma^-k) for k = 0..K, float32 computed in float64.
-
-    Eligibility is stored scaled, e_hat = e * gamma^-(n - t0) with n the steps done and t0 the last
-    renormalization step, so a step adds dw * gamma^-(n+1-t0) to the synapses it touches instead of decaying
-    all of them. Every K steps (K = min(window_steps, largest k with gamma^-k <= 1e4)) a dense pass
-    renormalizes e_hat; the window's end does too.
-    """
-    g = cfg.plasticity.gamma
-    k_max = (
-        cfg.run.window_steps
-        if g >= 1.0
-        else max(1, min(cfg.run.window_steps, int(math.log(1e4) / -math.log(g))))
-    )
-    k = np.arange(k_max + 1, dtype=np.float64)
-    return (g**k).astype(np.float32), (g ** (-k)).astype(np.float32)
-
-
-def eligibility(elig_scaled: Array, steps_since_t0: Array, cfg: FumConfig) -> Array:
-    """True eligibility (E,) from the stored scaled one: e = e_hat * gamma^(n - t0)."""
-    gamma_pow, _ = elig_tables(cfg)
-    return elig_scaled * jnp.asarray(gamma_pow, elig_scaled.dtype)[steps_since_t0]
 
 
 def decay_traces(x_pre: Array, y_post: Array, cfg: FumConfig) -> tuple[Array, Array]:

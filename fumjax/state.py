@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from fumjax.compact import CompactNetwork
@@ -24,7 +26,7 @@ class State:
     y_post: (N,) postsynaptic STDP trace.
     ring_mV: (D, N) synaptic input due in the next D steps (slot step % D is due now), mV.
     w: (E,) weights.                          elig: (E,) eligibility, stored scaled by gamma^-(step - elig_t0)
-    (`eligibility(state, cfg)` gives the true values; see plasticity.elig_tables).   elig_t0: () int32.
+    (`eligibility(state, cfg)` gives the true values; see elig_tables).   elig_t0: () int32.
     tau_ms, v_th_mV: (N,) adaptive membrane time constant and threshold (intrinsic plasticity).
     window_spikes: (N,) int32 spikes since the window began.   rate_hz: (N,) running rate estimate
     (negative until the first window ends).   step: () int32 steps done.   window_start: () int32.
@@ -107,8 +109,30 @@ def _initial_w(network: Network | CompactNetwork, cfg: FumConfig) -> Array:
     return jnp.asarray(network.w0, weight_dtype(cfg))
 
 
+def elig_tables(cfg: FumConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Eligibility scale tables (gamma^k, gamma^-k) for k = 0..K, float32 computed in float64.
+
+    Eligibility is stored scaled, e_hat = e * gamma^-(n - t0) with n the steps done and t0 the last
+    renormalization step, so a step adds dw * gamma^-(n+1-t0) to the synapses it touches instead of decaying
+    all of them. Every K steps (K = min(window_steps, largest k with gamma^-k <= 1e4)) a dense pass
+    renormalizes e_hat; the window's end does too.
+    """
+    g = cfg.plasticity.gamma
+    k_max = (
+        cfg.run.window_steps
+        if g >= 1.0
+        else max(1, min(cfg.run.window_steps, int(math.log(1e4) / -math.log(g))))
+    )
+    k = np.arange(k_max + 1, dtype=np.float64)
+    return (g**k).astype(np.float32), (g ** (-k)).astype(np.float32)
+
+
+def unscale_eligibility(elig_scaled: Array, steps_since_t0: Array, cfg: FumConfig) -> Array:
+    """True eligibility (E,) from the stored scaled one: e = e_hat * gamma^(n - t0)."""
+    gamma_pow, _ = elig_tables(cfg)
+    return elig_scaled * jnp.asarray(gamma_pow, elig_scaled.dtype)[steps_since_t0]
+
+
 def eligibility(state: State, cfg: FumConfig | None = None) -> Array:
     """The true eligibility traces (E,) of `state` (it stores them scaled)."""
-    from fumjax.plasticity import eligibility as unscale
-
-    return unscale(state.elig, state.step - state.elig_t0, cfg or FumConfig())
+    return unscale_eligibility(state.elig, state.step - state.elig_t0, cfg or FumConfig())

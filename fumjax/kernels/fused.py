@@ -26,6 +26,7 @@ from jax import Array
 
 # One pre_bucket entry per 2**PRE_SHIFT CSR slots: the kernels' slot -> presynaptic neuron table.
 from fumjax.compact import PRE_SHIFT
+from fumjax.state import elig_tables, weight_dtype
 
 __all__ = [
     "OPS",
@@ -339,8 +340,6 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     threads: CPU kernel threads (None: cfg.run.threads; 0: automatic); any count gives identical results.
     The GPU handler takes no thread count.
     """
-    from fumjax import plasticity  # lazy: fumjax.plasticity imports the config, not the kernels
-
     if int(net.n_synapses) >= MAX_SYNAPSES:
         raise ValueError(
             f"fused.run_steps: the network has {int(net.n_synapses)} synapses; the kernels index synapses "
@@ -362,7 +361,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         raise ValueError(f"fused.run_steps: i_ext_mV has shape {i_ext.shape}, expected ({n}, N = {n})")
     t_steps = i_ext.shape[0]
     nc, cc, sc = cfg.neuron, cfg.connectivity, cfg.stdp
-    gamma_pow, inv_pow = plasticity.elig_tables(cfg)
+    gamma_pow, inv_pow = elig_tables(cfg)
     operands = tuple(getattr(state, f) for f in _STATE_FIELDS) + (
         state.tau_ms,
         state.v_th_mV,
@@ -431,8 +430,6 @@ def bytes_per_synapse(net, cfg, mode: str | None = None) -> dict[str, float]:
     the network (a Network also keeps pre, w0, input_order and int32 delays for the reference backend).
     mode: None -> cfg.plasticity.mode.
     """
-    from fumjax.state import weight_dtype  # lazy: kernels sit above state in the layers
-
     mode = cfg.plasticity.mode if mode is None else mode
     if mode not in _MODE_IDS:
         raise ValueError(f"mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")

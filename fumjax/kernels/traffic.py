@@ -20,7 +20,7 @@ import dataclasses
 import math
 
 from fumjax.config import FumConfig
-from fumjax.state import weight_dtype
+from fumjax.state import elig_tables, weight_dtype
 
 __all__ = ["SECTOR_BYTES", "StepTraffic", "step_traffic", "run_bytes"]
 
@@ -127,6 +127,4 @@ def step_traffic(
 
 
 def _renorm_interval(cfg: FumConfig) -> int:
-    from fumjax.plasticity import elig_tables  # lazy: plasticity sits below kernels in the layers
-
     return len(elig_tables(cfg)[0]) - 1
