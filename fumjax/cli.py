@@ -165,20 +165,20 @@ def _simulate(args: argparse.Namespace) -> int:
     n_windows, rest = divmod(args.steps, t_win)
 
     def run(st):
-        spikes = 0
+        spikes, rewards = 0, np.zeros(0)
         if n_windows:
-            st, counts, _ = run_driven(st, net, n_windows, config=cfg, plasticity=mode)
+            st, counts, rewards = run_driven(st, net, n_windows, config=cfg, plasticity=mode)
             spikes += int(np.asarray(counts).sum(dtype=np.int64))
         if rest:
             st, sp = simulate(st, net, background_current(st, net, rest, cfg), config=cfg, plasticity=mode)
             spikes += int(np.asarray(sp).sum(dtype=np.int64))
-        return jax.block_until_ready(st), int(spikes)
+        return jax.block_until_ready(st), int(spikes), np.asarray(rewards, np.float64)
 
     t0 = time.perf_counter()
     run(state)  # compiles (and runs once); the timed run below is warm
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    state, spike_count = run(state)
+    state, spike_count, rewards = run(state)
     wall_s = time.perf_counter() - t0
 
     w_end = np.asarray(state.w, np.float64)
@@ -188,6 +188,7 @@ def _simulate(args: argparse.Namespace) -> int:
         "mean_rate_hz": spike_count / (n * args.steps * cfg.neuron.dt_ms / 1000.0),
         "mean_abs_dw": float(np.abs(w_end - w_start).mean()),
         "mean_v_th_mV": float(np.asarray(state.v_th_mV).mean()),
+        "mean_reward": float(rewards.mean()) if rewards.size else None,  # SIE total reward per window
         "finite": finite(state),
         "build_s": round(build_s, 4),
         "compile_s": round(compile_s, 4),
@@ -203,6 +204,15 @@ def _simulate(args: argparse.Namespace) -> int:
             f"  {spike_count} spikes, mean rate {summary['mean_rate_hz']:.2f} Hz, "
             f"mean |dw| {summary['mean_abs_dw']:.4g}, wall {wall_s:.3f} s (build {build_s:.2f} s, "
             f"compile+first run {compile_s:.2f} s)"
+        )
+    if mode == "rstdp" and rewards.size and not rewards.any():
+        print(
+            f"fumjax simulate: the reward was 0 in every window (mean rate {summary['mean_rate_hz']:.1f} "
+            "Hz), so no weight changed. The reward here is the SIE self-benefit, which is 0 while the rate "
+            "variance is far from its target: in the first few windows, while the running rate estimate "
+            "settles, or throughout in a saturated network (the default weights saturate networks whose K "
+            "is well above 50: lower connectivity.w_exc_max or connectivity.k_per_neuron in --config)",
+            file=sys.stderr,
         )
     print(json.dumps(summary))
     return 0

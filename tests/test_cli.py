@@ -13,6 +13,24 @@ def test_simulate_json_summary(capsys):
     assert summary["plasticity"] == "rstdp" and summary["wall_s"] > 0
 
 
+def test_simulate_says_when_no_window_was_rewarded(capsys):
+    # 2000 neurons: K = 100 with the default U(0, 0.3) weights saturates (> 100 Hz), the rate variance stays
+    # far from the self-benefit target, so every window's reward is clipped to 0 and no weight moves
+    assert main(["simulate", "--neurons", "2000", "--steps", "500", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["mean_reward"] == 0.0 and summary["mean_abs_dw"] == 0.0
+    assert summary["mean_rate_hz"] > 100
+    assert "the reward was 0 in every window" in err
+    # the default 1000-neuron network (K = 50, ~10 Hz) is rewarded from its 4th window on, learns, and says
+    # nothing
+    assert main(["simulate", "--steps", "500", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["mean_reward"] > 0 and summary["mean_abs_dw"] > 0
+    assert "reward was 0" not in err
+
+
 def test_simulate_without_plasticity_leaves_weights(capsys):
     assert main(["simulate", "--neurons", "64", "--steps", "100", "--no-plasticity", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
