@@ -115,6 +115,11 @@ def _rate_hz(spikes, dt_ms: float = 1.0) -> float:
     return float(np.asarray(spikes).mean() * 1000.0 / dt_ms)
 
 
+def _run_fused(state, net, i_ext, cfg, mode, threads):
+    """fused.run_steps under jit with an explicit kernel thread count: (state, spikes)."""
+    return jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, mode, threads=threads))(state, i_ext)
+
+
 def _run_both(net, cfg, mode, i_ext, state=None):
     state = fumjax.init_state(net, cfg) if state is None else state
     ref = _simulate(state, net, i_ext, cfg, mode, "reference")
@@ -312,9 +317,7 @@ def test_threads_bit_identical(rows):
         ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
         outs = []
         for threads in (1, 2, 3, 4):
-            got, s_got = jax.jit(
-                lambda s, i, m=mode, t=threads: fused.run_steps(s, net, i, cfg, m, threads=t)
-            )(state, i_ext)
+            got, s_got = _run_fused(state, net, i_ext, cfg, mode, threads)
             _assert_same(ref, got, s_ref, s_got, f"{rows} mode={mode} threads={threads} seed={seed}")
             outs.append((got, s_got))
         for got, s_got in outs[1:]:
@@ -353,9 +356,7 @@ def test_large_network_prefetch_path():
         ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
         assert 3.0 < _rate_hz(s_ref) < 60.0, (_rate_hz(s_ref), seed)
         for threads in (1, 2):
-            got, s_got = jax.jit(
-                lambda s, i, m=mode, t=threads: fused.run_steps(s, net, i, cfg, m, threads=t)
-            )(state, i_ext)
+            got, s_got = _run_fused(state, net, i_ext, cfg, mode, threads)
             _assert_same(ref, got, s_ref, s_got, f"prefetch path mode={mode} threads={threads} seed={seed}")
 
 
@@ -375,9 +376,7 @@ def test_validated_rows_masked_tails():
     for mode in ("off", "stdp", "rstdp"):
         ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
         for threads in (1, 2):
-            got, s_got = jax.jit(
-                lambda s, i, m=mode, t=threads: fused.run_steps(s, net, i, cfg, m, threads=t)
-            )(state, i_ext)
+            got, s_got = _run_fused(state, net, i_ext, cfg, mode, threads)
             _assert_same(ref, got, s_ref, s_got, f"validated rows mode={mode} threads={threads} seed={seed}")
 
 
