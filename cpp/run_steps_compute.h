@@ -155,9 +155,9 @@ struct RunStepsArgs {
   // i with row_ptr[i+1] > s (PreOfSlot). The handler checks every entry once per call (O(E >> shift)).
   const int32_t* pre_bucket = nullptr;  // ((E-1 >> pre_shift) + 1,)
   int32_t pre_shift = 9;
-  // Optional learning in-list (long calls): the in-list without static presynaptic neurons (or in_ptr /
-  // in_syn themselves when none is static), with each entry's pre (saves the slot -> pre search):
-  // lin_syn[lin_ptr[i]:lin_ptr[i+1]] and lin_pre likewise.
+  // Optional learning in-list (long calls, whose indices are all checked first): the in-list without static
+  // presynaptic neurons (or in_ptr / in_syn themselves when none is static), with each entry's pre (saves
+  // the slot -> pre search): lin_syn[lin_ptr[i]:lin_ptr[i+1]] and lin_pre likewise.
   const uint32_t* lin_ptr = nullptr;  // (N+1,) or null: use in_ptr/in_syn and PreOfSlot
   const uint32_t* lin_syn = nullptr;
   const int32_t* lin_pre = nullptr;
@@ -351,41 +351,31 @@ __attribute__((target("avx2,fma"), always_inline)) inline void InListBlockAvx2(
 // function of its own, compiled for that target, once per spiking post neuron):
 // gather dw of the 8 pre and the 8 synapse values, the same operations as ApplyDw lane by lane (max/min
 // with the clip first give the scalar selects' results), store lane by lane. The synapses of one in-list
-// are distinct, so no two lanes write the same place. pre_of: each entry's pre (the learning in-list's);
-// e < 2^31 (the gathers take int32 indices). trusted (every index checked once per call): the last
-// partial block runs masked instead of in the scalar loop. Else indices are range-checked per block (k < e,
-// j < n, both as unsigned); a bad block stops the vector loop there and the scalar loop reports it.
-// Returns the first entry not done.
+// are distinct, so no two lanes write the same place. pre_of: each entry's pre (the learning in-list's,
+// which exists only in calls whose indices were all checked once: k < e, j < n, no per-block checks);
+// e < 2^31 (the gathers take int32 indices). The last partial block runs masked. Does all of [q, p1).
 template <PlasticityMode kMode>
-__attribute__((target("avx2,fma"))) int64_t InListAvx2(int64_t q, int64_t p1, const uint32_t* __restrict syn,
-                                        const int32_t* __restrict pre_of, int32_t n, int32_t e,
-                                        const float* __restrict dw_pre,
-                                        float* __restrict w, float* __restrict elig, float inv, float lo_clip,
-                                        float hi_clip, bool trusted) {
+__attribute__((target("avx2,fma"))) void InListAvx2(int64_t q, int64_t p1, const uint32_t* __restrict syn,
+                                                    const int32_t* __restrict pre_of,
+                                                    const float* __restrict dw_pre, float* __restrict w,
+                                                    float* __restrict elig, float inv, float lo_clip,
+                                                    float hi_clip) {
   const __m256 inv8 = _mm256_set1_ps(inv), lo8 = _mm256_set1_ps(lo_clip), hi8 = _mm256_set1_ps(hi_clip);
-  const __m256i bias = _mm256_set1_epi32(INT32_MIN);  // unsigned compares through signed ones
-  const __m256i e8 = _mm256_xor_si256(_mm256_set1_epi32(e), bias), n8 = _mm256_xor_si256(_mm256_set1_epi32(n), bias);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   float* const dst = kMode == PlasticityMode::kRstdp ? elig : w;
   const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   for (; q + 8 <= p1; q += 8) {
     const __m256i kk = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(syn + q));
     const __m256i jj = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pre_of + q));
-    if (!trusted) {
-      if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(e8, _mm256_xor_si256(kk, bias))) != -1) return q;
-      if (_mm256_movemask_epi8(_mm256_cmpgt_epi32(n8, _mm256_xor_si256(jj, bias))) != -1) return q;
-    }
     InListBlockAvx2<kMode>(kk, jj, all, 8, dw_pre, dst, inv8, lo8, hi8);
   }
-  if (trusted && q < p1) {  // indices checked once per call: the tail as one masked block
+  if (q < p1) {  // the tail as one masked block
     const int lanes = static_cast<int>(p1 - q);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), lane);
     const __m256i kk = _mm256_maskload_epi32(reinterpret_cast<const int*>(syn + q), live);
     const __m256i jj = _mm256_maskload_epi32(pre_of + q, live);
     InListBlockAvx2<kMode>(kk, jj, _mm256_castsi256_ps(live), lanes, dw_pre, dst, inv8, lo8, hi8);
-    q = p1;
   }
-  return q;
 }
 
 // One block of RowAvx2: synapses k.. with posts ii (distinct, in [0, n)), the lanes in live (all but a
@@ -565,9 +555,7 @@ FUMJAX_ALWAYS_INLINE int64_t DenseAvx2(Args...) {
   return 0;
 }
 template <PlasticityMode kMode, typename... Args>
-FUMJAX_ALWAYS_INLINE int64_t InListAvx2(int64_t q, Args...) {
-  return q;
-}
+FUMJAX_ALWAYS_INLINE void InListAvx2(Args...) {}
 #endif
 
 // Thread p's share of the whole run. Errors (an index out of range) set sh.error; all threads stop after
@@ -597,8 +585,8 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
   const int32_t* __restrict l_pre = a.lin_pre;
   const int32_t* __restrict bucket = a.pre_bucket;
   const int32_t shift = a.pre_shift;
-  // The vector in-list pass gathers with int32 indices and needs each entry's pre.
-  const bool vec_inlist = lin && e < INT32_MAX;
+  // The vector in-list pass gathers with int32 indices, needs each entry's pre and checks no index.
+  const bool vec_inlist = lin && a.validated && e < INT32_MAX;
   const uint8_t* __restrict code = a.excitatory;
   const T g = a.g_syn, clip = a.w_clip, neg_clip = -a.w_clip, neg_a_minus = -a.a_minus;
   const bool bisect = nt > 1 && a.rows_sorted;
@@ -801,14 +789,13 @@ FUMJAX_ALWAYS_INLINE void RunStepsThread(RunShared<T, W>& sh, int p) {
           sh.error.store(-3);
           goto step_done;
         }
-        int64_t q = p0;
         if constexpr (kFma && kX86Simd && std::is_same_v<T, float> && std::is_same_v<W, float>) {
           if (vec_inlist) {
-            q = InListAvx2<kMode>(q, p1, l_syn, l_pre, static_cast<int32_t>(n), static_cast<int32_t>(e),
-                                  dw_silent, w, elig, inv, neg_clip, clip, !checked);
+            InListAvx2<kMode>(p0, p1, l_syn, l_pre, dw_silent, w, elig, inv, neg_clip, clip);
+            continue;
           }
         }
-        for (; q < p1; ++q) {
+        for (int64_t q = p0; q < p1; ++q) {
           const int64_t k = l_syn[q];
           if (checked && k >= e) {
             sh.error.store(-1);
