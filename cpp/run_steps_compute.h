@@ -848,7 +848,8 @@ void PrepareShared(const RunStepsArgs<T, W>& a, RunShared<T, W>& sh) {
   sh.no_refractory = a.refractory_steps == 0;
   for (int64_t i = 0; i < a.n && sh.no_refractory; ++i) sh.no_refractory = a.refrac[i] == 0;
   const bool plastic = a.mode != PlasticityMode::kOff;
-  for (int b = 0; b < 2; ++b) {
+  const int buffers = nt > 1 ? 2 : 1;  // by step parity with several threads; one thread uses b = 0 only
+  for (int b = 0; b < buffers; ++b) {
     sh.spike_list[b].resize(static_cast<size_t>(a.n));
     sh.spike_count[b].assign(static_cast<size_t>(nt), 0);
     if (plastic) {
