@@ -263,9 +263,9 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     a.rows_distinct = distinct;
     a.validated = true;
   }
-  // Long plastic runs: each in-list entry's pre (4 B per synapse for the call; the slot -> pre search
-  // happens once per entry instead of once per visit), and when some presynaptic neurons are static a
-  // learning in-list without their synapses (their dw is 0), so the incoming-synapse pass skips them.
+  // Long plastic runs (indices checked above): each in-list entry's pre (4 B per synapse for the call; no
+  // slot -> pre search per visit), and when some presynaptic neurons are static a learning in-list without
+  // their synapses (their dw is 0), so the incoming-synapse pass skips them.
   std::vector<uint32_t> lin_ptr, lin_syn;
   std::vector<int32_t> lin_pre;
   if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
