@@ -97,13 +97,40 @@ def fum1k(
                 f"{name}: {med * 1e3:.3f} ms / 1000 steps (min {mn * 1e3:.3f})"
             )
 
+    def fixed_cost(label):
+        # A 0-step call: dispatch, XLA's copies of the non-donated state, the launch and the kernel's staging
+        # and write-back -- what every call pays besides its steps.
+        run = jax.jit(lambda s, i: fused.run_steps(s, net, i, cfg, "rstdp"))
+        med, mn = timeit(run, st, i_ext[:0], reps=21)
+        rows.append((label, "0-step call (ms)", med * 1e3, mn * 1e3))
+        print(f"  {label}: 0-step call (fixed cost per call): {med * 1e3:.3f} ms (min {mn * 1e3:.3f})")
+
+    quick = os.environ.get("BENCH_QUICK", "0") == "1"  # A/B runs: kernel alone, off and rstdp
+
+    def learning_long(label):
+        # 200 windows (10,000 steps) in one lax.scan: the per-execution cost (dispatch, copies of the
+        # non-donated state) spread over 10x the steps of the 1000-step figure.
+        def learn_scan(s, i_ext):
+            return jax.lax.scan(window, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
+
+        med, mn = timeit(jax.jit(learn_scan), st, i_ext10k, reps=7)
+        rows.append((label, "learning 10k lax.scan", med * 1e3 / 10, mn * 1e3 / 10))
+        print(
+            f"  {label}: full learning over 10,000 steps (200 windows) in lax.scan: "
+            f"{med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})"
+        )
+
     for path in paths:
         _set_path(path)
-        for mode in ("off", "stdp", "rstdp"):
+        fixed_cost(path)
+        for mode in ("off", "rstdp") if quick else ("off", "stdp", "rstdp"):
             kernel_alone(path, mode, i_ext)
+        if quick:
+            continue
         kernel_alone(path, "rstdp", i_ext10k, reps=7)
         learning(path)
-    if "cluster" in paths:
+        learning_long(path)
+    if "cluster" in paths and not quick:
         for c, body in sweep:
             _set_path("cluster", c, body)
             kernel_alone(f"cluster C={c} {body}", "rstdp", i_ext)

@@ -7,6 +7,8 @@
 #   fastest at drive PICK_DRIVE (default 0.005) sets FUMJAX_GPU_RUN_PATH and
 #   PICK_SHIFT (use as --pre-shift \$PICK_SHIFT in SCALE_ARGS) for the later stages. ncu on the cluster
 #   kernel needs NCU_TIMEOUT >= 120 (35 s was not enough on the H200).
+# BUILD=0 skips the build (a second run of this script in the same command); TAG suffixes the stage logs
+# (pytest$TAG.log, ncu$TAG.txt, bench$TAG.log), so runs with other settings keep their own.
 # If .devsnap/head.tar exists (git archive of a commit), it is unpacked over the tree first, so the build uses
 # committed sources only, not other work in progress in a shared checkout.
 set -o pipefail
@@ -14,14 +16,16 @@ export PYTHONUNBUFFERED=1
 stage_t() { echo "== [$((SECONDS))s] $*"; }
 [[ -f .devsnap/head.tar ]] && tar -xf .devsnap/head.tar && echo "unpacked .devsnap/head.tar ($(cat .devsnap/commit 2>/dev/null))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
-( time python3 -m pip install -q --no-build-isolation --no-deps . ) > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
-tail -3 $OUT/build.log
-stage_t built
+if [[ "${BUILD:-1}" != 0 ]]; then
+  ( time python3 -m pip install -q --no-build-isolation --no-deps . ) > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
+  tail -3 $OUT/build.log
+  stage_t built
+fi
 cd /tmp
 STAGES=${STAGES:-test,san,ncu,bench}  # run in this order
 do_test() {
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -rsxX -s --maxfail=5 $OLDPWD/tests/test_fused_gpu.py ${PYTEST_K:+-k "$PYTEST_K"} ${PYTEST_ARGS} 2>&1 \
-    | tee $OUT/pytest.log | grep -E "passed|failed|xfail|XFAIL|rror|exact raster|^(cluster|block|multi) " | cut -c1-400 | tail -70
+    | tee $OUT/pytest$TAG.log | grep -E "passed|failed|xfail|XFAIL|rror|exact raster|^(cluster|block|multi) " | cut -c1-400 | tail -70
   stage_t tests
 }
 do_san() {
@@ -39,14 +43,14 @@ do_ncu() {
     no_instruction math_pipe_throttle dispatch_stall not_selected selected misc sleeping; do
     echo -n "smsp__warp_issue_stalled_${r}_per_warp_active.pct,"; done | sed 's/,$//')
   for path in ${NCU_PATHS:-cluster block}; do
-    echo "######## path $path" >> $OUT/ncu.txt
+    echo "######## path $path" >> $OUT/ncu$TAG.txt
     FUMJAX_GPU_RUN_PATH=$path timeout ${NCU_TIMEOUT:-150} ncu --clock-control none -k regex:RunSteps --launch-skip 1 -c 1 \
       --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis --metrics $STALLS \
-      python3 $OLDPWD/bench/ncu_gpu_run_steps.py >> $OUT/ncu.txt 2>&1
+      python3 $OLDPWD/bench/ncu_gpu_run_steps.py >> $OUT/ncu$TAG.txt 2>&1
     echo "== ncu $path rc=$?"
   done
-  grep -E "path|RunSteps|Duration|Elapsed Cycles|SM Frequency|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|stalled|Dynamic Shared|rc=" $OUT/ncu.txt | cut -c1-150 | head -70
+  grep -E "path|RunSteps|Duration|Elapsed Cycles|SM Frequency|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|stalled|Dynamic Shared|rc=" $OUT/ncu$TAG.txt | cut -c1-150 | head -70
   stage_t ncu
 }
 do_probe() {
@@ -81,7 +85,7 @@ do_scale() {
   unset XLA_PYTHON_CLIENT_PREALLOCATE
 }
 do_bench() {
-  timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log | grep -v "^W0\|^I0" | tail -45
+  timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench$TAG.log | grep -v "^W0\|^I0" | tail -45
   stage_t bench
 }
 for st in ${STAGES//,/ }; do do_$st; done

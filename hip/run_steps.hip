@@ -209,27 +209,39 @@ __device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_
 }
 
 // One synapse's update by dw: eligibility += dw * inv (rstdp) or w = clip(w + dw) (stdp; wk is w[k] in T).
+// The same with the synapse's current values already loaded (wk = w[k], ek = elig[k], in T).
 template <typename T, typename W>
-__device__ __forceinline__ void ApplyDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk) {
+__device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk, T ek) {
   if (rstdp) {
-    a.elig[k] = St<W>(Fma(dw, inv, Ld(a.elig[k])));
+    a.elig[k] = St<W>(Fma(dw, inv, ek));
   } else {
     const T nw = Add(wk, dw);
     const T lo = nw < -a.w_clip ? -a.w_clip : nw;
     a.w[k] = St<W>(lo > a.w_clip ? a.w_clip : lo);
   }
 }
+template <typename T, typename W>
+__device__ __forceinline__ void ApplyDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk) {
+  StoreDw(a, k, dw, rstdp, inv, wk, rstdp ? Ld(a.elig[k]) : T(0));
+}
 
 // STDP on synapse k (pre j -> post i) given both spike flags; xj, yi are the traces before this step's
 // decay. Exactly one thread calls this for each synapse touched in a step.
+// The STDP weight change of a synapse whose pre has code 0 (inhibitory) or 1 (excitatory); code 2 (static)
+// is the caller's to skip.
+template <typename T, typename W>
+__device__ __forceinline__ T StdpDw(const GpuArgs<T, W>& a, T xj, T yi, bool spk_i, bool spk_j, uint8_t code) {
+  const T zero = T(0);
+  const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
+  const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
+  return code == 1 ? Sub(ltp, ltd) : -Sub(ltp, ltd);
+}
+
 template <typename T, typename W>
 __device__ __forceinline__ void StdpSynapse(const GpuArgs<T, W>& a, int64_t k, T xj, T yi, bool spk_i, bool spk_j,
                                             uint8_t code, bool rstdp, T inv, T wk) {
   if (code == 2) return;  // static presynaptic neuron (plastic_pre False): no STDP
-  const T zero = T(0);
-  const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
-  const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
-  ApplyDw(a, k, code == 1 ? Sub(ltp, ltd) : -Sub(ltp, ltd), rstdp, inv, wk);
+  ApplyDw(a, k, StdpDw(a, xj, yi, spk_i, spk_j, code), rstdp, inv, wk);
 }
 
 // LIF for one neuron; returns whether it spiked.
@@ -260,8 +272,47 @@ size_t BlockSharedBytes(int64_t n, int64_t d) {
          static_cast<size_t>((n + 15) / 16 * 16);
 }
 
+// Dense eligibility renormalization elig[k] *= scale by one block of kThreads threads: 16-byte vectors, 4 in
+// flight per thread (one L2 round trip per 4 x 16 x kThreads bytes), then the unaligned tail.
+template <typename T, typename W, int kThreads>
+__device__ __forceinline__ void RenormBlock(W* elig, int64_t e, T scale) {
+  constexpr int kV = 16 / sizeof(W);
+  constexpr int kU = 4;
+  const int tid = threadIdx.x;
+  int64_t nv = 0;
+  if ((reinterpret_cast<uintptr_t>(elig) & 15u) == 0) {
+    nv = e / kV;
+    uint4* vp = reinterpret_cast<uint4*>(elig);
+    for (int64_t b = tid; b < nv; b += kU * kThreads) {
+      uint4 buf[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (b + u * kThreads < nv) buf[u] = vp[b + u * kThreads];
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (b + u * kThreads >= nv) continue;
+        W* x = reinterpret_cast<W*>(&buf[u]);
+#pragma unroll
+        for (int c = 0; c < kV; ++c) x[c] = St<W>(Mul(Ld(x[c]), scale));
+        vp[b + u * kThreads] = buf[u];
+      }
+    }
+  }
+  for (int64_t k = nv * kV + tid; k < e; k += kThreads) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
+}
+
+// PreOfSlot over the block path's staged row_ptr and pre table (shared memory).
+__device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const uint32_t* rp, int32_t ts, int32_t n,
+                                                   int64_t s) {
+  int32_t i = ptab[s >> ts];
+  i = i < 0 ? 0 : (i >= n ? n - 1 : i);
+  while (i + 1 < n && static_cast<int64_t>(rp[i + 1]) <= s) ++i;
+  return i;
+}
+
 template <typename T, typename W, int R>
-__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a) {
+__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernelOld(GpuArgs<T, W> a) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int32_t n = a.n, d = a.d;
   const int64_t e = a.e;
@@ -483,6 +534,331 @@ __global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernel(GpuArgs<
   if (tid == 0) {
     *a.step = s0 + a.t_steps;
     if (rstdp && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
+  }
+}
+
+// Block path, per-call staging (shared memory, once per call): row_ptr, in_ptr, the pre codes, a fine
+// pre-of-slot table ptab[b] = the row that holds slot b << ts (built in the kernel from the staged row_ptr;
+// PreOfSlot then walks forward over row_ptr in shared memory, ~0-1 rows at ts = 5 and K = 50) and, where
+// E < 2^16 and it fits, in_syn as uint16. A step's dependent chain then holds one L2 round trip per synapse
+// (the out-row's post/w/eligibility loads, issued together; the in-list's eligibility or weight load, issued
+// as soon as in_syn gives its index and before the pre lookup) instead of 2 (out-row) and 4-10 (in-list:
+// in_ptr -> in_syn -> pre_bucket -> row_ptr walk -> eligibility). The spike list is appended by one
+// shared-memory atomic per warp with spikes (its order does not matter: each synapse has one writer, and the
+// ring's atomic sums have no fixed order anyway), so a step has two barriers: spikes listed, synapses done.
+struct BlockPlan {
+  int32_t ts = 5;        // log2 of the slots per ptab entry
+  int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
+  uint32_t off_y = 0, off_ring = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0,
+           off_code = 0, off_spk = 0, bytes = 0;
+};
+
+// Layout for (N, E, D); false when it does not fit `max_bytes` even without in_syn and with a coarse table.
+template <typename T>
+bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* out) {
+  auto layout = [&](int32_t ts, bool stage_in, BlockPlan* p) {
+    const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
+    int64_t o = 0;
+    auto take = [&](int64_t bytes, int64_t align) {
+      o = (o + align - 1) / align * align;
+      const int64_t at = o;
+      o += bytes;
+      return static_cast<uint32_t>(at);
+    };
+    take(n * static_cast<int64_t>(sizeof(T)), 16);  // x
+    p->off_y = take(n * static_cast<int64_t>(sizeof(T)), 16);
+    p->off_ring = take(d * n * static_cast<int64_t>(sizeof(T)), 16);
+    p->off_rp = take((n + 1) * 4, 16);
+    p->off_ip = take((n + 1) * 4, 16);
+    p->off_list = take(n * 4, 16);
+    p->off_ptab = take(nb * 4, 16);
+    p->off_in = take(stage_in ? e * 2 : 0, 16);
+    p->off_code = take(n, 16);
+    p->off_spk = take(n, 16);
+    p->bytes = static_cast<uint32_t>((o + 15) / 16 * 16);
+    p->ts = ts;
+    p->stage_in = stage_in ? 1 : 0;
+    return o + 1024 <= max_bytes;  // 1 KB for the static shared memory
+  };
+  if (e < 0xFFFF) {
+    for (int32_t ts = 5; ts <= 12; ++ts) {
+      if (layout(ts, true, out)) return true;
+    }
+  }
+  for (int32_t ts = 5; ts <= 31; ++ts) {
+    if (layout(ts, false, out)) return true;
+  }
+  return false;
+}
+
+template <typename T, typename W, int R, int kThreads>
+__global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a, BlockPlan p) {
+  constexpr int kWarpsB = kThreads / FUMJAX_WARP;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int32_t n = a.n, d = a.d;
+  const int64_t e = a.e;
+  T* x_sh = reinterpret_cast<T*>(smem);
+  T* y_sh = reinterpret_cast<T*>(smem + p.off_y);
+  T* ring_sh = reinterpret_cast<T*>(smem + p.off_ring);
+  uint32_t* rp_sh = reinterpret_cast<uint32_t*>(smem + p.off_rp);
+  uint32_t* ip_sh = reinterpret_cast<uint32_t*>(smem + p.off_ip);
+  int32_t* list = reinterpret_cast<int32_t*>(smem + p.off_list);
+  int32_t* ptab = reinterpret_cast<int32_t*>(smem + p.off_ptab);
+  uint16_t* in_sh = reinterpret_cast<uint16_t*>(smem + p.off_in);
+  uint8_t* code_sh = smem + p.off_code;
+  uint8_t* spk_sh = smem + p.off_spk;
+  __shared__ int32_t n_spk[2];  // spike count of the step, by parity
+
+  const int tid = threadIdx.x;
+  const int lane = tid % FUMJAX_WARP;
+  const int warp = tid / FUMJAX_WARP;
+  const bool plastic = a.mode != 0;
+  const bool rstdp = a.mode == 2;
+  const int32_t ts = p.ts;
+  const bool stage_in = p.stage_in != 0;
+  const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;
+
+  // ---- stage ----
+  for (int32_t i = tid; i < n; i += kThreads) {
+    x_sh[i] = a.x[i];
+    y_sh[i] = a.y[i];
+    code_sh[i] = __ldg(a.excitatory + i);
+    spk_sh[i] = 0;
+  }
+  for (int32_t i = tid; i <= n; i += kThreads) {
+    rp_sh[i] = __ldg(a.row_ptr + i);
+    ip_sh[i] = __ldg(a.in_ptr + i);
+  }
+  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kThreads) ring_sh[q] = a.ring[q];
+  for (int64_t b = tid; b < nb; b += kThreads) ptab[b] = 0;
+  if (stage_in) {  // E < 0xFFFF: an out-of-range entry becomes 0xFFFF >= E (skipped like on the global path)
+    for (int64_t q = tid; q < e; q += kThreads) {
+      const uint32_t k = __ldg(a.in_syn + q);
+      in_sh[q] = static_cast<uint16_t>(k < static_cast<uint64_t>(e) ? k : 0xFFFFu);
+    }
+  }
+  if (tid < 2) n_spk[tid] = 0;
+  __syncthreads();
+  // Pre table: bucket b (slot b << ts) belongs to the row j with rp[j] <= b << ts < rp[j+1] (one writer for a
+  // valid row_ptr; a bad one gives a wrong but in-range neuron, as PreOfSlot).
+  for (int32_t j = tid; j < n; j += kThreads) {
+    const int64_t k0 = rp_sh[j], k1 = min(static_cast<int64_t>(rp_sh[j + 1]), e);
+    if (k0 >= k1) continue;
+    const int64_t mask = (int64_t{1} << ts) - 1;
+    for (int64_t b = (k0 + mask) >> ts; b <= ((k1 - 1) >> ts); ++b) ptab[b] = j;
+  }
+
+  // Owned neurons [base, base + R).
+  const int32_t base = tid * R;
+  T v[R], ratio[R], vth[R], cur_next[R];
+  int32_t rf[R], ws[R];
+  uint32_t prev_bits = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int32_t i = base + r;
+    if (i < n) {
+      v[r] = a.v[i];
+      ratio[r] = Div(a.dt, a.tau[i]);
+      vth[r] = a.v_th[i];
+      rf[r] = a.refrac[i];
+      ws[r] = a.window_spikes[i];
+      cur_next[r] = a.t_steps > 0 ? a.i_ext[i] : T(0);
+    } else {
+      v[r] = ratio[r] = vth[r] = cur_next[r] = T(0);
+      rf[r] = ws[r] = 0;
+    }
+  }
+  // Eligibility clock (ClockAt, kept incrementally: no division per step): t0 in effect, next
+  // renormalization step; the next step's 1/gamma^k is prefetched like the input.
+  const int32_t kc = a.k_max;
+  const int32_t r1 = s0 - t0_init >= kc ? s0 : t0_init + kc;
+  int32_t t0 = t0_init, next_r = r1;
+  auto inv_index = [&](int32_t s) {  // t0 after step s's renormalization, if any
+    const int32_t t0s = (rstdp && s == next_r) ? s : t0;
+    return JnpIndex(static_cast<int64_t>(s) + 1 - t0s, kc + 1);
+  };
+  T inv_next = rstdp && a.t_steps > 0 ? a.inv_pow[inv_index(s0)] : T(1);
+  int32_t slot = FloorMod(s0, d);
+  uint8_t* spk_out = a.spikes;
+  const T* i_next = a.i_ext + n;
+  __syncthreads();
+
+  for (int32_t t = 0; t < a.t_steps; ++t) {
+    const int32_t s = s0 + t;
+    const int par = t & 1;
+    T* ring_now = ring_sh + static_cast<int64_t>(slot) * n;
+    const T inv = inv_next;
+    if (rstdp && s == next_r) {  // uniform: the dense renormalization before this step's additions
+      const int32_t since = s == r1 ? s - t0_init : kc;
+      const T scale = Ld(a.gamma_pow[JnpIndex(since < kc ? since : kc, kc + 1)]);
+      t0 = s;
+      next_r = s + kc;
+      RenormBlock<T, W, kThreads>(a.elig, e, scale);
+    }
+    if (rstdp && t + 1 < a.t_steps) inv_next = a.inv_pow[inv_index(s + 1)];
+
+    // (A) pending trace update of step t-1, input, LIF, spike flags and raster.
+    T cur[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) cur[r] = cur_next[r];
+    uint32_t bits = 0;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int32_t i = base + r;
+      if (i < n) {
+        if (plastic && t > 0) {
+          const T sp = static_cast<T>((prev_bits >> r) & 1u);
+          x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
+          y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
+        }
+        const T in = Add(ring_now[i], cur[r]);
+        ring_now[i] = T(0);
+        const bool spiked = Lif(a, v[r], rf[r], ratio[r], vth[r], in);
+        spk_sh[i] = static_cast<uint8_t>(spiked);
+        spk_out[i] = static_cast<uint8_t>(spiked);
+        ws[r] += spiked;
+        bits |= static_cast<uint32_t>(spiked) << r;
+      }
+    }
+    spk_out += n;
+    if (t + 1 < a.t_steps) {  // next step's external input, hidden behind the synapse work
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (base + r < n) cur_next[r] = i_next[base + r];
+      }
+      i_next += n;
+    }
+    // Spike list: one shared atomic per warp that has spikes.
+    {
+      unsigned long long m[R];
+      int32_t tot = 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        m[r] = static_cast<unsigned long long>(__ballot_sync(FUMJAX_FULL_MASK, (bits >> r) & 1u));
+        tot += __popcll(m[r]);
+      }
+      if (tot > 0) {
+        int32_t off = 0;
+        if (lane == 0) off = atomicAdd(&n_spk[par], tot);
+        off = __shfl_sync(FUMJAX_FULL_MASK, off, 0);
+        const unsigned long long below = (1ull << lane) - 1ull;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if ((bits >> r) & 1u) list[off + __popcll(m[r] & below)] = base + r;
+          off += __popcll(m[r]);
+        }
+      }
+    }
+    __syncthreads();
+    const int32_t ns = n_spk[par];
+    if (tid == 0) n_spk[par ^ 1] = 0;  // last read in step t-1, next written in step t+1
+
+    // (C) 2*ns warp tasks: task u < ns walks the outgoing row of list[u] (transmission + STDP), task
+    // u >= ns the incoming list of list[u - ns] (STDP of synapses whose pre is silent). Every global load of
+    // a lane's two synapses is issued before the first shared-memory update.
+    const int32_t n_tasks = plastic ? 2 * ns : ns;
+    for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
+      if (u < ns) {
+        const int32_t j = list[u];
+        const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
+        if (k1 > e) continue;
+        const T xj = x_sh[j];
+        const uint8_t pos = code_sh[j];
+        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          int32_t ii[2], rr[2];
+          T ww[2], ee[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            kk[h] = kb + h * FUMJAX_WARP + lane;
+            ii[h] = -1;
+            ww[h] = ee[h] = T(0);
+            rr[h] = 1;
+            if (kk[h] < k1) {
+              ii[h] = __ldg(a.post + kk[h]);
+              ww[h] = Ld(a.w[kk[h]]);
+              if (rstdp) ee[h] = Ld(a.elig[kk[h]]);
+              if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t i = ii[h];
+            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+            int32_t rs = slot;
+            if (d > 1) {
+              const int32_t dk = rr[h];
+              if (dk < 1 || dk > d) continue;
+              rs = slot + dk;
+              if (rs >= d) rs -= d;
+            }
+            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
+            if (plastic && pos != 2) {
+              const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
+              StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
+            }
+          }
+        }
+      } else {
+        const int32_t i = list[u - ns];  // as a post neuron
+        const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
+        if (p1 > e) continue;
+        const T yi = y_sh[i];
+        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          T old[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int64_t q = pb + h * FUMJAX_WARP + lane;
+            kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
+            old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (kk[h] >= e) continue;
+            const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
+            const uint8_t cj = code_sh[j];
+            if (spk_sh[j] || cj == 2) continue;
+            const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
+            StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    prev_bits = bits;
+    if (++slot == d) slot = 0;
+  }
+
+  // Last pending trace update, write back.
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int32_t i = base + r;
+    if (i < n) {
+      if (plastic && a.t_steps > 0) {
+        const T sp = static_cast<T>((prev_bits >> r) & 1u);
+        x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
+        y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
+      }
+      a.v[i] = v[r];
+      a.refrac[i] = rf[r];
+      a.window_spikes[i] = ws[r];
+    }
+  }
+  __syncthreads();
+  for (int32_t i = tid; i < n; i += kThreads) {
+    a.x[i] = x_sh[i];
+    a.y[i] = y_sh[i];
+  }
+  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kThreads) a.ring[q] = ring_sh[q];
+  if (tid == 0) {
+    *a.step = s0 + a.t_steps;
+    if (rstdp && a.t_steps > 0) *a.elig_t0 = t0;
   }
 }
 
@@ -1691,14 +2067,58 @@ hipError_t LaunchBlock(const GpuArgs<T, W>& a, size_t shared, hipStream_t stream
   // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
   static size_t allowed = 48 * 1024;
   if (shared > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R>),
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernelOld<T, W, R>),
                                                hipFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(shared));
     if (err != hipSuccess) return err;
     allowed = shared;
   }
-  RunStepsBlockKernel<T, W, R><<<1, kBlockThreads, shared, stream>>>(a);
+  RunStepsBlockKernelOld<T, W, R><<<1, kBlockThreads, shared, stream>>>(a);
   return hipGetLastError();
+}
+
+template <typename T, typename W, int R, int kThreads>
+hipError_t LaunchBlockPlan(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
+  // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
+  static size_t allowed = 48 * 1024;
+  if (p.bytes > allowed) {
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads>),
+                                               hipFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(p.bytes));
+    if (err != hipSuccess) return err;
+    allowed = p.bytes;
+  }
+  RunStepsBlockKernel<T, W, R, kThreads><<<1, kThreads, p.bytes, stream>>>(a, p);
+  return hipGetLastError();
+}
+
+// Neurons per thread R for kThreads threads: the smallest of 1, 2, 4, 8 with R x kThreads >= N (double: R <= 4,
+// the register budget at 1024 threads); 0 when none.
+template <typename T, int kThreads>
+int BlockRT(int64_t n) {
+  for (int r : {1, 2, 4, 8}) {
+    if (sizeof(T) == 8 && kThreads == 1024 && r > 4) break;
+    if (static_cast<int64_t>(r) * kThreads >= n) return r;
+  }
+  return 0;
+}
+
+template <typename T, typename W, int kThreads>
+bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream, hipError_t* err) {
+  switch (BlockRT<T, kThreads>(a.n)) {
+    case 1: *err = LaunchBlockPlan<T, W, 1, kThreads>(a, p, stream); return true;
+    case 2: *err = LaunchBlockPlan<T, W, 2, kThreads>(a, p, stream); return true;
+    case 4: *err = LaunchBlockPlan<T, W, 4, kThreads>(a, p, stream); return true;
+    case 8: *err = LaunchBlockPlan<T, W, 8, kThreads>(a, p, stream); return true;
+    default: return false;
+  }
+}
+
+template <typename T, typename W>
+bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, int threads, hipStream_t stream, hipError_t* err) {
+  if (threads == 256) return LaunchBlockR<T, W, 256>(a, p, stream, err);
+  if (threads == 512) return LaunchBlockR<T, W, 512>(a, p, stream, err);
+  return LaunchBlockR<T, W, 1024>(a, p, stream, err);
 }
 
 template <typename T>
@@ -1746,16 +2166,27 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   (void)cluster;
   (void)cluster_pull;
 #endif
-  const size_t shared = BlockSharedBytes<T>(a.n, a.d);
-  const int r = BlockR<T>(a.n);
-  const bool block_fits = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
-  const bool use_block = block_fits && path != kPathMulti;
-  if (use_block) {
-    switch (r) {
-      case 1: return LaunchBlock<T, W, 1>(a, shared, stream);
-      case 2: return LaunchBlock<T, W, 2>(a, shared, stream);
-      case 4: return LaunchBlock<T, W, 4>(a, shared, stream);
-      default: return LaunchBlock<T, W, 8>(a, shared, stream);
+  const char* old_env = std::getenv("FUMJAX_GPU_BLOCK_OLD");  // A/B only (removed after the measurement)
+  if (old_env != nullptr && old_env[0] == '1') {
+    const size_t shared = BlockSharedBytes<T>(a.n, a.d);
+    const int r = BlockR<T>(a.n);
+    const bool block_fits = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
+    const bool use_block = block_fits && path != kPathMulti;
+    if (use_block) {
+      switch (r) {
+        case 1: return LaunchBlock<T, W, 1>(a, shared, stream);
+        case 2: return LaunchBlock<T, W, 2>(a, shared, stream);
+        case 4: return LaunchBlock<T, W, 4>(a, shared, stream);
+        default: return LaunchBlock<T, W, 8>(a, shared, stream);
+      }
+    }
+  } else if (path != kPathMulti) {
+    const char* thr_env = std::getenv("FUMJAX_GPU_BLOCK_THREADS");  // A/B only
+    const int threads = thr_env != nullptr ? std::atoi(thr_env) : 1024;
+    BlockPlan bp;
+    if (PlanBlock<T>(a.n, a.e, a.d, info.max_shared_optin, &bp)) {
+      hipError_t err = hipSuccess;
+      if (LaunchBlockThreads<T, W>(a, bp, threads, stream, &err)) return err;
     }
   }
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
