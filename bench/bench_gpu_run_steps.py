@@ -104,6 +104,9 @@ def fum1k(
         med, mn = timeit(run, st, i_ext[:0], reps=21)
         rows.append((label, "0-step call (ms)", med * 1e3, mn * 1e3))
         print(f"  {label}: 0-step call (fixed cost per call): {med * 1e3:.3f} ms (min {mn * 1e3:.3f})")
+        med, mn = timeit(jax.jit(lambda s: s.v_mV + 1.0), st, reps=21)
+        rows.append((label, "jit of v + 1 (ms)", med * 1e3, mn * 1e3))
+        print(f"  {label}: a jit of v + 1 (dispatch floor): {med * 1e3:.3f} ms (min {mn * 1e3:.3f})")
 
     quick = os.environ.get("BENCH_QUICK", "0") == "1"  # A/B runs: kernel alone, off and rstdp
 
