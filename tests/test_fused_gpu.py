@@ -171,11 +171,14 @@ def test_gpu_matches_cpu_reference(n, delays, mode, path):
 
 
 @pytest.mark.parametrize("delays", ["1", "mixed"])
-def test_multi_calls_carry_input(delays, monkeypatch):
-    """Multi path over calls of 150, 0 and 250 steps against one 400-step reference run: the input summed
-    into the ring at a call's end is the next call's step-0 input, each call rebuilds the pre cells' row ends
-    in its own scratch, and a 0-step call leaves every state array bit for bit as it was."""
-    _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH="multi")
+@pytest.mark.parametrize("gpu_path", ["block", "multi"])
+def test_calls_carry_state(gpu_path, delays, monkeypatch):
+    """Block and multi paths over calls of 150, 0 and 250 steps against one 400-step reference run: the input
+    summed into the ring at a call's end is the next call's step-0 input, the eligibility clock resumes where
+    the last call left it (the third call starts on a renormalization step, 50 after elig_t0), each call
+    restages (block) or rebuilds (multi: the pre cells' row ends) its per-call tables, and a 0-step call
+    leaves every state array bit for bit as it was."""
+    _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH=gpu_path)
     net, cfg, state, i_ext = make_case(1000, 50, delays, seed=41, t_steps=400)
     to = lambda dev: lambda x: jax.device_put(x, dev)  # noqa: E731
     ref_state, ref_spk = _simulate(
@@ -197,7 +200,7 @@ def test_multi_calls_carry_input(delays, monkeypatch):
         jax.tree.map(np.asarray, g),
         np.concatenate(spikes),
     )
-    print("multi calls", delays, c)
+    print(gpu_path, "calls", delays, c)
     if not c["exact"]:
         assert c["first_diff_step"] > 0, c
         pytest.xfail(f"raster diverged at step {c['first_diff_step']} (atomicAdd order): {c}")
