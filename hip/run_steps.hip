@@ -2133,8 +2133,10 @@ bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream
 
 template <typename T, typename W>
 bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, int threads, hipStream_t stream, hipError_t* err) {
-  if (threads == 256) return LaunchBlockR<T, W, 256>(a, p, stream, err);
-  if (threads == 512) return LaunchBlockR<T, W, 512>(a, p, stream, err);
+  if constexpr (std::is_same<T, float>::value && std::is_same<W, float>::value) {  // A/B: float32 only
+    if (threads == 256) return LaunchBlockR<T, W, 256>(a, p, stream, err);
+    if (threads == 512) return LaunchBlockR<T, W, 512>(a, p, stream, err);
+  }
   return LaunchBlockR<T, W, 1024>(a, p, stream, err);
 }
 
