@@ -10,6 +10,7 @@ namespace nb = nanobind;
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSynapseStepCpu);
 
 namespace {
 
@@ -28,6 +29,7 @@ NB_MODULE(_core, m) {
     nb::dict d;
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepCpu);
     d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsCpu);
+    d["fumjax_synapse_step"] = EncapsulateFfiHandler(FumjaxSynapseStepCpu);
     return d;
   });
 }

@@ -20,11 +20,11 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
-#include <initializer_list>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "ffi_util.h"
 #include "run_steps_compute.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -79,25 +79,6 @@ int RunStepsHost(const RunStepsArgs<T, W>& a) {
 #endif
   ThreadPool::Global().Run(a.threads, fn, &sh);
   return sh.error.load();
-}
-
-// Result buffer `out` starts as a copy of operand `in` (a no-op when XLA aliased them).
-template <typename U>
-U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out) {
-  U* dst = out->typed_data<U>();
-  const U* src = in.typed_data<U>();
-  if (dst != src && in.size_bytes() > 0) std::memcpy(dst, src, in.size_bytes());
-  return dst;
-}
-
-bool Dims(const ffi::AnyBuffer& b, std::initializer_list<int64_t> want) {
-  auto dims = b.dimensions();
-  if (dims.size() != want.size()) return false;
-  size_t k = 0;
-  for (int64_t w : want) {
-    if (dims[k++] != w) return false;
-  }
-  return true;
 }
 
 struct Operands {
@@ -184,29 +165,11 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.tau = o.tau.typed_data<T>();
   a.v_th = o.v_th.typed_data<T>();
   a.i_ext = o.i_ext.typed_data<T>();
-  a.row_ptr = o.row_ptr.typed_data<uint32_t>();
-  a.pre_bucket = o.pre_bucket.typed_data<int32_t>();
-  a.pre_shift = c.pre_shift;
-  a.post = o.post.typed_data<int32_t>();
-  a.delay = a.d > 1 ? o.delay.typed_data<int32_t>() : nullptr;
-  a.in_ptr = o.in_ptr.typed_data<uint32_t>();
-  a.in_syn = o.in_syn.typed_data<uint32_t>();
-  a.excitatory = o.excitatory.typed_data<uint8_t>();
-  a.gamma_pow = static_cast<const W*>(o.gamma_pow.untyped_data());
-  a.inv_pow = o.inv_pow.typed_data<T>();
-
-  // Python floats reach jnp as weak-typed constants: rounded once to T.
+  SetSynapseOperands(a, o, c);
   a.v_rest = static_cast<T>(c.v_rest);
   a.v_reset = static_cast<T>(c.v_reset);
   a.dt = static_cast<T>(c.dt);
-  a.g_syn = static_cast<T>(c.g_syn);
-  a.a_plus = static_cast<T>(c.a_plus);
-  a.a_minus = static_cast<T>(c.a_minus);
-  a.w_clip = static_cast<T>(c.w_clip);
-  a.decay_x = static_cast<T>(c.decay_x);
-  a.decay_y = static_cast<T>(c.decay_y);
   a.refractory_steps = c.refractory_steps;
-  a.mode = static_cast<PlasticityMode>(c.mode);
   a.spikes = r.spikes->typed_data<uint8_t>();
   AdviseHugePages(a.spikes, a.t_steps * a.n);
 
@@ -217,13 +180,11 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
   };
   // The slot -> pre table, every call (O(E >> shift)): entry b must be the row holding slot b << shift.
-  for (int64_t b = 0; b < static_cast<int64_t>(o.pre_bucket.element_count()); ++b) {
-    const int64_t i = a.pre_bucket[b], s = b << a.pre_shift;
-    if (i < 0 || i >= a.n || a.row_ptr[i] > s || a.row_ptr[i + 1] <= s) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
-          "holds CSR slot b << pre_shift)");
-    }
+  if (!BucketsMatchRows(a.row_ptr, a.n, a.pre_bucket, static_cast<int64_t>(o.pre_bucket.element_count()),
+                        a.pre_shift)) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
+        "holds CSR slot b << pre_shift)");
   }
   // Long calls and threaded calls check every index array once here (O(E)), so the step loops run
   // without checks; several threads split each row by post, by bisection when the posts of every row

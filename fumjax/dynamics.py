@@ -96,7 +96,14 @@ def synapse_phase(
     backend: str,
 ) -> State:
     """Second half of `step` (state.step unchanged): transmission of this step's spikes into the delay ring
-    and STDP. spikes_pre: (N_pre,) spikes of the neurons `net.pre` names; spikes: (N,) this network's."""
+    and STDP. spikes_pre: (N_pre,) spikes of the neurons `net.pre` names; spikes: (N,) this network's.
+    The fused backend visits only the rows of spiking pre and the in-lists of spiking posts (one FFI call,
+    CPU); the reference does dense per-synapse operations."""
+    if backend == "fused" and "synapse_step" in fused_ops():
+        from fumjax.kernels import fused
+
+        if fused.synapse_step_supported(state, net):
+            return get_kernel("synapse_step", backend)(state, net, spikes_pre, spikes, cfg, mode)
     cc = cfg.connectivity
     d = net.max_delay
     ring = state.ring_mV

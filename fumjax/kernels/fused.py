@@ -37,19 +37,23 @@ __all__ = [
     "lif_step",
     "run_steps",
     "run_steps_supported",
+    "synapse_step",
+    "synapse_step_supported",
     "resolve_threads",
     "bytes_per_synapse",
 ]
 
 TARGET = "fumjax_lif_step"
 RUN_STEPS_TARGET = "fumjax_run_steps"
+SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
-OPS = ("lif_step", "run_steps")
+OPS = ("lif_step", "run_steps", "synapse_step")
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
 _registered: set[str] = set()
+_cpu_targets: set[str] = set()
 
 
 def _load_installed_copy(name: str) -> ModuleType | None:
@@ -105,6 +109,7 @@ def _register() -> None:
         if core is not None and "cpu" not in _registered:
             for target, capsule in core.registrations().items():
                 jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+                _cpu_targets.add(target)
             _registered.add("cpu")
         gpu = _load("_core_gpu")
         if gpu is not None:
@@ -360,7 +365,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     if i_ext.ndim != 2 or i_ext.shape[1] != n:
         raise ValueError(f"fused.run_steps: i_ext_mV has shape {i_ext.shape}, expected ({n}, N = {n})")
     t_steps = i_ext.shape[0]
-    nc, cc, sc = cfg.neuron, cfg.connectivity, cfg.stdp
+    nc = cfg.neuron
     gamma_pow, inv_pow = elig_tables(cfg)
     operands = tuple(getattr(state, f) for f in _STATE_FIELDS) + (
         state.tau_ms,
@@ -386,21 +391,12 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         vmap_method="sequential",
         input_output_aliases=aliases,
     )
-    dt = nc.dt_ms
     attrs = dict(
         v_rest_mV=np.float64(nc.v_rest_mV),
         v_reset_mV=np.float64(nc.v_reset_mV),
-        dt_ms=np.float64(dt),
-        g_syn_mV=np.float64(cc.g_syn_mV),
-        a_plus=np.float64(sc.a_plus),
-        a_minus=np.float64(sc.a_minus),
-        w_clip=np.float64(cc.w_clip),
-        # The reference's decay factors: Python math.exp in float64, rounded to the dtype by jnp.
-        decay_x=np.float64(math.exp(-dt / sc.tau_plus_ms)),
-        decay_y=np.float64(math.exp(-dt / sc.tau_minus_ms)),
+        dt_ms=np.float64(nc.dt_ms),
+        **_synapse_attrs(net, cfg, mode),
         refractory_steps=np.int32(nc.refractory_steps),
-        mode=np.int32(_MODE_IDS[mode]),
-        pre_shift=np.int32(_pre_shift(net)),
     )
     # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) its path instead.
     results = jax.lax.platform_dependent(
@@ -410,6 +406,89 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     )
     new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     return new, results[-1]
+
+
+def _synapse_attrs(net, cfg, mode: str) -> dict:
+    """FFI attributes of a step's synapse half: g_syn, STDP amplitudes and decays, clip, mode, pre_shift."""
+    cc, sc, dt = cfg.connectivity, cfg.stdp, cfg.neuron.dt_ms
+    return dict(
+        g_syn_mV=np.float64(cc.g_syn_mV),
+        a_plus=np.float64(sc.a_plus),
+        a_minus=np.float64(sc.a_minus),
+        w_clip=np.float64(cc.w_clip),
+        # The reference's decay factors: Python math.exp in float64, rounded to the dtype by jnp.
+        decay_x=np.float64(math.exp(-dt / sc.tau_plus_ms)),
+        decay_y=np.float64(math.exp(-dt / sc.tau_minus_ms)),
+        mode=np.int32(_MODE_IDS[mode]),
+        pre_shift=np.int32(_pre_shift(net)),
+    )
+
+
+# State fields synapse_step updates in place, in operand/result order.
+_SYNAPSE_STATE_FIELDS = ("ring_mV", "w", "elig", "elig_t0", "x_pre", "y_post")
+
+
+def synapse_step_supported(state, net) -> bool:
+    """True when `synapse_step` handles this (state, network), a whole network or one part of a partition:
+    the CPU extension with the target, JAX on the CPU, float32/float64 state with w and elig in its dtype
+    or float16/bfloat16 with float32 state, E < 2^32. Otherwise `dynamics.synapse_phase` runs the reference
+    kernels."""
+    if not available() or SYNAPSE_STEP_TARGET not in _cpu_targets or jax.default_backend() != "cpu":
+        return False
+    dtype = jnp.dtype(state.v_mV.dtype)
+    w_dtype = jnp.dtype(state.w.dtype)
+    w_ok = w_dtype == dtype or (dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_16)
+    return (
+        dtype in (jnp.float32, jnp.float64)
+        and w_ok
+        and jnp.dtype(state.elig.dtype) == w_dtype
+        and net.n_synapses < MAX_SYNAPSES
+        and net.n_pre < 2**31 - 1
+    )
+
+
+def synapse_step(state, net, spikes_pre: Array, spikes: Array, cfg, mode: str):
+    """`dynamics.synapse_phase` as one FFI call, event-driven: only the rows of spiking pre and the in-lists
+    of spiking posts are visited (plus the dense eligibility renormalization once per K steps).
+
+    spikes_pre: (N_pre,) uint8 spikes of the neurons `net.pre` names (a part's: from the exchange), spikes:
+    (N,) this network's. Bit-identical to the jitted reference. Returns the state with ring_mV, w, elig,
+    elig_t0, x_pre and y_post updated (in place under scan or donation). Needs synapse_step_supported.
+    """
+    if not synapse_step_supported(state, net):
+        raise ValueError(
+            "fused.synapse_step: unsupported state/network (needs the compiled extension with "
+            f"{SYNAPSE_STEP_TARGET}, JAX on the CPU, float32/float64 state with w and elig in the same dtype "
+            "or float16/bfloat16 with float32 state); use the reference backend"
+        )
+    if mode not in _MODE_IDS:
+        raise ValueError(f"fused.synapse_step: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
+    n, n_pre = net.n_neurons, net.n_pre
+    spikes_pre, spikes = jnp.asarray(spikes_pre, jnp.uint8), jnp.asarray(spikes, jnp.uint8)
+    if spikes_pre.shape != (n_pre,) or spikes.shape != (n,):
+        raise ValueError(
+            f"fused.synapse_step: spikes_pre {spikes_pre.shape} and spikes {spikes.shape}: expected "
+            f"({n_pre},) (N_pre) and ({n},) (N)"
+        )
+    gamma_pow, inv_pow = elig_tables(cfg)
+    operands = tuple(getattr(state, f) for f in _SYNAPSE_STATE_FIELDS) + (
+        state.step,
+        spikes_pre,
+        spikes,
+        *synapse_operands(net),
+        _pre_codes(net),
+        jnp.asarray(gamma_pow, state.elig.dtype),
+        jnp.asarray(inv_pow, state.v_mV.dtype),
+    )
+    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_SYNAPSE_STATE_FIELDS)])
+    call = jax.ffi.ffi_call(
+        SYNAPSE_STEP_TARGET,
+        out_types,
+        vmap_method="sequential",
+        input_output_aliases={k: k for k in range(len(_SYNAPSE_STATE_FIELDS))},
+    )
+    results = call(*operands, **_synapse_attrs(net, cfg, mode))
+    return state.replace(**dict(zip(_SYNAPSE_STATE_FIELDS, results, strict=True)))
 
 
 # Bytes of each array the kernels read per synapse (uint32/int32 indices), by role.

@@ -1,0 +1,72 @@
+// Small helpers shared by the CPU FFI handlers (run_steps.cc, synapse_step.cc).
+#ifndef FUMJAX_CPP_FFI_UTIL_H_
+#define FUMJAX_CPP_FFI_UTIL_H_
+
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <type_traits>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace fumjax {
+
+// Result buffer `out` starts as a copy of operand `in` (a no-op when XLA aliased them).
+template <typename U>
+U* InPlace(const xla::ffi::AnyBuffer& in, xla::ffi::Result<xla::ffi::AnyBuffer>& out) {
+  U* dst = out->typed_data<U>();
+  const U* src = in.typed_data<U>();
+  if (dst != src && in.size_bytes() > 0) std::memcpy(dst, src, in.size_bytes());
+  return dst;
+}
+
+// Whether buffer b has exactly the dimensions `want`.
+inline bool Dims(const xla::ffi::AnyBuffer& b, std::initializer_list<int64_t> want) {
+  auto dims = b.dimensions();
+  if (dims.size() != want.size()) return false;
+  size_t k = 0;
+  for (int64_t w : want) {
+    if (dims[k++] != w) return false;
+  }
+  return true;
+}
+
+// The slot -> pre table (O(E >> shift)): entry b must be the row (of n_rows) holding CSR slot b << shift.
+inline bool BucketsMatchRows(const uint32_t* row_ptr, int64_t n_rows, const int32_t* bucket, int64_t n_buckets,
+                             int32_t shift) {
+  for (int64_t b = 0; b < n_buckets; ++b) {
+    const int64_t i = bucket[b], s = b << shift;
+    if (i < 0 || i >= n_rows || row_ptr[i] > s || row_ptr[i + 1] <= s) return false;
+  }
+  return true;
+}
+
+// The synapse operands and parameters both kernels' argument structs hold under the same names (a.d set
+// first): o has row_ptr, pre_bucket, post, delay, in_ptr, in_syn, excitatory, gamma_pow, inv_pow buffers,
+// c the doubles g_syn, a_plus, a_minus, w_clip, decay_x, decay_y and int32 mode, pre_shift. Python floats
+// reach jnp as weak-typed constants: each scalar is rounded once to the state type T.
+template <typename Args, typename Ops, typename Sc>
+void SetSynapseOperands(Args& a, const Ops& o, const Sc& c) {
+  using T = decltype(a.g_syn);
+  a.row_ptr = o.row_ptr.template typed_data<uint32_t>();
+  a.pre_bucket = o.pre_bucket.template typed_data<int32_t>();
+  a.pre_shift = c.pre_shift;
+  a.post = o.post.template typed_data<int32_t>();
+  a.delay = a.d > 1 ? o.delay.template typed_data<int32_t>() : nullptr;
+  a.in_ptr = o.in_ptr.template typed_data<uint32_t>();
+  a.in_syn = o.in_syn.template typed_data<uint32_t>();
+  a.excitatory = o.excitatory.template typed_data<uint8_t>();
+  a.gamma_pow = static_cast<decltype(a.gamma_pow)>(o.gamma_pow.untyped_data());
+  a.inv_pow = o.inv_pow.template typed_data<T>();
+  a.g_syn = static_cast<T>(c.g_syn);
+  a.a_plus = static_cast<T>(c.a_plus);
+  a.a_minus = static_cast<T>(c.a_minus);
+  a.w_clip = static_cast<T>(c.w_clip);
+  a.decay_x = static_cast<T>(c.decay_x);
+  a.decay_y = static_cast<T>(c.decay_y);
+  a.mode = static_cast<decltype(a.mode)>(c.mode);
+}
+
+}  // namespace fumjax
+
+#endif  // FUMJAX_CPP_FFI_UTIL_H_
