@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fumjax
+import fumjax.kernels.fused
 from fumjax.config import FumConfig
 from fumjax.distributed import partition
 
@@ -132,6 +133,29 @@ def test_sharded_driven_and_delays_bit_identical():
     d3 = out["delay3"]
     assert d3["ring"] == [3, 800] and d3["total"] > 100
     assert d3["spikes"] and all(d3["state"].values()), d3
+
+
+@pytest.mark.skipif(not fumjax.kernels.fused.available(), reason="fumjax._core not built")
+def test_sharded_fused_backend_equals_single_process_steps():
+    """backend='fused' inside shard_map (the FFI kernels' results retyped as varying over the mesh): the
+    same spikes and state as one process scanning `step` with the fused backend (LIF + synapse kernels)."""
+    out = _run_script(
+        """
+        from fumjax.dynamics import step
+        cfg = FumConfig().replace(neuron={"n_neurons": 600})
+        net = fumjax.build_network(cfg)
+        s0 = fumjax.init_state(net, cfg)
+        d = background_current(s0, net, 150, cfg) * 1.5
+        body = lambda c, i: step(c, net, i, cfg, "rstdp", "fused")
+        s1, sp1 = jax.jit(lambda s: jax.lax.scan(body, s, d))(s0)
+        run = ShardedRun(net, n_devices=4, config=cfg, plasticity="rstdp", backend="fused")
+        ss, sp2 = run.run(run.shard(s0), d)
+        print(json.dumps({"spikes": bool(np.array_equal(sp1, sp2)), "total": int(np.asarray(sp1).sum()),
+                          "state": same(run.gather(ss), s1)}))
+        """
+    )
+    assert out["spikes"] and out["total"] > 100, out
+    assert all(out["state"].values()), out["state"]
 
 
 def test_one_device_run_in_process():

@@ -66,6 +66,19 @@ def _pad_part(local: Network, n_max: int, e_max: int, max_delay: int) -> Network
     return dataclasses.replace(padded, max_delay=max_delay)
 
 
+def _varying_like(new: Array, old: Array) -> Array:
+    """`new` typed as varying over the mesh axes `old` varies over: an FFI call's results (the fused
+    backend's kernels) carry no such type, and the scan carry must keep its input's."""
+    missing = tuple(sorted(_varying_axes(old) - _varying_axes(new)))
+    return jax.lax.pcast(new, missing, to="varying") if missing else new
+
+
+def _varying_axes(x: Array) -> set[str]:
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # jax 0.10; older: aval.vma
+    return set(mat.varying) if mat is not None else set(getattr(aval, "vma", ()))
+
+
 class ShardedRun:
     """A network split over a 1-D device mesh, ready to run many times without re-splitting.
 
@@ -225,7 +238,8 @@ class ShardedRun:
         exchange = self._exchange(pos)
 
         def body(s: State, i_t: Array) -> tuple[State, Array]:
-            return step(s, net, i_t, self.cfg, self.mode, self.backend, exchange=exchange)
+            new, spikes = step(s, net, i_t, self.cfg, self.mode, self.backend, exchange=exchange)
+            return jax.tree.map(_varying_like, new, s), spikes
 
         return jax.lax.scan(body, state, i_ext)
 
