@@ -1,7 +1,7 @@
 """Conservative MPI runs of the default distance-biased network on CPU: per-rank step time and the share of
 it spent in the spike exchange, with the exchange split into its own cost and waiting for other ranks.
 
-Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--delay 1]
+Usage: python bench/bench_mpi.py [--neurons 100000] [--ranks 2 4] [--steps 150] [--delay 1] [--g-syn 1.0]
        python bench/bench_mpi.py --transport 6264 [--ranks 2 4] [--probe 200]   (the exchange alone)
        mpirun [--allow-run-as-root] -n 4 python bench/bench_mpi.py [--steps 500]   (one job, launched by you)
 Launches `mpirun -n P` for each P (one XLA thread per rank) and prints one JSON line per P; rank 0 of each
@@ -10,7 +10,11 @@ The JSON line says whether the issue's target (exchange <= 10% of the step on ev
 machine's cores and load average (timings on a loaded or oversubscribed machine are upper bounds).
 The exchange share counts the time a rank spends in the exchange callback (encode, send, wait for every
 peer's message, decode); "own cost" is the same exchange measured after a barrier (no waiting for slower
-ranks), so share minus own cost is load imbalance and scheduling.
+ranks), so share minus own cost is load imbalance and scheduling. That waiting is split further from every
+rank's exchange times (`sync_wait`): "imbalance" (the slowest rank's mean work between exchanges minus this
+rank's) and "jitter" (the per-step maximum above that mean: which rank is last changes from step to step).
+The default network runs at ~300 Hz under the default drive (g_syn 2.0 mV saturates it at 100k neurons);
+`--g-syn 1.0` gives ~10 Hz, FUM's regime.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ def worker(args: argparse.Namespace) -> None:
 
     import fumjax
     from fumjax.config import FumConfig
+    from fumjax.distributed.exchange import sync_wait
     from fumjax.distributed.mpi_runner import MpiRun, encode_spikes
 
     cfg = FumConfig().replace(
         neuron={"n_neurons": args.neurons},
         run={"backend": args.backend},
-        connectivity={"delay_steps": args.delay},
+        connectivity={"delay_steps": args.delay}
+        | ({"g_syn_mV": args.g_syn} if args.g_syn is not None else {}),
     )
     t0 = time.perf_counter()
     net = fumjax.build_network(cfg)
@@ -55,8 +61,10 @@ def worker(args: argparse.Namespace) -> None:
     run.compile(state, n_windows)
     compile_s = time.perf_counter() - t0
     run.ex.barrier("start", timeout_s=900.0)
+    run.exchange_log = []
     state, counts, _ = run.run_driven(state, n_windows)
     jax.block_until_ready(state)
+    log = np.array(run.exchange_log)
     local_spikes = int(np.asarray(counts).sum())
     stats = run.stats()
 
@@ -81,10 +89,14 @@ def worker(args: argparse.Namespace) -> None:
         "build_s": build_s,
         "split_s": split_s,
         "compile_s": compile_s,
+        "log": log,
     }
     every = run.ex.allgather_obj(mine, "bench results")
     if run.rank != 0:
         return
+    # the waiting a per-step synchronization costs even with free exchanges (per interval between exchanges)
+    split = sync_wait(np.stack([m["log"][:, 0] for m in every]), np.stack([m["log"][:, 1] for m in every]))
+    interval_ms = [1e3 * s["run_s"] / len(m["log"]) for s, m in zip(stats, every, strict=True)]
     per_rank = []
     for s, m in zip(stats, every, strict=True):
         per_rank.append(
@@ -98,6 +110,9 @@ def worker(args: argparse.Namespace) -> None:
                 "own_exchange_ms": round(m["own_exchange_ms"], 4),
                 "own_exchange_share": round(m["own_exchange_ms"] / s["step_ms"], 4),
                 "msg_bytes": m["msg_bytes"],
+                "busy_ms": round(1e3 * split["busy_s"][s["rank"]], 3),
+                "imbalance_share": round(1e3 * split["imbalance_s"][s["rank"]] / interval_ms[s["rank"]], 4),
+                "jitter_share": round(1e3 * split["jitter_s"] / interval_ms[s["rank"]], 4),
             }
         )
         print(f"  rank {s['rank']}: {json.dumps(per_rank[-1])}", flush=True)
@@ -119,6 +134,7 @@ def worker(args: argparse.Namespace) -> None:
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
                 "own_exchange_share_max": max(r["own_exchange_share"] for r in per_rank),
+                "jitter_ms": round(1e3 * split["jitter_s"], 3),
                 "build_s": round(max(m["build_s"] for m in every), 2),
                 "partition_split_s": round(max(m["split_s"] for m in every), 2),
                 "compile_s": round(max(m["compile_s"] for m in every), 2),
@@ -209,6 +225,7 @@ def main() -> None:
     ap.add_argument("--backend", choices=("reference", "fused"), default="reference")
     ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
     ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (= steps per exchange)")
+    ap.add_argument("--g-syn", type=float, help="mV per unit weight (default: the config's)")
     ap.add_argument("--transport", type=int, metavar="BYTES", help="time only the exchange of BYTES per rank")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -234,6 +251,7 @@ def main() -> None:
         cmd += ["--neurons", str(args.neurons), "--steps", str(args.steps)]
         cmd += ["--backend", args.backend, "--probe", str(args.probe)]
         cmd += ["--delay", str(args.delay)]
+        cmd += ["--g-syn", str(args.g_syn)] if args.g_syn is not None else []
         cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)

@@ -1,9 +1,12 @@
-"""Spike messages of the MPI exchange: events (global ids) when sparse, a bit-packed vector when dense."""
+"""Spike messages of the MPI exchange: events (global ids) when sparse, a bit-packed vector when dense; and
+the split of the waiting at exchanges (sync_wait)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from fumjax.distributed.exchange import sync_wait
 from fumjax.distributed.mpi_runner import decode_spikes, encode_spikes
 
 
@@ -57,3 +60,18 @@ def test_a_block_of_steps_travels_in_one_message():
     out = np.zeros((3, 300), np.uint8)
     assert decode_spikes(msg, members, out) == 40
     assert [tuple(x) for x in np.argwhere(out)] == [(0, 104), (2, 199)]
+
+
+def test_sync_wait_splits_waiting_into_imbalance_and_jitter():
+    # worked by hand: busy r0 = (1.0 - 0.2, 2.5 - 1.3) = (0.8, 1.2), r1 = (1.2 - 0.2, 2.4 - 1.3) = (1.0, 1.1);
+    # slowest mean 1.05 (r1); per-interval max (1.0, 1.2), mean 1.1 -> jitter 0.05; r0 waits (0.2, 0) = 0.1
+    # = imbalance 0.05 + jitter 0.05
+    enter = np.array([[0.0, 1.0, 2.5], [0.1, 1.2, 2.4]])
+    leave = np.array([[0.2, 1.3, 2.6], [0.2, 1.3, 2.6]])
+    got = sync_wait(enter, leave)
+    np.testing.assert_allclose(got["busy_s"], [1.0, 1.05])
+    np.testing.assert_allclose(got["imbalance_s"], [0.05, 0.0], atol=1e-12)
+    assert got["jitter_s"] == pytest.approx(0.05)
+    np.testing.assert_allclose(got["exchange_s"], [0.2, 0.15])
+    with pytest.raises(ValueError, match="M >= 2"):
+        sync_wait(enter[:, :1], leave[:, :1])

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-__all__ = ["Exchanger", "ABORT_CODE"]
+__all__ = ["Exchanger", "ABORT_CODE", "sync_wait"]
 
 ABORT_CODE = 3  # exit status of a job stopped because a rank died or hung
 _TAG_BYTES, _TAG_OBJ = 11, 12
@@ -145,6 +145,31 @@ class Exchanger:
                 stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
                 self.fail(stuck or list(dests), what + " (send not taken)", timeout)
             _back_off(waited)
+
+
+def sync_wait(enter_s: np.ndarray, exit_s: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Where the waiting at per-step all-gathers comes from, from every rank's exchange times.
+
+    enter_s, exit_s: (P, M) seconds (each rank's own perf_counter) at which rank r entered and left its
+    exchange m; every rank runs the same M exchanges, each a synchronization of all ranks. The busy time
+    busy[r, m] = enter[r, m] - exit[r, m - 1] (m >= 1) is the rank's work between two exchanges. With
+    exchanges that cost nothing, rank r would still wait max_q busy[q, m] - busy[r, m] per interval: the
+    mean of that is `imbalance_s[r]` (slowest rank's mean busy minus r's) plus `jitter_s` (the mean of the
+    per-interval maximum above the slowest mean: which rank is last changes from interval to interval).
+    Returns busy_s (P,) mean busy, exchange_s (P,) mean time inside an exchange, imbalance_s (P,),
+    jitter_s (float), all per interval in seconds.
+    """
+    enter_s, exit_s = np.asarray(enter_s, np.float64), np.asarray(exit_s, np.float64)
+    if enter_s.shape != exit_s.shape or enter_s.ndim != 2 or enter_s.shape[1] < 2:
+        raise ValueError(f"enter_s {enter_s.shape} and exit_s {exit_s.shape}: need the same (P, M >= 2)")
+    busy = enter_s[:, 1:] - exit_s[:, :-1]
+    mean_busy = busy.mean(axis=1)
+    return {
+        "busy_s": mean_busy,
+        "exchange_s": (exit_s - enter_s)[:, 1:].mean(axis=1),
+        "imbalance_s": mean_busy.max() - mean_busy,
+        "jitter_s": float(busy.max(axis=0).mean() - mean_busy.max()),
+    }
 
 
 def _back_off(waited_s: float) -> None:

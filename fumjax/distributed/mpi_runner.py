@@ -198,6 +198,9 @@ class MpiRun:
             raise ValueError(f"exchange_every = {self.exchange_every}: events of a block need int32 ids")
         self.n_exchanges = 0
         self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
+        #: None, or a list that gets (enter, exit) perf_counter seconds of every exchange (bench diagnostics:
+        #: `fumjax.distributed.exchange.sync_wait` splits the waiting into imbalance and jitter)
+        self.exchange_log: list[tuple[float, float]] | None = None
         self.run_s = 0.0  # time in run / run_driven
         self.cpu_s = 0.0  # CPU time of this process in run / run_driven (< run_s: the rank waited or was
         # descheduled)
@@ -377,7 +380,7 @@ class MpiRun:
         self.events_sent += int(np.count_nonzero(spikes_local))
         self.bytes_sent += (len(got[self.rank]) + _MPI_ENVELOPE_BYTES) * (self.size - 1)
         self.n_exchanges += 1
-        self.exchange_s += time.perf_counter() - t0
+        self.count_exchange(t0)
         return spikes_pre
 
     def _gather_rates(self, rates_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
@@ -387,8 +390,15 @@ class MpiRun:
         rates = np.empty(self.net.n_neurons, rates_local.dtype)
         for q, raw in enumerate(got):
             rates[self.part.members[q]] = raw.view(rates_local.dtype)
-        self.exchange_s += time.perf_counter() - t0
+        self.count_exchange(t0)
         return rates
+
+    def count_exchange(self, t0: float) -> None:
+        """Count an exchange that started at perf_counter() == t0 and ends now in the statistics."""
+        t1 = time.perf_counter()
+        self.exchange_s += t1 - t0
+        if self.exchange_log is not None:
+            self.exchange_log.append((t0, t1))
 
     # ---- compiled programs --------------------------------------------------------------------------
 

@@ -178,7 +178,7 @@ class MpiTrainEngine:
                 vals = raw.view(np.int32)
                 total[run.part.members[q]] = vals[:-t_win]
                 total[n:] += vals[-t_win:]
-            run.exchange_s += time.perf_counter() - t0
+            run.count_exchange(t0)
             return total
 
         def program(net_p: Network, members, syn, carry, consts, items, seed):
