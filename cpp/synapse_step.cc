@@ -56,7 +56,7 @@ int SynapseStepHost(const SynapseStepArgs<T, W>& a) {
 }
 
 struct Operands {
-  ffi::AnyBuffer ring, w, elig, elig_t0, x, y, step, spikes_pre, spikes, row_ptr, pre_bucket, post, delay,
+  ffi::AnyBuffer ring, w, elig, elig_t0, x, y, step, spikes_pre, spikes, row_ptr, pre_bucket, pre, post, delay,
       in_ptr, in_syn, excitatory, gamma_pow, inv_pow;
 };
 struct Results {
@@ -85,12 +85,13 @@ ffi::Error SynapseStepTyped(Operands& o, Results& r, const Scalars& c) {
   a.spikes_pre = o.spikes_pre.typed_data<uint8_t>();
   a.spikes = o.spikes.typed_data<uint8_t>();
   SetSynapseOperands(a, o, c);
+  a.pre = o.pre.element_count() > 0 ? o.pre.typed_data<int32_t>() : nullptr;
 
   if (a.row_ptr[0] > a.e || a.row_ptr[a.n_pre] > a.e || a.in_ptr[0] > a.e || a.in_ptr[a.n] > a.e) {
     return ffi::Error::InvalidArgument("fumjax_synapse_step: row_ptr/in_ptr is not a valid CSR pointer");
   }
   const int64_t n_buckets = static_cast<int64_t>(o.pre_bucket.element_count());
-  if (a.mode != PlasticityMode::kOff &&
+  if (a.mode != PlasticityMode::kOff && a.pre == nullptr &&
       !BucketsMatchRows(a.row_ptr, a.n_pre, a.pre_bucket, n_buckets, a.pre_shift)) {
     return ffi::Error::InvalidArgument(
         "fumjax_synapse_step: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
@@ -111,7 +112,8 @@ ffi::Error SynapseStepTyped(Operands& o, Results& r, const Scalars& c) {
 ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBuffer elig,
                                ffi::AnyBuffer elig_t0, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer step,
                                ffi::AnyBuffer spikes_pre, ffi::AnyBuffer spikes, ffi::AnyBuffer row_ptr,
-                               ffi::AnyBuffer pre_bucket, ffi::AnyBuffer post, ffi::AnyBuffer delay,
+                               ffi::AnyBuffer pre_bucket, ffi::AnyBuffer pre, ffi::AnyBuffer post,
+                               ffi::AnyBuffer delay,
                                ffi::AnyBuffer in_ptr, ffi::AnyBuffer in_syn, ffi::AnyBuffer excitatory,
                                ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double g_syn, double a_plus,
                                double a_minus, double w_clip, double decay_x, double decay_y, int32_t mode,
@@ -154,10 +156,10 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
         "fumjax_synapse_step: w, elig and gamma_pow must share one dtype: the state's, or "
         "float16/bfloat16 with float32 state");
   }
-  for (const ffi::AnyBuffer* b : {&elig_t0, &step, &pre_bucket, &post, &delay}) {
+  for (const ffi::AnyBuffer* b : {&elig_t0, &step, &pre_bucket, &pre, &post, &delay}) {
     if (b->element_type() != ffi::DataType::S32) {
       return ffi::Error::InvalidArgument(
-          "fumjax_synapse_step: elig_t0, step, pre_bucket, post and delay must be int32");
+          "fumjax_synapse_step: elig_t0, step, pre_bucket, pre, post and delay must be int32");
     }
   }
   for (const ffi::AnyBuffer* b : {&row_ptr, &in_ptr, &in_syn}) {
@@ -173,6 +175,7 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
   const bool shapes_ok = Dims(ring, {d, n}) && Dims(w, {e}) && Dims(elig, {e}) && Dims(elig_t0, {}) &&
                          Dims(x, {n_pre}) && Dims(y, {n}) && Dims(step, {}) && Dims(spikes_pre, {n_pre}) &&
                          Dims(spikes, {n}) && Dims(row_ptr, {n_pre + 1}) && Dims(pre_bucket, {n_buckets}) &&
+                         (Dims(pre, {e}) || Dims(pre, {0})) &&
                          Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) &&
                          Dims(in_syn, {e}) && Dims(excitatory, {n_pre}) && Dims(gamma_pow, {k1}) &&
                          Dims(inv_pow, {k1});
@@ -180,7 +183,8 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
     return ffi::Error::InvalidArgument(
         "fumjax_synapse_step: shapes must be ring (D, N); w, elig, post, in_syn (E,); delay (E,) or (0,) "
         "with D = 1; x_pre, spikes_pre, excitatory (N_pre,); y_post, spikes (N,); row_ptr (N_pre + 1,); in_ptr "
-        "(N + 1,); pre_bucket ((E-1 >> pre_shift) + 1,); elig_t0, step (); gamma_pow, inv_pow (K+1,)");
+        "(N + 1,); pre_bucket ((E-1 >> pre_shift) + 1,); pre (E,) or (0,); elig_t0, step (); gamma_pow, inv_pow "
+        "(K+1,)");
   }
   const std::pair<const ffi::AnyBuffer*, ffi::Result<ffi::AnyBuffer>*> aliased[] = {
       {&ring, &ring_out}, {&w, &w_out}, {&elig, &elig_out}, {&elig_t0, &elig_t0_out}, {&x, &x_out}, {&y, &y_out}};
@@ -190,7 +194,7 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
           "fumjax_synapse_step: each state result must have its operand's dtype and shape");
     }
   }
-  Operands o{ring, w, elig, elig_t0, x, y, step, spikes_pre, spikes, row_ptr, pre_bucket, post, delay,
+  Operands o{ring, w, elig, elig_t0, x, y, step, spikes_pre, spikes, row_ptr, pre_bucket, pre, post, delay,
              in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
   Results r{ring_out, w_out, elig_out, elig_t0_out, x_out, y_out};
   const Scalars c{g_syn, a_plus, a_minus, w_clip, decay_x, decay_y, mode, pre_shift};
@@ -220,6 +224,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxSynapseStepCpu, fumjax::SynapseStepDispatch,
                                   .Arg<ffi::AnyBuffer>()  // spikes (N,) uint8
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (uint32)
                                   .Arg<ffi::AnyBuffer>()  // pre_bucket (int32)
+                                  .Arg<ffi::AnyBuffer>()  // pre (E,) or (0,) (int32)
                                   .Arg<ffi::AnyBuffer>()  // post
                                   .Arg<ffi::AnyBuffer>()  // delay_steps
                                   .Arg<ffi::AnyBuffer>()  // in_ptr (uint32)

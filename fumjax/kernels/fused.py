@@ -280,8 +280,8 @@ def _pre_shift(net) -> int:
 
 def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
     """The kernels' synapse operands of a Network or a CompactNetwork: (row_ptr uint32 (N+1,), pre_bucket
-    int32 ((E-1 >> PRE_SHIFT) + 1,), post int32 (E,), delay int32 ((E,), or (0,) = all delays 1), in_ptr
-    uint32 (N+1,), in_syn uint32 (E,)). A CompactNetwork carries its pre_bucket; a Network's is every
+    int32 ((E-1 >> PRE_SHIFT) + 1,), post int32 (E,), delay int32 ((E,), or (0,) when every delay is 1),
+    in_ptr uint32 (N+1,), in_syn uint32 (E,)). A CompactNetwork carries its pre_bucket; a Network's is every
     2**PRE_SHIFT-th entry of its pre (CSR order: the row that holds that slot), a strided slice."""
     bucket = getattr(net, "pre_bucket", None)
     if bucket is None:
@@ -290,7 +290,8 @@ def synapse_operands(net) -> tuple[Array, Array, Array, Array, Array, Array]:
         _as_uint32(net.row_ptr),
         jnp.asarray(bucket, jnp.int32),
         jnp.asarray(net.post, jnp.int32),
-        jnp.asarray(net.delay_steps, jnp.int32),
+        # every delay 1: the empty array says so (an all-ones (E,) constant would be rebuilt in every call)
+        jnp.zeros((0,), jnp.int32) if net.max_delay == 1 else jnp.asarray(net.delay_steps, jnp.int32),
         _as_uint32(net.in_ptr),
         _as_uint32(net.in_syn),
     )
@@ -471,11 +472,22 @@ def synapse_step(state, net, spikes_pre: Array, spikes: Array, cfg, mode: str):
             f"({n_pre},) (N_pre) and ({n},) (N)"
         )
     gamma_pow, inv_pow = elig_tables(cfg)
+    row_ptr, bucket, post, delay, in_ptr, in_syn = synapse_operands(net)
+    # A Network's per-synapse pre names each in-list entry's pre directly (a CompactNetwork has none: the
+    # kernel then bisects row_ptr between pre_bucket entries)
+    pre = getattr(net, "pre", None)
+    pre = jnp.zeros((0,), jnp.int32) if pre is None else jnp.asarray(pre, jnp.int32)
     operands = tuple(getattr(state, f) for f in _SYNAPSE_STATE_FIELDS) + (
         state.step,
         spikes_pre,
         spikes,
-        *synapse_operands(net),
+        row_ptr,
+        bucket,
+        pre,
+        post,
+        delay,
+        in_ptr,
+        in_syn,
         _pre_codes(net),
         jnp.asarray(gamma_pow, state.elig.dtype),
         jnp.asarray(inv_pow, state.v_mV.dtype),
