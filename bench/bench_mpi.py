@@ -95,7 +95,10 @@ def worker(args: argparse.Namespace) -> None:
     if run.rank != 0:
         return
     # the waiting a per-step synchronization costs even with free exchanges (per interval between exchanges)
-    split = sync_wait(np.stack([m["log"][:, 0] for m in every]), np.stack([m["log"][:, 1] for m in every]))
+    enter, leave = np.stack([m["log"][:, 0] for m in every]), np.stack([m["log"][:, 1] for m in every])
+    split = sync_wait(enter, leave)
+    if args.save_log:
+        np.savez(args.save_log, enter=enter, leave=leave)
     interval_ms = [1e3 * s["run_s"] / len(m["log"]) for s, m in zip(stats, every, strict=True)]
     per_rank = []
     for s, m in zip(stats, every, strict=True):
@@ -226,6 +229,7 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
     ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (= steps per exchange)")
     ap.add_argument("--g-syn", type=float, help="mV per unit weight (default: the config's)")
+    ap.add_argument("--save-log", metavar="NPZ", help="save every rank's exchange (enter, exit) times")
     ap.add_argument("--transport", type=int, metavar="BYTES", help="time only the exchange of BYTES per rank")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -252,6 +256,7 @@ def main() -> None:
         cmd += ["--backend", args.backend, "--probe", str(args.probe)]
         cmd += ["--delay", str(args.delay)]
         cmd += ["--g-syn", str(args.g_syn)] if args.g_syn is not None else []
+        cmd += ["--save-log", f"{args.save_log}.{p}.npz"] if args.save_log else []
         cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()
         subprocess.run(cmd, env=env, check=True)
