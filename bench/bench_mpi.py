@@ -40,7 +40,7 @@ def worker(args: argparse.Namespace) -> None:
     import fumjax
     from fumjax.config import FumConfig
     from fumjax.distributed.exchange import sync_wait
-    from fumjax.distributed.mpi_runner import MpiRun, encode_spikes
+    from fumjax.distributed.mpi_runner import MpiRun, encode_spikes, pack_step
 
     cfg = FumConfig().replace(
         neuron={"n_neurons": args.neurons},
@@ -72,11 +72,12 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(run.rank)
     n_p, steps = run.local.n_neurons, n_windows * t_win
     spikes = (rng.random(n_p) < local_spikes / (n_p * steps)).astype(np.uint8)
+    packed = [np.asarray(pack_step(spikes, np.int32(k))) for k in range(args.probe)]
     own = []
     for k in range(args.probe):
         run.ex.barrier("probe")
         t0 = time.perf_counter()
-        run._exchange_spikes(spikes, np.int32(k))
+        run._exchange_spikes(packed[k])
         own.append(time.perf_counter() - t0)
     own_ms = 1e3 * float(np.median(own))
     msg_bytes = encode_spikes(spikes, run.members, 0).nbytes

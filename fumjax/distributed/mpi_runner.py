@@ -65,7 +65,7 @@ from fumjax.network import Network
 from fumjax.state import State, init_state
 from fumjax.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes", "save_on_root"]
+__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes", "pack_step", "save_on_root"]
 
 _EVENTS, _BITMASK = 0, 1  # spike message kinds
 _MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
@@ -84,7 +84,8 @@ def encode_spikes(
     if 32 * np.count_nonzero(block) > block.size:  # counting first: nonzero() alone costs more than packing
         head = np.array([step_now, _BITMASK], np.int32).view(np.uint8)
         return np.concatenate([head, np.packbits(block.reshape(-1).astype(bool))])
-    rows, cols = np.nonzero(block)
+    flat = block.reshape(-1).astype(np.uint8, copy=False).view(bool)  # 0/1 spikes; nonzero 4x faster on bool
+    rows, cols = np.divmod(np.flatnonzero(flat), block.shape[1])
     msg = np.empty(2 + rows.shape[0], np.int32)
     msg[0], msg[1] = step_now, _EVENTS
     np.add(rows * n_total if block.shape[0] > 1 else 0, members[cols], out=msg[2:], casting="unsafe")
@@ -104,6 +105,13 @@ def decode_spikes(msg: np.ndarray, members: np.ndarray, spikes_pre: np.ndarray) 
         bits = np.unpackbits(msg[8:], count=k * members.shape[0]).reshape(k, members.shape[0])
         flat.reshape(k, n)[:, members] = bits  # one assignment: 7x faster than scattering the ones
     return int(step_now)
+
+
+def pack_step(spikes: Array, step_now: Array) -> Array:
+    """(n_p,) or (k, n_p) uint8 spikes and the int32 step -> one flat uint8 array, the spikes then the step's
+    4 bytes: the exchange callback gets one operand (each costs ~30 us of conversion per call)."""
+    step_bytes = jax.lax.bitcast_convert_type(jnp.asarray(step_now, jnp.int32).reshape(1), jnp.uint8)
+    return jnp.concatenate([spikes.reshape(-1).astype(jnp.uint8), step_bytes.reshape(-1)])
 
 
 def network_fingerprint(net: Network) -> str:
@@ -362,12 +370,15 @@ class MpiRun:
 
     # ---- exchange callbacks (run on the host inside the jitted scan) --------------------------------
 
-    def _exchange_spikes(self, spikes_local: np.ndarray, step_now: np.ndarray) -> np.ndarray:
-        """spikes_local (n_p,) of step step_now or (k, n_p) of steps step_now.. -> (N,) or (k, N)."""
+    def _exchange_spikes(self, packed: np.ndarray, rows: int = 0) -> np.ndarray:
+        """`pack_step(spikes_local, step_now)`: spikes (n_p,) of step step_now (rows 0) or (rows, n_p) of
+        steps step_now.. -> every neuron's (N,) or (rows, N)."""
         t0 = time.perf_counter()
         # callbacks may receive jax Arrays: numpy here, or every reshape below dispatches (and compiles) an op
-        spikes_local = np.asarray(spikes_local)
-        step_now, n = int(step_now), self.net.n_neurons
+        packed = np.asarray(packed)
+        n_p, n = self.local.n_neurons, self.net.n_neurons
+        step_now = int(packed[-4:].view(np.int32)[0])
+        spikes_local = packed[:-4].reshape(rows, n_p) if rows else packed[:-4]
         msg = encode_spikes(spikes_local, self.members, step_now, n)
         got = self.ex.allgather_bytes(msg, f"the spikes of step {step_now}")
         spikes_pre = np.zeros(spikes_local.shape[:-1] + (n,), np.uint8)
@@ -411,7 +422,7 @@ class MpiRun:
 
             def body(s: State, i_t: Array) -> tuple[State, Array]:
                 def exchange(spikes: Array) -> Array:
-                    return io_callback(self._exchange_spikes, spec, spikes, s.step, ordered=True)
+                    return io_callback(self._exchange_spikes, spec, pack_step(spikes, s.step), ordered=True)
 
                 return step(s, net, i_t, cfg, mode, backend, exchange=exchange)
 
@@ -441,7 +452,8 @@ class MpiRun:
 
         state, spikes = jax.lax.scan(lif, state, i_blk)
         spec = jax.ShapeDtypeStruct((i_blk.shape[0], self.net.n_neurons), jnp.uint8)
-        spikes_pre = io_callback(self._exchange_spikes, spec, spikes, t0, ordered=True)
+        exchange = functools.partial(self._exchange_spikes, rows=i_blk.shape[0])
+        spikes_pre = io_callback(exchange, spec, pack_step(spikes, t0), ordered=True)
 
         def synapses(s: State, sp: tuple[Array, Array]) -> tuple[State, None]:
             s = synapse_phase(s, net, sp[0], sp[1], cfg, mode, backend)
