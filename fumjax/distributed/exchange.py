@@ -27,10 +27,17 @@ _TAG_BYTES, _TAG_OBJ = 11, 12
 class Exchanger:
     """All-gathers of byte payloads and Python objects among the ranks of `comm`, each under a deadline."""
 
-    def __init__(self, comm: Any, timeout_s: float = 60.0) -> None:
-        """comm: an mpi4py communicator (duplicated, so no other traffic matches these messages)."""
+    def __init__(self, comm: Any, timeout_s: float = 60.0, spin_s: float | None = None) -> None:
+        """comm: an mpi4py communicator (duplicated, so no other traffic matches these messages). spin_s: how
+        long a wait busy-polls before it yields the core (default: 2 ms when this node's ranks fit its cores,
+        50 us when they outnumber them and a waiting rank should give its core to one that computes)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s = {timeout_s}: must be > 0")
+        if spin_s is None:
+            spin_s = 2e-3 if _local_ranks(comm) <= (os.cpu_count() or 1) else 5e-5
+        if spin_s < 0:
+            raise ValueError(f"spin_s = {spin_s}: must be >= 0")
+        self.spin_s = float(spin_s)
         self.comm = comm.Dup()
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.peers = [q for q in range(self.size) if q != self.rank]
@@ -129,7 +136,7 @@ class Exchanger:
             waited = time.monotonic() - start
             if waited > timeout:
                 self.fail(pending, what, timeout)
-            _back_off(waited)
+            _back_off(waited, self.spin_s)
 
     def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
         """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""
@@ -144,7 +151,7 @@ class Exchanger:
             if waited > timeout:
                 stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
                 self.fail(stuck or list(dests), what + " (send not taken)", timeout)
-            _back_off(waited)
+            _back_off(waited, self.spin_s)
 
 
 def sync_wait(enter_s: np.ndarray, exit_s: np.ndarray) -> dict[str, np.ndarray | float]:
@@ -172,12 +179,20 @@ def sync_wait(enter_s: np.ndarray, exit_s: np.ndarray) -> dict[str, np.ndarray |
     }
 
 
-def _back_off(waited_s: float) -> None:
-    """Between polls: spin for 50 us (a message from a rank on another core is usually that close), then
-    yield the core up to 200 us, then sleep (ranks may outnumber cores: give the core to those computing)."""
-    if waited_s < 5e-5:
+def _back_off(waited_s: float, spin_s: float) -> None:
+    """Between polls: spin for spin_s (a message from a rank on another core is usually that close), then
+    yield the core for 150 us, then sleep (ranks may outnumber cores: give the core to those computing)."""
+    if waited_s < spin_s:
         return
-    if waited_s < 2e-4:
+    if waited_s < spin_s + 1.5e-4:
         os.sched_yield()
     else:
         time.sleep(min(1e-3, 0.05 * waited_s))
+
+
+def _local_ranks(comm: Any) -> int:
+    """Ranks of comm on this node, from the launcher's environment (Open MPI, MPICH/Hydra, PMIx), else all."""
+    for key in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return comm.Get_size()
