@@ -47,7 +47,7 @@ def _launch(n: int, out: Path, *args: str, timeout: float = 240, check: bool = T
 @functools.cache
 def _single(mode: str, backend: str, stepwise: bool, amp_mV: float = 2.25, delay: int = 1):
     """The single-process run: fumjax.run_driven, or (stepwise) the same windows through fumjax.step one
-    step at a time (the path a part takes with the fused backend: fused LIF, jnp transmission/STDP)."""
+    step at a time (the path a part takes with the fused backend: the LIF kernel, then the synapse kernel)."""
     cfg = FumConfig().replace(drive={"amp_mV": amp_mV})
     net = Network.distance_biased(N, seed=0, delay_steps=delay)
     s = fumjax.init_state(net, cfg)
@@ -164,7 +164,7 @@ def test_four_ranks_delay_3_dense_spikes_equal_single_process(tmp_path):
 
 
 def test_two_ranks_fused_stdp_equal_single_process(tmp_path):
-    """Fused backend (its LIF kernel in each part; spikes exchanged every step), plain STDP."""
+    """Fused backend (LIF and synapse kernels in each part; spikes exchanged every step), plain STDP."""
     pytest.importorskip("fumjax._core")
     _launch(
         2, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0", "--delay", "3"
