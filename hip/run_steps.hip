@@ -591,7 +591,7 @@ bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* ou
   return false;
 }
 
-template <typename T, typename W, int R, int kThreads>
+template <typename T, typename W, int R, int kThreads, bool kFlat>
 __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a, BlockPlan p) {
   constexpr int kWarpsB = kThreads / FUMJAX_WARP;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -772,77 +772,176 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     const int32_t ns = n_spk[par];
     if (tid == 0) n_spk[par ^ 1] = 0;  // last read in step t-1, next written in step t+1
 
-    // (C) 2*ns warp tasks: task u < ns walks the outgoing row of list[u] (transmission + STDP), task
-    // u >= ns the incoming list of list[u - ns] (STDP of synapses whose pre is silent). Every global load of
-    // a lane's two synapses is issued before the first shared-memory update.
-    const int32_t n_tasks = plastic ? 2 * ns : ns;
-    for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
-      if (u < ns) {
-        const int32_t j = list[u];
-        const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
-        if (k1 > e) continue;
-        const T xj = x_sh[j];
-        const uint8_t pos = code_sh[j];
-        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
-          int32_t ii[2], rr[2];
-          T ww[2], ee[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            kk[h] = kb + h * FUMJAX_WARP + lane;
-            ii[h] = -1;
-            ww[h] = ee[h] = T(0);
-            rr[h] = 1;
-            if (kk[h] < k1) {
-              ii[h] = __ldg(a.post + kk[h]);
-              ww[h] = Ld(a.w[kk[h]]);
-              if (rstdp) ee[h] = Ld(a.elig[kk[h]]);
-              if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
+    if constexpr (!kFlat) {
+      // (C) 2*ns warp tasks: task u < ns walks the outgoing row of list[u] (transmission + STDP), task
+      // u >= ns the incoming list of list[u - ns] (STDP of synapses whose pre is silent). Every global load of
+      // a lane's two synapses is issued before the first shared-memory update.
+      const int32_t n_tasks = plastic ? 2 * ns : ns;
+      for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
+        if (u < ns) {
+          const int32_t j = list[u];
+          const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
+          if (k1 > e) continue;
+          const T xj = x_sh[j];
+          const uint8_t pos = code_sh[j];
+          for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+            int64_t kk[2];
+            int32_t ii[2], rr[2];
+            T ww[2], ee[2];
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              kk[h] = kb + h * FUMJAX_WARP + lane;
+              ii[h] = -1;
+              ww[h] = ee[h] = T(0);
+              rr[h] = 1;
+              if (kk[h] < k1) {
+                ii[h] = __ldg(a.post + kk[h]);
+                ww[h] = Ld(a.w[kk[h]]);
+                if (rstdp) ee[h] = Ld(a.elig[kk[h]]);
+                if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
+              }
+            }
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int32_t i = ii[h];
+              if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+              int32_t rs = slot;
+              if (d > 1) {
+                const int32_t dk = rr[h];
+                if (dk < 1 || dk > d) continue;
+                rs = slot + dk;
+                if (rs >= d) rs -= d;
+              }
+              atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
+              if (plastic && pos != 2) {
+                const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
+                StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
+              }
             }
           }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int32_t i = ii[h];
-            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-            int32_t rs = slot;
-            if (d > 1) {
-              const int32_t dk = rr[h];
-              if (dk < 1 || dk > d) continue;
-              rs = slot + dk;
-              if (rs >= d) rs -= d;
+        } else {
+          const int32_t i = list[u - ns];  // as a post neuron
+          const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
+          if (p1 > e) continue;
+          const T yi = y_sh[i];
+          for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+            int64_t kk[2];
+            T old[2];
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int64_t q = pb + h * FUMJAX_WARP + lane;
+              kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
             }
-            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
-            if (plastic && pos != 2) {
-              const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
-              StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
+              old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
+            }
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              if (kk[h] >= e) continue;
+              const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
+              const uint8_t cj = code_sh[j];
+              if (spk_sh[j] || cj == 2) continue;
+              const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
+              StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
             }
           }
         }
-      } else {
-        const int32_t i = list[u - ns];  // as a post neuron
-        const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
-        if (p1 > e) continue;
-        const T yi = y_sh[i];
-        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
-          T old[2];
+      }
+    } else {
+      // (C), flat: the step's synapse items (every out-row entry of a spike, then every in-list entry of a
+      // spike in plastic modes) spread over all threads, kU per thread in flight at once, so that fewer warps
+      // than tasks still wait one L2 round trip, not one per task. Tasks are taken 32 at a time: lane l of
+      // every warp describes task c0 + l (first index, length), a warp scan gives the offsets, and each item
+      // finds its task by a 5-step binary search over the scan (shuffles).
+      constexpr int kU = kThreads >= 1024 ? 1 : 1024 / kThreads;
+      const int32_t n_tasks = plastic ? 2 * ns : ns;
+      for (int32_t c0 = 0; c0 < n_tasks; c0 += FUMJAX_WARP) {
+        const int32_t u = c0 + lane;
+        long long first = 0;
+        int32_t len = 0, who = 0;
+        if (u < n_tasks) {
+          const bool out = u < ns;
+          who = list[out ? u : u - ns];
+          const uint32_t* ptr = out ? rp_sh : ip_sh;
+          const int64_t b0 = ptr[who], b1 = ptr[who + 1];
+          if (b1 <= e && b1 > b0) {
+            first = b0;
+            len = static_cast<int32_t>(b1 - b0);
+          }
+        }
+        int32_t incl = len;
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int64_t q = pb + h * FUMJAX_WARP + lane;
-            kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
+        for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
+          const int32_t up = __shfl_up_sync(FUMJAX_FULL_MASK, incl, o);
+          if (lane >= o) incl += up;
+        }
+        const int32_t excl = incl - len;
+        const int32_t total = __shfl_sync(FUMJAX_FULL_MASK, incl, FUMJAX_WARP - 1);
+        for (int32_t qb = 0; qb < total; qb += kU * kThreads) {
+          int64_t kk[kU];
+          int32_t wh[kU], ii[kU], rr[kU];
+          bool is_out[kU];
+          T ww[kU], ee[kU];
+#pragma unroll
+          for (int m = 0; m < kU; ++m) {
+            const int32_t q = qb + m * kThreads + tid;
+            int32_t lo = 0;
+#pragma unroll
+            for (int st = FUMJAX_WARP / 2; st > 0; st >>= 1) {
+              if (__shfl_sync(FUMJAX_FULL_MASK, excl, lo + st) <= q) lo += st;
+            }
+            const int32_t ex = __shfl_sync(FUMJAX_FULL_MASK, excl, lo);
+            const long long fi = __shfl_sync(FUMJAX_FULL_MASK, first, lo);
+            wh[m] = __shfl_sync(FUMJAX_FULL_MASK, who, lo);
+            is_out[m] = c0 + lo < ns;
+            const int64_t idx = fi + (q - ex);
+            kk[m] = e;
+            if (q < total) {
+              kk[m] = is_out[m] ? idx : static_cast<int64_t>(stage_in ? in_sh[idx] : __ldg(a.in_syn + idx));
+            }
           }
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
-            old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
+          for (int m = 0; m < kU; ++m) {  // every global load of the round before the first use
+            ii[m] = -1;
+            rr[m] = 1;
+            ww[m] = ee[m] = T(0);
+            if (kk[m] < e) {
+              if (is_out[m]) {
+                ii[m] = __ldg(a.post + kk[m]);
+                if (d > 1) rr[m] = __ldg(a.delay + kk[m]);
+              }
+              if (is_out[m] || !rstdp) ww[m] = Ld(a.w[kk[m]]);
+              if (rstdp) ee[m] = Ld(a.elig[kk[m]]);
+            }
           }
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            if (kk[h] >= e) continue;
-            const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
-            const uint8_t cj = code_sh[j];
-            if (spk_sh[j] || cj == 2) continue;
-            const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
-            StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
+          for (int m = 0; m < kU; ++m) {
+            if (kk[m] >= e) continue;
+            if (is_out[m]) {
+              const int32_t j = wh[m], i = ii[m];
+              if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+              int32_t rs = slot;
+              if (d > 1) {
+                const int32_t dk = rr[m];
+                if (dk < 1 || dk > d) continue;
+                rs = slot + dk;
+                if (rs >= d) rs -= d;
+              }
+              atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[m]));
+              const uint8_t pos = code_sh[j];
+              if (plastic && pos != 2) {
+                const T dw = StdpDw(a, x_sh[j], y_sh[i], spk_sh[i] != 0, true, pos);
+                StoreDw(a, kk[m], dw, rstdp, inv, ww[m], ee[m]);
+              }
+            } else {
+              const int32_t i = wh[m];
+              const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[m]);
+              const uint8_t cj = code_sh[j];
+              if (spk_sh[j] || cj == 2) continue;
+              const T dw = StdpDw(a, x_sh[j], y_sh[i], true, false, cj);
+              StoreDw(a, kk[m], dw, rstdp, inv, ww[m], ee[m]);
+            }
           }
         }
       }
@@ -2094,18 +2193,18 @@ hipError_t LaunchBlock(const GpuArgs<T, W>& a, size_t shared, hipStream_t stream
   return hipGetLastError();
 }
 
-template <typename T, typename W, int R, int kThreads>
+template <typename T, typename W, int R, int kThreads, bool kFlat>
 hipError_t LaunchBlockPlan(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
   // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
   static size_t allowed = 48 * 1024;
   if (p.bytes > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads>),
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads, kFlat>),
                                                hipFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(p.bytes));
     if (err != hipSuccess) return err;
     allowed = p.bytes;
   }
-  RunStepsBlockKernel<T, W, R, kThreads><<<1, kThreads, p.bytes, stream>>>(a, p);
+  RunStepsBlockKernel<T, W, R, kThreads, kFlat><<<1, kThreads, p.bytes, stream>>>(a, p);
   return hipGetLastError();
 }
 
@@ -2120,13 +2219,13 @@ int BlockRT(int64_t n) {
   return 0;
 }
 
-template <typename T, typename W, int kThreads>
+template <typename T, typename W, int kThreads, bool kFlat = false>
 bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream, hipError_t* err) {
   switch (BlockRT<T, kThreads>(a.n)) {
-    case 1: *err = LaunchBlockPlan<T, W, 1, kThreads>(a, p, stream); return true;
-    case 2: *err = LaunchBlockPlan<T, W, 2, kThreads>(a, p, stream); return true;
-    case 4: *err = LaunchBlockPlan<T, W, 4, kThreads>(a, p, stream); return true;
-    case 8: *err = LaunchBlockPlan<T, W, 8, kThreads>(a, p, stream); return true;
+    case 1: *err = LaunchBlockPlan<T, W, 1, kThreads, kFlat>(a, p, stream); return true;
+    case 2: *err = LaunchBlockPlan<T, W, 2, kThreads, kFlat>(a, p, stream); return true;
+    case 4: *err = LaunchBlockPlan<T, W, 4, kThreads, kFlat>(a, p, stream); return true;
+    case 8: *err = LaunchBlockPlan<T, W, 8, kThreads, kFlat>(a, p, stream); return true;
     default: return false;
   }
 }
@@ -2134,6 +2233,12 @@ bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream
 template <typename T, typename W>
 bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, int threads, hipStream_t stream, hipError_t* err) {
   if constexpr (std::is_same<T, float>::value && std::is_same<W, float>::value) {  // A/B: float32 only
+    const char* flat = std::getenv("FUMJAX_GPU_BLOCK_FLAT");
+    if (flat != nullptr && flat[0] == '1') {
+      if (threads == 256) return LaunchBlockR<T, W, 256, true>(a, p, stream, err);
+      if (threads == 512) return LaunchBlockR<T, W, 512, true>(a, p, stream, err);
+      return LaunchBlockR<T, W, 1024, true>(a, p, stream, err);
+    }
     if (threads == 256) return LaunchBlockR<T, W, 256>(a, p, stream, err);
     if (threads == 512) return LaunchBlockR<T, W, 512>(a, p, stream, err);
   }
