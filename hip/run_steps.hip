@@ -15,13 +15,15 @@
 // * cluster (CUDA, compute capability >= 9.0): a thread-block cluster, synapses staged in shared memory by post,
 //   spike flags exchanged through distributed shared memory, one cluster barrier per step, inputs summed in
 //   the reference's order (bit-exact by construction).
-// * block: ONE persistent thread block of 1024 threads runs all T steps. Each thread owns R consecutive
-//   neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring, spike flags and the
-//   spike list live in shared memory. Per step: (A) input + LIF + pending trace update of the previous
-//   step, (B) block-wide prefix sum -> ascending spike list, (C) warp tasks: the outgoing row of each
-//   spiking neuron (transmission by shared-memory atomicAdd into the ring, then STDP on the same synapse with
-//   the weight read before it) and its incoming list (STDP of synapses whose pre did not spike). Each synapse is
-//   updated by exactly one thread. 3 __syncthreads per step; no launches, no host round trips.
+// * block: ONE persistent thread block (512 threads up to N = 4096, else 1024) runs all T steps. Each thread
+//   owns R consecutive neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring,
+//   spike flags, the spike list and, staged once per call, row_ptr, in_ptr, the pre codes, a fine pre-of-slot
+//   table and (E < 2^16) in_syn live in shared memory. Per step: (A) input + LIF + pending trace update of the
+//   previous step, the spike list appended by one shared atomic per warp with spikes; barrier; (C) warp tasks:
+//   the outgoing row of each spiking neuron (transmission by shared-memory atomicAdd into the ring, then STDP
+//   on the same synapse with the weight read before it) and its incoming list (STDP of synapses whose pre did
+//   not spike), every global load of a lane's synapses issued before the first use; barrier. Each synapse is
+//   updated by exactly one thread. 2 __syncthreads per step; no launches, no host round trips.
 // * multi: for large networks (7M x 500), per step a neuron kernel (grid over N; also the dense eligibility
 //   renormalization when due; a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks:
 //   parts of each spike's outgoing row and incoming list; global atomicAdd into the ring), then one finalize
@@ -225,8 +227,6 @@ __device__ __forceinline__ void ApplyDw(const GpuArgs<T, W>& a, int64_t k, T dw,
   StoreDw(a, k, dw, rstdp, inv, wk, rstdp ? Ld(a.elig[k]) : T(0));
 }
 
-// STDP on synapse k (pre j -> post i) given both spike flags; xj, yi are the traces before this step's
-// decay. Exactly one thread calls this for each synapse touched in a step.
 // The STDP weight change of a synapse whose pre has code 0 (inhibitory) or 1 (excitatory); code 2 (static)
 // is the caller's to skip.
 template <typename T, typename W>
@@ -235,13 +235,6 @@ __device__ __forceinline__ T StdpDw(const GpuArgs<T, W>& a, T xj, T yi, bool spk
   const T ltp = spk_i ? Mul(a.a_plus, Mul(xj, a.decay_x)) : zero;
   const T ltd = spk_j ? Mul(a.a_minus, Mul(yi, a.decay_y)) : zero;
   return code == 1 ? Sub(ltp, ltd) : -Sub(ltp, ltd);
-}
-
-template <typename T, typename W>
-__device__ __forceinline__ void StdpSynapse(const GpuArgs<T, W>& a, int64_t k, T xj, T yi, bool spk_i, bool spk_j,
-                                            uint8_t code, bool rstdp, T inv, T wk) {
-  if (code == 2) return;  // static presynaptic neuron (plastic_pre False): no STDP
-  ApplyDw(a, k, StdpDw(a, xj, yi, spk_i, spk_j, code), rstdp, inv, wk);
 }
 
 // LIF for one neuron; returns whether it spiked.
@@ -262,16 +255,6 @@ __device__ __forceinline__ bool Lif(const GpuArgs<T, W>& a, T& v, int32_t& r, T 
 // =====================================================================================================
 // Block path: one persistent block.
 // =====================================================================================================
-constexpr int kBlockThreads = 1024;
-constexpr int kWarps = kBlockThreads / FUMJAX_WARP;
-
-template <typename T>
-size_t BlockSharedBytes(int64_t n, int64_t d) {
-  // x, y: T (N); ring: T (D*N); spike list: int32 (N); spike flags: uint8 (N, padded).
-  return static_cast<size_t>(n) * (2 * sizeof(T) + sizeof(int32_t)) + static_cast<size_t>(d * n) * sizeof(T) +
-         static_cast<size_t>((n + 15) / 16 * 16);
-}
-
 // Dense eligibility renormalization elig[k] *= scale by one block of kThreads threads: 16-byte vectors, 4 in
 // flight per thread (one L2 round trip per 4 x 16 x kThreads bytes), then the unaligned tail.
 template <typename T, typename W, int kThreads>
@@ -309,232 +292,6 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
   i = i < 0 ? 0 : (i >= n ? n - 1 : i);
   while (i + 1 < n && static_cast<int64_t>(rp[i + 1]) <= s) ++i;
   return i;
-}
-
-template <typename T, typename W, int R>
-__global__ void __launch_bounds__(kBlockThreads, 1) RunStepsBlockKernelOld(GpuArgs<T, W> a) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int32_t n = a.n, d = a.d;
-  const int64_t e = a.e;
-  T* x_sh = reinterpret_cast<T*>(smem);
-  T* y_sh = x_sh + n;
-  T* ring_sh = y_sh + n;
-  int32_t* list = reinterpret_cast<int32_t*>(ring_sh + static_cast<int64_t>(d) * n);
-  uint8_t* spk_sh = reinterpret_cast<uint8_t*>(list + n);
-  __shared__ int32_t warp_off[kWarps];
-  __shared__ int32_t n_spk;
-
-  const int tid = threadIdx.x;
-  const int lane = tid % FUMJAX_WARP;
-  const int warp = tid / FUMJAX_WARP;
-  const bool plastic = a.mode != 0;
-  const bool rstdp = a.mode == 2;
-  const int32_t s0 = *a.step;
-  const int32_t t0_init = *a.elig_t0;
-
-  for (int32_t i = tid; i < n; i += kBlockThreads) {
-    x_sh[i] = a.x[i];
-    y_sh[i] = a.y[i];
-  }
-  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kBlockThreads) ring_sh[q] = a.ring[q];
-
-  // Owned neurons [base, base + R).
-  const int32_t base = tid * R;
-  T v[R], ratio[R], vth[R], cur_next[R];
-  int32_t rf[R], ws[R];
-  uint32_t prev_bits = 0;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int32_t i = base + r;
-    if (i < n) {
-      v[r] = a.v[i];
-      ratio[r] = Div(a.dt, a.tau[i]);
-      vth[r] = a.v_th[i];
-      rf[r] = a.refrac[i];
-      ws[r] = a.window_spikes[i];
-      cur_next[r] = a.t_steps > 0 ? a.i_ext[i] : T(0);
-    } else {
-      v[r] = ratio[r] = vth[r] = cur_next[r] = T(0);
-      rf[r] = ws[r] = 0;
-    }
-  }
-  __syncthreads();
-
-  for (int32_t t = 0; t < a.t_steps; ++t) {
-    const int32_t s = s0 + t;
-    const int32_t slot = FloorMod(s, d);
-    T* ring_now = ring_sh + static_cast<int64_t>(slot) * n;
-    T inv = T(1);
-    if (rstdp) {
-      const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
-      if (c.renorm) {
-        const T scale = Ld(a.gamma_pow[c.scale_idx]);
-        for (int64_t k = tid; k < e; k += kBlockThreads) a.elig[k] = St<W>(Mul(Ld(a.elig[k]), scale));
-      }
-      inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
-    }
-
-    // (A) pending trace update of step t-1, input, LIF.
-    T cur[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) cur[r] = cur_next[r];
-    uint32_t bits = 0;
-    int cnt = 0;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int32_t i = base + r;
-      if (i < n) {
-        if (plastic && t > 0) {
-          const T sp = static_cast<T>((prev_bits >> r) & 1u);
-          x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
-          y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
-        }
-        const T in = Add(ring_now[i], cur[r]);
-        ring_now[i] = T(0);
-        const bool spiked = Lif(a, v[r], rf[r], ratio[r], vth[r], in);
-        spk_sh[i] = static_cast<uint8_t>(spiked);
-        a.spikes[static_cast<int64_t>(t) * n + i] = static_cast<uint8_t>(spiked);
-        ws[r] += spiked;
-        bits |= static_cast<uint32_t>(spiked) << r;
-        cnt += spiked;
-      }
-    }
-    // Prefetch the next step's external input (latency hidden behind the scan and the synapses).
-    if (t + 1 < a.t_steps) {
-      const T* nxt = a.i_ext + static_cast<int64_t>(t + 1) * n;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (base + r < n) cur_next[r] = nxt[base + r];
-      }
-    }
-
-    // (B) block prefix sum of spike counts -> ascending spike list.
-    int incl = cnt;
-#pragma unroll
-    for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
-      const int up = __shfl_up_sync(FUMJAX_FULL_MASK, incl, o);
-      if (lane >= o) incl += up;
-    }
-    if (lane == FUMJAX_WARP - 1) warp_off[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-      const int tot = lane < kWarps ? warp_off[lane] : 0;
-      int sc = tot;
-#pragma unroll
-      for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
-        const int up = __shfl_up_sync(FUMJAX_FULL_MASK, sc, o);
-        if (lane >= o) sc += up;
-      }
-      if (lane < kWarps) warp_off[lane] = sc - tot;
-      if (lane == FUMJAX_WARP - 1) n_spk = sc;
-    }
-    __syncthreads();
-    {
-      int off = warp_off[warp] + incl - cnt;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if ((bits >> r) & 1u) list[off++] = base + r;
-      }
-    }
-    __syncthreads();
-
-    // (C) 2*ns warp tasks spread over all warps: task u < ns walks the outgoing row of list[u]
-    // (transmission + STDP), task u >= ns the incoming list of list[u - ns] (STDP, pre silent). A lane
-    // loads two synapses' operands before it touches shared memory, to overlap the global latencies.
-    const int32_t ns = n_spk;
-    const int32_t n_tasks = plastic ? 2 * ns : ns;
-    for (int32_t u = warp; u < n_tasks; u += kWarps) {
-      if (u < ns) {
-        const int32_t j = list[u];
-        const int64_t k0 = __ldg(a.row_ptr + j), k1 = __ldg(a.row_ptr + j + 1);
-        if (k1 > e) continue;
-        const T xj = x_sh[j];
-        const uint8_t pos = __ldg(a.excitatory + j);
-        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
-          int32_t ii[2], rr[2];
-          T ww[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            kk[h] = kb + h * FUMJAX_WARP + lane;
-            ii[h] = -1;
-            if (kk[h] < k1) {
-              ii[h] = __ldg(a.post + kk[h]);
-              ww[h] = Ld(a.w[kk[h]]);
-              rr[h] = d > 1 ? __ldg(a.delay + kk[h]) : 1;
-            }
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int32_t i = ii[h];
-            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-            int32_t rs = slot;
-            if (d > 1) {
-              const int32_t dk = rr[h];
-              if (dk < 1 || dk > d) continue;
-              rs = slot + dk;
-              if (rs >= d) rs -= d;
-            }
-            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
-            if (plastic) StdpSynapse(a, kk[h], xj, y_sh[i], spk_sh[i] != 0, true, pos, rstdp, inv, ww[h]);
-          }
-        }
-      } else {
-        const int32_t i = list[u - ns];  // as a post neuron
-        const int64_t p0 = __ldg(a.in_ptr + i), p1 = __ldg(a.in_ptr + i + 1);
-        if (p1 > e) continue;
-        const T yi = y_sh[i];
-        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
-          int32_t jj[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int64_t p = pb + h * FUMJAX_WARP + lane;
-            kk[h] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            jj[h] = kk[h] < e ? PreOfSlot(a, kk[h]) : -1;
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int32_t j = jj[h];
-            if (j < 0 || spk_sh[j]) continue;
-            StdpSynapse(a, kk[h], x_sh[j], yi, true, false, __ldg(a.excitatory + j), rstdp, inv,
-                        rstdp ? T(0) : Ld(a.w[kk[h]]));
-          }
-        }
-      }
-    }
-    __syncthreads();
-    prev_bits = bits;
-  }
-
-  // Last pending trace update, write back.
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int32_t i = base + r;
-    if (i < n) {
-      if (plastic && a.t_steps > 0) {
-        const T sp = static_cast<T>((prev_bits >> r) & 1u);
-        x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
-        y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
-      }
-      a.v[i] = v[r];
-      a.refrac[i] = rf[r];
-      a.window_spikes[i] = ws[r];
-    }
-  }
-  __syncthreads();
-  for (int32_t i = tid; i < n; i += kBlockThreads) {
-    a.x[i] = x_sh[i];
-    a.y[i] = y_sh[i];
-  }
-  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kBlockThreads) a.ring[q] = ring_sh[q];
-  if (tid == 0) {
-    *a.step = s0 + a.t_steps;
-    if (rstdp && a.t_steps > 0) *a.elig_t0 = ClockAt(s0, t0_init, a.k_max, s0 + a.t_steps - 1).t0;
-  }
 }
 
 // Block path, per-call staging (shared memory, once per call): row_ptr, in_ptr, the pre codes, a fine
@@ -591,7 +348,7 @@ bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* ou
   return false;
 }
 
-template <typename T, typename W, int R, int kThreads, bool kFlat>
+template <typename T, typename W, int R, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a, BlockPlan p) {
   constexpr int kWarpsB = kThreads / FUMJAX_WARP;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -772,176 +529,77 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     const int32_t ns = n_spk[par];
     if (tid == 0) n_spk[par ^ 1] = 0;  // last read in step t-1, next written in step t+1
 
-    if constexpr (!kFlat) {
-      // (C) 2*ns warp tasks: task u < ns walks the outgoing row of list[u] (transmission + STDP), task
-      // u >= ns the incoming list of list[u - ns] (STDP of synapses whose pre is silent). Every global load of
-      // a lane's two synapses is issued before the first shared-memory update.
-      const int32_t n_tasks = plastic ? 2 * ns : ns;
-      for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
-        if (u < ns) {
-          const int32_t j = list[u];
-          const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
-          if (k1 > e) continue;
-          const T xj = x_sh[j];
-          const uint8_t pos = code_sh[j];
-          for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
-            int64_t kk[2];
-            int32_t ii[2], rr[2];
-            T ww[2], ee[2];
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              kk[h] = kb + h * FUMJAX_WARP + lane;
-              ii[h] = -1;
-              ww[h] = ee[h] = T(0);
-              rr[h] = 1;
-              if (kk[h] < k1) {
-                ii[h] = __ldg(a.post + kk[h]);
-                ww[h] = Ld(a.w[kk[h]]);
-                if (rstdp) ee[h] = Ld(a.elig[kk[h]]);
-                if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
-              }
-            }
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int32_t i = ii[h];
-              if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-              int32_t rs = slot;
-              if (d > 1) {
-                const int32_t dk = rr[h];
-                if (dk < 1 || dk > d) continue;
-                rs = slot + dk;
-                if (rs >= d) rs -= d;
-              }
-              atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
-              if (plastic && pos != 2) {
-                const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
-                StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
-              }
+    // (C) 2*ns warp tasks: task u < ns walks the outgoing row of list[u] (transmission + STDP), task
+    // u >= ns the incoming list of list[u - ns] (STDP of synapses whose pre is silent). Every global load of
+    // a lane's two synapses is issued before the first shared-memory update.
+    const int32_t n_tasks = plastic ? 2 * ns : ns;
+    for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
+      if (u < ns) {
+        const int32_t j = list[u];
+        const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
+        if (k1 > e) continue;
+        const T xj = x_sh[j];
+        const uint8_t pos = code_sh[j];
+        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          int32_t ii[2], rr[2];
+          T ww[2], ee[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            kk[h] = kb + h * FUMJAX_WARP + lane;
+            ii[h] = -1;
+            ww[h] = ee[h] = T(0);
+            rr[h] = 1;
+            if (kk[h] < k1) {
+              ii[h] = __ldg(a.post + kk[h]);
+              ww[h] = Ld(a.w[kk[h]]);
+              if (rstdp) ee[h] = Ld(a.elig[kk[h]]);
+              if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
             }
           }
-        } else {
-          const int32_t i = list[u - ns];  // as a post neuron
-          const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
-          if (p1 > e) continue;
-          const T yi = y_sh[i];
-          for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-            int64_t kk[2];
-            T old[2];
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int64_t q = pb + h * FUMJAX_WARP + lane;
-              kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t i = ii[h];
+            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
+            int32_t rs = slot;
+            if (d > 1) {
+              const int32_t dk = rr[h];
+              if (dk < 1 || dk > d) continue;
+              rs = slot + dk;
+              if (rs >= d) rs -= d;
             }
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
-              old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
-            }
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              if (kk[h] >= e) continue;
-              const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
-              const uint8_t cj = code_sh[j];
-              if (spk_sh[j] || cj == 2) continue;
-              const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
-              StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
+            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
+            if (plastic && pos != 2) {
+              const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
+              StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
             }
           }
         }
-      }
-    } else {
-      // (C), flat: the step's synapse items (every out-row entry of a spike, then every in-list entry of a
-      // spike in plastic modes) spread over all threads, kU per thread in flight at once, so that fewer warps
-      // than tasks still wait one L2 round trip, not one per task. Tasks are taken 32 at a time: lane l of
-      // every warp describes task c0 + l (first index, length), a warp scan gives the offsets, and each item
-      // finds its task by a 5-step binary search over the scan (shuffles).
-      constexpr int kU = kThreads >= 1024 ? 1 : 1024 / kThreads;
-      const int32_t n_tasks = plastic ? 2 * ns : ns;
-      for (int32_t c0 = 0; c0 < n_tasks; c0 += FUMJAX_WARP) {
-        const int32_t u = c0 + lane;
-        long long first = 0;
-        int32_t len = 0, who = 0;
-        if (u < n_tasks) {
-          const bool out = u < ns;
-          who = list[out ? u : u - ns];
-          const uint32_t* ptr = out ? rp_sh : ip_sh;
-          const int64_t b0 = ptr[who], b1 = ptr[who + 1];
-          if (b1 <= e && b1 > b0) {
-            first = b0;
-            len = static_cast<int32_t>(b1 - b0);
-          }
-        }
-        int32_t incl = len;
+      } else {
+        const int32_t i = list[u - ns];  // as a post neuron
+        const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
+        if (p1 > e) continue;
+        const T yi = y_sh[i];
+        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+          int64_t kk[2];
+          T old[2];
 #pragma unroll
-        for (int o = 1; o < FUMJAX_WARP; o <<= 1) {
-          const int32_t up = __shfl_up_sync(FUMJAX_FULL_MASK, incl, o);
-          if (lane >= o) incl += up;
-        }
-        const int32_t excl = incl - len;
-        const int32_t total = __shfl_sync(FUMJAX_FULL_MASK, incl, FUMJAX_WARP - 1);
-        for (int32_t qb = 0; qb < total; qb += kU * kThreads) {
-          int64_t kk[kU];
-          int32_t wh[kU], ii[kU], rr[kU];
-          bool is_out[kU];
-          T ww[kU], ee[kU];
-#pragma unroll
-          for (int m = 0; m < kU; ++m) {
-            const int32_t q = qb + m * kThreads + tid;
-            int32_t lo = 0;
-#pragma unroll
-            for (int st = FUMJAX_WARP / 2; st > 0; st >>= 1) {
-              if (__shfl_sync(FUMJAX_FULL_MASK, excl, lo + st) <= q) lo += st;
-            }
-            const int32_t ex = __shfl_sync(FUMJAX_FULL_MASK, excl, lo);
-            const long long fi = __shfl_sync(FUMJAX_FULL_MASK, first, lo);
-            wh[m] = __shfl_sync(FUMJAX_FULL_MASK, who, lo);
-            is_out[m] = c0 + lo < ns;
-            const int64_t idx = fi + (q - ex);
-            kk[m] = e;
-            if (q < total) {
-              kk[m] = is_out[m] ? idx : static_cast<int64_t>(stage_in ? in_sh[idx] : __ldg(a.in_syn + idx));
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int64_t q = pb + h * FUMJAX_WARP + lane;
+            kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
           }
 #pragma unroll
-          for (int m = 0; m < kU; ++m) {  // every global load of the round before the first use
-            ii[m] = -1;
-            rr[m] = 1;
-            ww[m] = ee[m] = T(0);
-            if (kk[m] < e) {
-              if (is_out[m]) {
-                ii[m] = __ldg(a.post + kk[m]);
-                if (d > 1) rr[m] = __ldg(a.delay + kk[m]);
-              }
-              if (is_out[m] || !rstdp) ww[m] = Ld(a.w[kk[m]]);
-              if (rstdp) ee[m] = Ld(a.elig[kk[m]]);
-            }
+          for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
+            old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
           }
 #pragma unroll
-          for (int m = 0; m < kU; ++m) {
-            if (kk[m] >= e) continue;
-            if (is_out[m]) {
-              const int32_t j = wh[m], i = ii[m];
-              if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-              int32_t rs = slot;
-              if (d > 1) {
-                const int32_t dk = rr[m];
-                if (dk < 1 || dk > d) continue;
-                rs = slot + dk;
-                if (rs >= d) rs -= d;
-              }
-              atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[m]));
-              const uint8_t pos = code_sh[j];
-              if (plastic && pos != 2) {
-                const T dw = StdpDw(a, x_sh[j], y_sh[i], spk_sh[i] != 0, true, pos);
-                StoreDw(a, kk[m], dw, rstdp, inv, ww[m], ee[m]);
-              }
-            } else {
-              const int32_t i = wh[m];
-              const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[m]);
-              const uint8_t cj = code_sh[j];
-              if (spk_sh[j] || cj == 2) continue;
-              const T dw = StdpDw(a, x_sh[j], y_sh[i], true, false, cj);
-              StoreDw(a, kk[m], dw, rstdp, inv, ww[m], ee[m]);
-            }
+          for (int h = 0; h < 2; ++h) {
+            if (kk[h] >= e) continue;
+            const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
+            const uint8_t cj = code_sh[j];
+            if (spk_sh[j] || cj == 2) continue;
+            const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
+            StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
           }
         }
       }
@@ -2178,33 +1836,18 @@ bool ChooseCluster(const GpuArgs<T, W>& a, const DeviceInfo& info, bool need_sta
 }
 #endif  // !FUMJAX_USE_HIP
 
-template <typename T, typename W, int R>
-hipError_t LaunchBlock(const GpuArgs<T, W>& a, size_t shared, hipStream_t stream) {
-  // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
-  static size_t allowed = 48 * 1024;
-  if (shared > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernelOld<T, W, R>),
-                                               hipFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(shared));
-    if (err != hipSuccess) return err;
-    allowed = shared;
-  }
-  RunStepsBlockKernelOld<T, W, R><<<1, kBlockThreads, shared, stream>>>(a);
-  return hipGetLastError();
-}
-
-template <typename T, typename W, int R, int kThreads, bool kFlat>
+template <typename T, typename W, int R, int kThreads>
 hipError_t LaunchBlockPlan(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
   // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
   static size_t allowed = 48 * 1024;
   if (p.bytes > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads, kFlat>),
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads>),
                                                hipFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(p.bytes));
     if (err != hipSuccess) return err;
     allowed = p.bytes;
   }
-  RunStepsBlockKernel<T, W, R, kThreads, kFlat><<<1, kThreads, p.bytes, stream>>>(a, p);
+  RunStepsBlockKernel<T, W, R, kThreads><<<1, kThreads, p.bytes, stream>>>(a, p);
   return hipGetLastError();
 }
 
@@ -2219,39 +1862,24 @@ int BlockRT(int64_t n) {
   return 0;
 }
 
-template <typename T, typename W, int kThreads, bool kFlat = false>
+template <typename T, typename W, int kThreads>
 bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream, hipError_t* err) {
   switch (BlockRT<T, kThreads>(a.n)) {
-    case 1: *err = LaunchBlockPlan<T, W, 1, kThreads, kFlat>(a, p, stream); return true;
-    case 2: *err = LaunchBlockPlan<T, W, 2, kThreads, kFlat>(a, p, stream); return true;
-    case 4: *err = LaunchBlockPlan<T, W, 4, kThreads, kFlat>(a, p, stream); return true;
-    case 8: *err = LaunchBlockPlan<T, W, 8, kThreads, kFlat>(a, p, stream); return true;
+    case 1: *err = LaunchBlockPlan<T, W, 1, kThreads>(a, p, stream); return true;
+    case 2: *err = LaunchBlockPlan<T, W, 2, kThreads>(a, p, stream); return true;
+    case 4: *err = LaunchBlockPlan<T, W, 4, kThreads>(a, p, stream); return true;
+    case 8: *err = LaunchBlockPlan<T, W, 8, kThreads>(a, p, stream); return true;
     default: return false;
   }
 }
 
+// 512 threads (R = 1, 2, 4, 8 neurons each: N <= 4096), else 1024 (N <= 8192; double: 4096). Measured on FUM-1k
+// (bench/GPU_RUN_STEPS.md): 512 threads beat 1024 (fewer warps issuing the per-step neuron pass and meeting at
+// the barriers, ~16 spike tasks still run side by side) and 256 (tasks queue two or three deep per warp).
 template <typename T, typename W>
-bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, int threads, hipStream_t stream, hipError_t* err) {
-  if constexpr (std::is_same<T, float>::value && std::is_same<W, float>::value) {  // A/B: float32 only
-    const char* flat = std::getenv("FUMJAX_GPU_BLOCK_FLAT");
-    if (flat != nullptr && flat[0] == '1') {
-      if (threads == 256) return LaunchBlockR<T, W, 256, true>(a, p, stream, err);
-      if (threads == 512) return LaunchBlockR<T, W, 512, true>(a, p, stream, err);
-      return LaunchBlockR<T, W, 1024, true>(a, p, stream, err);
-    }
-    if (threads == 256) return LaunchBlockR<T, W, 256>(a, p, stream, err);
-    if (threads == 512) return LaunchBlockR<T, W, 512>(a, p, stream, err);
-  }
+bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream, hipError_t* err) {
+  if (BlockRT<T, 512>(a.n) > 0) return LaunchBlockR<T, W, 512>(a, p, stream, err);
   return LaunchBlockR<T, W, 1024>(a, p, stream, err);
-}
-
-template <typename T>
-int BlockR(int64_t n) {
-  for (int r : {1, 2, 4, 8}) {
-    if (sizeof(T) == 8 && r > 4) break;  // register budget (64 per thread at 1024 threads)
-    if (static_cast<int64_t>(r) * kBlockThreads >= n) return r;
-  }
-  return 0;
 }
 
 // GPU path (attribute gpu_path, fixed when the program is traced: fused.py reads FUMJAX_GPU_RUN_PATH then, so
@@ -2290,27 +1918,11 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   (void)cluster;
   (void)cluster_pull;
 #endif
-  const char* old_env = std::getenv("FUMJAX_GPU_BLOCK_OLD");  // A/B only (removed after the measurement)
-  if (old_env != nullptr && old_env[0] == '1') {
-    const size_t shared = BlockSharedBytes<T>(a.n, a.d);
-    const int r = BlockR<T>(a.n);
-    const bool block_fits = r > 0 && shared + 1024 <= static_cast<size_t>(info.max_shared_optin);
-    const bool use_block = block_fits && path != kPathMulti;
-    if (use_block) {
-      switch (r) {
-        case 1: return LaunchBlock<T, W, 1>(a, shared, stream);
-        case 2: return LaunchBlock<T, W, 2>(a, shared, stream);
-        case 4: return LaunchBlock<T, W, 4>(a, shared, stream);
-        default: return LaunchBlock<T, W, 8>(a, shared, stream);
-      }
-    }
-  } else if (path != kPathMulti) {
-    const char* thr_env = std::getenv("FUMJAX_GPU_BLOCK_THREADS");  // A/B only
-    const int threads = thr_env != nullptr ? std::atoi(thr_env) : 1024;
+  if (path != kPathMulti) {
     BlockPlan bp;
-    if (PlanBlock<T>(a.n, a.e, a.d, info.max_shared_optin, &bp)) {
-      hipError_t err = hipSuccess;
-      if (LaunchBlockThreads<T, W>(a, bp, threads, stream, &err)) return err;
+    hipError_t err = hipSuccess;
+    if (PlanBlock<T>(a.n, a.e, a.d, info.max_shared_optin, &bp) && LaunchBlockThreads<T, W>(a, bp, stream, &err)) {
+      return err;
     }
   }
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
