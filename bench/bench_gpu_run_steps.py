@@ -4,6 +4,9 @@ Run on a GPU machine after `pip install --no-build-isolation .`:  python bench/b
 Timings: wall clock around block_until_ready, after warm-up; median of repeats (includes ~10-30 us of
 dispatch per call; Nsight Compute's gpu__time_duration gives the kernel alone).
 Paths: FUMJAX_GPU_RUN_PATH=cluster|block|multi, FUMJAX_GPU_CLUSTER=C (CTAs of the cluster path).
+fum1k also times a 0-step call (the fixed cost of a call) and a jit of `v + 1` (dispatch floor), and full
+learning over 10,000 steps (200 windows); BENCH_QUICK=1 keeps those two and the kernel alone (off, rstdp),
+BENCH_PATHS picks the paths (default cluster,block), BENCH_REFERENCE=0 skips the reference backend.
 """
 
 from __future__ import annotations
