@@ -6,7 +6,8 @@
 //
 // Per call: the rows of the spiking pre in ascending id (transmission with the weights from before this
 // step's plasticity, then the pair STDP of the same synapse), the in-lists of the spiking posts (STDP of the
-// synapses whose pre was silent), the dense renormalization of the eligibility when due (once per K steps),
+// synapses whose pre was silent; each entry's pre from a Network's per-synapse pre where given, else by
+// bisecting row_ptr between two pre_bucket entries), the dense renormalization of the eligibility when due (once per K steps),
 // then the traces: x' = fma(x, decay_x, spike_pre) over N_pre, y' = fma(y, decay_y, spike) over N.
 // No per-step pass over all synapses, except one sequential sweep instead of the in-lists when more than
 // 1/8 of all synapses end on a spiking post (then cheaper than as many random visits).
