@@ -108,6 +108,7 @@ def worker(args: argparse.Namespace) -> None:
                 "rank": s["rank"],
                 "neurons": m["n_local"],
                 "synapses": m["synapses_local"],
+                "spikes": m["spikes"],
                 "step_ms": round(s["step_ms"], 3),
                 "cpu_ms_per_step": round(s["cpu_ms_per_step"], 3),
                 "exchange_share": round(s["exchange_share"], 4),
