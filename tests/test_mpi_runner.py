@@ -164,13 +164,27 @@ def test_four_ranks_delay_3_dense_spikes_equal_single_process(tmp_path):
 
 
 def test_two_ranks_fused_stdp_equal_single_process(tmp_path):
-    """Fused backend (LIF and synapse kernels in each part; spikes exchanged every step), plain STDP."""
+    """Fused backend (LIF and synapse kernels in each part), plain STDP, delay 3: spikes exchanged once per
+    block of 3 steps (16 blocks + one of 2 per window), exact like the step-by-step single process."""
     pytest.importorskip("fumjax._core")
     _launch(
         2, tmp_path / "out.npz", "--backend", "fused", "--plasticity", "stdp", "--amp", "4.0", "--delay", "3"
     )
     _assert_identical(tmp_path / "out.npz", _single("stdp", "fused", True, 4.0, 3), delay=3)
-    assert np.load(tmp_path / "out.npz")["exchanges"].tolist() == [WINDOWS * 50] * 2
+    assert np.load(tmp_path / "out.npz")["exchanges"].tolist() == [WINDOWS * 17] * 2
+
+
+def test_four_ranks_fused_rstdp_blocks_equal_single_process(tmp_path):
+    """Fused backend, rstdp, delay 3 on 4 ranks: one exchange per block of 3 steps, and the rasters, rewards
+    and every state field (eligibility included) equal to the step-by-step single process."""
+    pytest.importorskip("fumjax._core")
+    _launch(4, tmp_path / "out.npz", "--backend", "fused", "--amp", "4.0", "--delay", "3")
+    _assert_identical(
+        tmp_path / "out.npz", _single("rstdp", "fused", True, 4.0, 3), delay=3, weights_change=False
+    )
+    got = np.load(tmp_path / "out.npz")
+    assert np.count_nonzero(got["state_elig"]) > 1000
+    assert got["exchanges"].tolist() == [WINDOWS * 17] * 4
 
 
 def test_cli_distributed_matches_single_process(tmp_path):

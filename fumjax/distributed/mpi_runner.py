@@ -16,8 +16,9 @@ can only have longer ones; with the config's uniform delay both are the same). A
 the LIF half of the step (`lif_phase`) for all D steps (every input it needs was sent at least D steps
 earlier), exchanges the (D, n_p) spikes once, then runs transmission and STDP (`synapse_phase`) of the D
 steps in order: per neuron and synapse the same operations in the same order as `step`, so still exact.
-With D = 1, and by default in mode stdp and with the fused backend, the step runs whole with the exchange
-inside it: there blocks left 1 weight in 12,500 1 ulp off on 4 ranks (a multiply-add rounded differently).
+The step runs whole with the exchange inside it where D = 1, and by default in mode stdp with jnp synapse
+phases (reference backend): there blocks left 1 weight in 12,500 1 ulp off on 4 ranks (a multiply-add rounded
+differently in the two programs). The fused backend's synapse kernel rounds alike in both: it uses blocks.
 
 Checkpoints are coordinated: every rank stops at the same window end, rank 0 gathers the whole-network
 state and writes it atomically (`fumjax.train.checkpoint`). A checkpoint holds no partition, so a run
@@ -190,10 +191,11 @@ class MpiRun:
         #: steps between exchanges: the minimum delay of all synapses (<= cross_min_delay), so that no
         #: spike of a block of that many steps is input to the block
         self.exchange_every = int(np.asarray(net.delay_steps).min()) if net.n_synapses else 1
-        if exchange_every is None and (self.backend == "fused" or self.mode == "stdp"):
-            # Measured: in mode stdp (weights change every step) blocks left 1 of 12,500 weights 1 ulp off
-            # the single process on 4 ranks, with either backend (XLA rounds a multiply-add differently in
-            # the two programs); the whole step with the exchange inside matched in every test.
+        if exchange_every is None and self.mode == "stdp" and not self._kernel_synapses():
+            # Measured: in mode stdp (weights change every step) blocks of jnp synapse phases left 1 of 12,500
+            # weights 1 ulp off the single process on 4 ranks (XLA rounds a multiply-add differently in the
+            # two programs); the whole step with the exchange inside matched in every test. The fused
+            # synapse kernel does the same arithmetic in both.
             exchange_every = 1
         if exchange_every is not None:
             if not 1 <= exchange_every <= self.exchange_every:
@@ -216,6 +218,14 @@ class MpiRun:
         self.events_sent = 0
         self.bytes_sent = 0  # spike messages to all peers, payload + envelope estimate
         self._compiled: dict = {}
+
+    def _kernel_synapses(self) -> bool:
+        """Whether this rank's synapse phases run the fused kernel (fused backend, supported state)."""
+        if self.backend != "fused":
+            return False
+        from fumjax.kernels import fused
+
+        return fused.synapse_step_supported(self.init_state(), self.local)
 
     # ---- states -------------------------------------------------------------------------------------
 
