@@ -5,8 +5,11 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
+#include <utility>
 
+#include "run_steps_compute.h"  // Half, BFloat16, FUMJAX_HAVE_FLOAT16
 #include "xla/ffi/api/ffi.h"
 
 namespace fumjax {
@@ -29,6 +32,48 @@ inline bool Dims(const xla::ffi::AnyBuffer& b, std::initializer_list<int64_t> wa
     if (dims[k++] != w) return false;
   }
   return true;
+}
+
+// Whether every buffer has element type t.
+inline bool AllOfType(xla::ffi::DataType t, std::initializer_list<const xla::ffi::AnyBuffer*> bufs) {
+  for (const xla::ffi::AnyBuffer* b : bufs) {
+    if (b->element_type() != t) return false;
+  }
+  return true;
+}
+
+// Synapse storage (w, elig, gamma_pow): the state's float type dt_f, or float16/bfloat16 with float32 state.
+inline bool SynapseStorageOk(xla::ffi::DataType dt_f, const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& elig,
+                             const xla::ffi::AnyBuffer& gamma_pow) {
+  using xla::ffi::DataType;
+  const DataType dt_w = w.element_type();
+  const bool ok = dt_w == dt_f || (dt_f == DataType::F32 && (dt_w == DataType::F16 || dt_w == DataType::BF16));
+  return ok && elig.element_type() == dt_w && gamma_pow.element_type() == dt_w;
+}
+
+// Whether each in-place result has its operand's dtype and size.
+inline bool ResultsLikeOperands(
+    std::initializer_list<std::pair<const xla::ffi::AnyBuffer*, xla::ffi::Result<xla::ffi::AnyBuffer>*>> pairs) {
+  for (const auto& [in, out] : pairs) {
+    if ((*out)->element_type() != in->element_type() || (*out)->size_bytes() != in->size_bytes()) return false;
+  }
+  return true;
+}
+
+// fn(T{}, W{}) for the state type T (dt_f) and synapse storage W (dt_w) of a checked call: double/double,
+// float/float, float/bfloat16 or float/float16 (an error naming `target` where this build has no float16).
+template <typename Fn>
+xla::ffi::Error DispatchStateAndStorage(xla::ffi::DataType dt_f, xla::ffi::DataType dt_w, const char* target,
+                                        Fn&& fn) {
+  using xla::ffi::DataType;
+  if (dt_f == DataType::F64) return fn(double{}, double{});
+  if (dt_w == DataType::F32) return fn(float{}, float{});
+  if (dt_w == DataType::BF16) return fn(float{}, BFloat16{});
+#if FUMJAX_HAVE_FLOAT16
+  return fn(float{}, Half{});
+#else
+  return xla::ffi::Error::InvalidArgument(std::string(target) + ": this build has no float16 support (_Float16)");
+#endif
 }
 
 // The slot -> pre table (O(E >> shift)): entry b must be the row (of n_rows) holding CSR slot b << shift.

@@ -320,19 +320,12 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
   if (mode < 0 || mode > 2) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: mode must be 0 (off), 1 (stdp) or 2 (rstdp)");
   }
-  const ffi::AnyBuffer* float_bufs[] = {&v, &x, &y, &ring, &tau, &v_th, &i_ext, &inv_pow};
-  for (const ffi::AnyBuffer* b : float_bufs) {
-    if (b->element_type() != dt_f) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: v, x, y, ring, tau, v_th, i_ext and inv_pow must share one float dtype "
-          "(float32 or float64)");
-    }
+  if (!AllOfType(dt_f, {&v, &x, &y, &ring, &tau, &v_th, &i_ext, &inv_pow})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: v, x, y, ring, tau, v_th, i_ext and inv_pow must share one float dtype "
+        "(float32 or float64)");
   }
-  // Synapse storage: the state's dtype, or float16/bfloat16 with float32 state.
-  const ffi::DataType dt_w = w.element_type();
-  const bool w_ok = dt_w == dt_f || (dt_f == ffi::DataType::F32 &&
-                                      (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16));
-  if (!w_ok || elig.element_type() != dt_w || gamma_pow.element_type() != dt_w) {
+  if (!SynapseStorageOk(dt_f, w, elig, gamma_pow)) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: w, elig and gamma_pow must share one dtype: the state's, or float16/bfloat16 "
         "with float32 state");
@@ -340,18 +333,13 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
   if (threads < 0) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: threads must be >= 0 (0 = automatic)");
   }
-  const ffi::AnyBuffer* int_bufs[] = {&refrac, &elig_t0, &window_spikes, &step, &pre_bucket, &post, &delay};
-  for (const ffi::AnyBuffer* b : int_bufs) {
-    if (b->element_type() != ffi::DataType::S32) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step, pre_bucket, post and delay must "
-          "be int32");
-    }
+  if (!AllOfType(ffi::DataType::S32, {&refrac, &elig_t0, &window_spikes, &step, &pre_bucket, &post, &delay})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: refrac_left, elig_t0, window_spikes, step, pre_bucket, post and delay must "
+        "be int32");
   }
-  for (const ffi::AnyBuffer* b : {&row_ptr, &in_ptr, &in_syn}) {
-    if (b->element_type() != ffi::DataType::U32) {
-      return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr, in_ptr and in_syn must be uint32");
-    }
+  if (!AllOfType(ffi::DataType::U32, {&row_ptr, &in_ptr, &in_syn})) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr, in_ptr and in_syn must be uint32");
   }
   if (excitatory.element_type() != ffi::DataType::U8 || spikes->element_type() != ffi::DataType::U8) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: excitatory and the spikes output must be uint8");
@@ -370,15 +358,18 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
         "((E-1 >> pre_shift) + 1,); row_ptr, in_ptr (N+1,); elig_t0, step (); "
         "i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,)");
   }
-  const std::pair<const ffi::AnyBuffer*, ffi::Result<ffi::AnyBuffer>*> aliased[] = {
-      {&v, &v_out},       {&refrac, &refrac_out}, {&x, &x_out},         {&y, &y_out},
-      {&ring, &ring_out}, {&w, &w_out},           {&elig, &elig_out},   {&elig_t0, &elig_t0_out},
-      {&window_spikes, &window_spikes_out},       {&step, &step_out}};
-  for (const auto& [in, out] : aliased) {
-    if ((*out)->element_type() != in->element_type() || (*out)->size_bytes() != in->size_bytes()) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_run_steps: each state result must have its operand's dtype and shape");
-    }
+  if (!ResultsLikeOperands({{&v, &v_out},
+                            {&refrac, &refrac_out},
+                            {&x, &x_out},
+                            {&y, &y_out},
+                            {&ring, &ring_out},
+                            {&w, &w_out},
+                            {&elig, &elig_out},
+                            {&elig_t0, &elig_t0_out},
+                            {&window_spikes, &window_spikes_out},
+                            {&step, &step_out}})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_run_steps: each state result must have its operand's dtype and shape");
   }
 
   Operands o{v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step, tau, v_th, i_ext, row_ptr,
@@ -388,14 +379,9 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
             step_out, spikes};
   const Scalars c{v_rest,  v_reset, dt,      g_syn,           a_plus, a_minus,
                   w_clip,  decay_x, decay_y, refractory_steps, mode,   threads, pre_shift};
-  if (dt_f == ffi::DataType::F64) return RunStepsTyped<double, double>(o, r, c);
-  if (dt_w == ffi::DataType::F32) return RunStepsTyped<float, float>(o, r, c);
-  if (dt_w == ffi::DataType::BF16) return RunStepsTyped<float, BFloat16>(o, r, c);
-#if FUMJAX_HAVE_FLOAT16
-  return RunStepsTyped<float, Half>(o, r, c);
-#else
-  return ffi::Error::InvalidArgument("fumjax_run_steps: this build has no float16 support (_Float16)");
-#endif
+  return DispatchStateAndStorage(dt_f, w.element_type(), "fumjax_run_steps", [&](auto t, auto w_tag) {
+    return RunStepsTyped<decltype(t), decltype(w_tag)>(o, r, c);
+  });
 }
 
 }  // namespace

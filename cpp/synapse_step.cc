@@ -142,35 +142,25 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
   }
   const int64_t n_buckets = e > 0 ? ((e - 1) >> pre_shift) + 1 : 0;
   const int64_t n_delay = delay.element_count() == 0 && d == 1 ? 0 : e;
-  for (const ffi::AnyBuffer* b : {&ring, &x, &y, &inv_pow}) {
-    if (b->element_type() != dt_f) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_synapse_step: ring, x, y and inv_pow must share one float dtype (float32 or float64)");
-    }
+  if (!AllOfType(dt_f, {&ring, &x, &y, &inv_pow})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_synapse_step: ring, x, y and inv_pow must share one float dtype (float32 or float64)");
   }
-  const ffi::DataType dt_w = w.element_type();
-  const bool w_ok = dt_w == dt_f || (dt_f == ffi::DataType::F32 &&
-                                      (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16));
-  if (!w_ok || elig.element_type() != dt_w || gamma_pow.element_type() != dt_w) {
+  if (!SynapseStorageOk(dt_f, w, elig, gamma_pow)) {
     return ffi::Error::InvalidArgument(
         "fumjax_synapse_step: w, elig and gamma_pow must share one dtype: the state's, or "
         "float16/bfloat16 with float32 state");
   }
-  for (const ffi::AnyBuffer* b : {&elig_t0, &step, &pre_bucket, &pre, &post, &delay}) {
-    if (b->element_type() != ffi::DataType::S32) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_synapse_step: elig_t0, step, pre_bucket, pre, post and delay must be int32");
-    }
+  if (!AllOfType(ffi::DataType::S32, {&elig_t0, &step, &pre_bucket, &pre, &post, &delay})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_synapse_step: elig_t0, step, pre_bucket, pre, post and delay must be int32");
   }
-  for (const ffi::AnyBuffer* b : {&row_ptr, &in_ptr, &in_syn}) {
-    if (b->element_type() != ffi::DataType::U32) {
-      return ffi::Error::InvalidArgument("fumjax_synapse_step: row_ptr, in_ptr and in_syn must be uint32");
-    }
+  if (!AllOfType(ffi::DataType::U32, {&row_ptr, &in_ptr, &in_syn})) {
+    return ffi::Error::InvalidArgument("fumjax_synapse_step: row_ptr, in_ptr and in_syn must be uint32");
   }
-  for (const ffi::AnyBuffer* b : {&spikes_pre, &spikes, &excitatory}) {
-    if (b->element_type() != ffi::DataType::U8) {
-      return ffi::Error::InvalidArgument("fumjax_synapse_step: spikes_pre, spikes and excitatory (pre codes) must be uint8");
-    }
+  if (!AllOfType(ffi::DataType::U8, {&spikes_pre, &spikes, &excitatory})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_synapse_step: spikes_pre, spikes and excitatory (pre codes) must be uint8");
   }
   const bool shapes_ok = Dims(ring, {d, n}) && Dims(w, {e}) && Dims(elig, {e}) && Dims(elig_t0, {}) &&
                          Dims(x, {n_pre}) && Dims(y, {n}) && Dims(step, {}) && Dims(spikes_pre, {n_pre}) &&
@@ -186,26 +176,22 @@ ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBu
         "(N + 1,); pre_bucket ((E-1 >> pre_shift) + 1,); pre (E,) or (0,); elig_t0, step (); gamma_pow, inv_pow "
         "(K+1,)");
   }
-  const std::pair<const ffi::AnyBuffer*, ffi::Result<ffi::AnyBuffer>*> aliased[] = {
-      {&ring, &ring_out}, {&w, &w_out}, {&elig, &elig_out}, {&elig_t0, &elig_t0_out}, {&x, &x_out}, {&y, &y_out}};
-  for (const auto& [in, out] : aliased) {
-    if ((*out)->element_type() != in->element_type() || (*out)->size_bytes() != in->size_bytes()) {
-      return ffi::Error::InvalidArgument(
-          "fumjax_synapse_step: each state result must have its operand's dtype and shape");
-    }
+  if (!ResultsLikeOperands({{&ring, &ring_out},
+                            {&w, &w_out},
+                            {&elig, &elig_out},
+                            {&elig_t0, &elig_t0_out},
+                            {&x, &x_out},
+                            {&y, &y_out}})) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_synapse_step: each state result must have its operand's dtype and shape");
   }
   Operands o{ring, w, elig, elig_t0, x, y, step, spikes_pre, spikes, row_ptr, pre_bucket, pre, post, delay,
              in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
   Results r{ring_out, w_out, elig_out, elig_t0_out, x_out, y_out};
   const Scalars c{g_syn, a_plus, a_minus, w_clip, decay_x, decay_y, mode, pre_shift};
-  if (dt_f == ffi::DataType::F64) return SynapseStepTyped<double, double>(o, r, c);
-  if (dt_w == ffi::DataType::F32) return SynapseStepTyped<float, float>(o, r, c);
-  if (dt_w == ffi::DataType::BF16) return SynapseStepTyped<float, BFloat16>(o, r, c);
-#if FUMJAX_HAVE_FLOAT16
-  return SynapseStepTyped<float, Half>(o, r, c);
-#else
-  return ffi::Error::InvalidArgument("fumjax_synapse_step: this build has no float16 support (_Float16)");
-#endif
+  return DispatchStateAndStorage(dt_f, w.element_type(), "fumjax_synapse_step", [&](auto t, auto w_tag) {
+    return SynapseStepTyped<decltype(t), decltype(w_tag)>(o, r, c);
+  });
 }
 
 }  // namespace

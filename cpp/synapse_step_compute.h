@@ -7,8 +7,9 @@
 // Per call: the rows of the spiking pre in ascending id (transmission with the weights from before this
 // step's plasticity, then the pair STDP of the same synapse), the in-lists of the spiking posts (STDP of the
 // synapses whose pre was silent; each entry's pre from a Network's per-synapse pre where given, else by
-// bisecting row_ptr between two pre_bucket entries), the dense renormalization of the eligibility when due (once per K steps),
-// then the traces: x' = fma(x, decay_x, spike_pre) over N_pre, y' = fma(y, decay_y, spike) over N.
+// bisecting row_ptr between two pre_bucket entries), the dense renormalization of the eligibility when due
+// (once per K steps), then the traces: x' = fma(x, decay_x, spike_pre) over N_pre, y' = fma(y, decay_y,
+// spike) over N.
 // No per-step pass over all synapses, except one sequential sweep instead of the in-lists when more than
 // 1/8 of all synapses end on a spiking post (then cheaper than as many random visits).
 // Index arrays are checked where they are read.
@@ -269,8 +270,9 @@ FUMJAX_ALWAYS_INLINE int SynapseStep(const SynapseStepArgs<T, W>& a) {
         for (int64_t q = p0; q < p1; ++q) {
           const int64_t k = a.in_syn[q];
           if (k >= e) return -1;
-          const int64_t j = a.pre != nullptr ? a.pre[k]
-                                             : PreOfSlotBisect(a.row_ptr, a.pre_bucket, n_buckets, a.pre_shift, n_pre, k);
+          const int64_t j = a.pre != nullptr
+                                ? a.pre[k]
+                                : PreOfSlotBisect(a.row_ptr, a.pre_bucket, n_buckets, a.pre_shift, n_pre, k);
           if (static_cast<uint64_t>(j) >= static_cast<uint64_t>(n_pre)) return -1;
           // 0 where the pre spiked (done in its row) or is static
           const uint8_t code_j = a.excitatory[j];
