@@ -225,7 +225,7 @@ class MpiRun:
             return False
         from fumjax.kernels import fused
 
-        return fused.synapse_step_supported(self.init_state(), self.local)
+        return fused.synapse_step_supported(jax.eval_shape(self.init_state), self.local)  # dtypes only
 
     # ---- states -------------------------------------------------------------------------------------
 
