@@ -8,6 +8,10 @@
 
 namespace nb = nanobind;
 
+namespace fumjax {
+void RegisterSpikeCodec(nb::module_& m);  // spike_codec.cc
+}
+
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSynapseStepCpu);
@@ -24,7 +28,7 @@ nb::capsule EncapsulateFfiHandler(T* fn) {
 }  // namespace
 
 NB_MODULE(_core, m) {
-  m.doc() = "fumjax CPU XLA FFI handlers";
+  m.doc() = "fumjax CPU XLA FFI handlers, and the MPI exchange's spike codec";
   m.def("registrations", []() {
     nb::dict d;
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepCpu);
@@ -32,4 +36,5 @@ NB_MODULE(_core, m) {
     d["fumjax_synapse_step"] = EncapsulateFfiHandler(FumjaxSynapseStepCpu);
     return d;
   });
+  fumjax::RegisterSpikeCodec(m);
 }

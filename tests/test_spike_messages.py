@@ -7,10 +7,29 @@ import numpy as np
 import pytest
 
 from fumjax.distributed.exchange import sync_wait
-from fumjax.distributed.mpi_runner import decode_spikes, encode_spikes
+from fumjax.distributed.mpi_runner import spike_codec
+from fumjax.kernels import fused
+
+CODECS = [
+    "numpy",
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            fused.spike_codec() is None, reason="the C++ extension fumjax._core is not built"
+        ),
+    ),
+]
 
 
-def test_sparse_spikes_travel_as_events():
+@pytest.fixture(params=CODECS)
+def codec(request):
+    """(encode, decode) of one codec; n_total defaults to 0 as in mpi_runner.encode_spikes."""
+    enc, dec = spike_codec(request.param)
+    return (lambda spikes, members, step, n_total=0: enc(spikes, members, step, n_total)), dec
+
+
+def test_sparse_spikes_travel_as_events(codec):
+    encode_spikes, decode_spikes = codec
     members = np.array([3, 7] + list(range(40, 71)), np.int32)  # 33 neurons of a part
     spikes = np.zeros(33, np.uint8)
     spikes[1] = 1  # 1 * 32 <= 33: one int32 id (4 bytes) is smaller than 5 bytes of bits
@@ -21,7 +40,8 @@ def test_sparse_spikes_travel_as_events():
     assert np.flatnonzero(out).tolist() == [7]
 
 
-def test_dense_spikes_travel_bit_packed():
+def test_dense_spikes_travel_bit_packed(codec):
+    encode_spikes, decode_spikes = codec
     members = np.arange(100, 140, dtype=np.int32)  # 40 neurons
     spikes = np.zeros(40, np.uint8)
     spikes[[0, 9, 39]] = 1  # 3 * 32 = 96 > 40: bit-packed, 8 header bytes + 5 bytes
@@ -35,14 +55,16 @@ def test_dense_spikes_travel_bit_packed():
     assert np.flatnonzero(out).tolist() == [3, 100, 109, 139]
 
 
-def test_no_spikes_is_a_header_only():
+def test_no_spikes_is_a_header_only(codec):
+    encode_spikes, decode_spikes = codec
     msg = encode_spikes(np.zeros(10, np.uint8), np.arange(10, dtype=np.int32), 0)
     assert msg.view(np.int32).tolist() == [0, 0]
     out = np.zeros(10, np.uint8)
     assert decode_spikes(msg, np.arange(10, dtype=np.int32), out) == 0 and not out.any()
 
 
-def test_a_block_of_steps_travels_in_one_message():
+def test_a_block_of_steps_travels_in_one_message(codec):
+    encode_spikes, decode_spikes = codec
     """k = 3 steps of a part: events are k_row * N + global id; dense blocks are bit-packed row by row."""
     members = np.array([2, 5, 9], np.int32)  # a part of a network of N = 10
     block = np.zeros((3, 3), np.uint8)
@@ -60,6 +82,43 @@ def test_a_block_of_steps_travels_in_one_message():
     out = np.zeros((3, 300), np.uint8)
     assert decode_spikes(msg, members, out) == 40
     assert [tuple(x) for x in np.argwhere(out)] == [(0, 104), (2, 199)]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.004, 0.03, 0.2, 1.0])
+@pytest.mark.parametrize("k", [1, 3])
+def test_native_codec_writes_the_numpy_bytes(rate, k):
+    """The C++ codec against the numpy one (the format's definition) on random parts, both message kinds."""
+    if fused.spike_codec() is None:
+        pytest.skip("the C++ extension fumjax._core is not built")
+    rng = np.random.default_rng()
+    n, n_p = 1000, 613  # n_p not a multiple of 8: a partial last word / byte
+    members = np.sort(rng.choice(n, n_p, replace=False)).astype(np.int32)
+    block = (rng.random((k, n_p)) < rate).astype(np.uint8)
+    spikes = block if k > 1 else block[0]
+    (enc_np, dec_np), (enc_c, dec_c) = spike_codec("numpy"), spike_codec("native")
+    msg = enc_np(spikes, members, 9, n)
+    got = enc_c(spikes, members, 9, n)
+    assert got.dtype == np.uint8 and np.array_equal(got, msg)
+    out_np = (rng.random((k, n) if k > 1 else n) < 0.1).astype(np.uint8)  # other parts' spikes
+    out_c = out_np.copy()
+    assert dec_np(msg, members, out_np) == dec_c(msg, members, out_c) == 9
+    assert np.array_equal(out_c, out_np)
+
+
+def test_native_codec_names_bad_messages():
+    codec = fused.spike_codec()
+    if codec is None:
+        pytest.skip("the C++ extension fumjax._core is not built")
+    members = np.arange(4, dtype=np.int32)
+    out = np.zeros(4, np.uint8)
+    with pytest.raises(IndexError, match="spike event 7 outside"):
+        codec.decode_spikes(np.array([0, 0, 7], np.int32).view(np.uint8), members, out)
+    with pytest.raises(ValueError, match="bit-packed message of 2 bytes"):
+        codec.decode_spikes(np.array([0, 1, 0], np.int32).view(np.uint8)[:10], members, out)
+    with pytest.raises(ValueError, match="members has 4 ids for 5"):
+        codec.encode_spikes(np.zeros(5, np.uint8), members, 0, 4)
+    with pytest.raises(TypeError):  # a copy would lose the writes: no conversion of the output
+        codec.decode_spikes(np.array([0, 0], np.int32).view(np.uint8), members, np.zeros(4, np.int32))
 
 
 def test_sync_wait_splits_waiting_into_imbalance_and_jitter():

@@ -61,12 +61,20 @@ from fumjax.dynamics import (
     synapse_phase,
 )
 from fumjax.encoders import poisson_background_current
-from fumjax.kernels import resolve_backend
+from fumjax.kernels import fused, resolve_backend
 from fumjax.network import Network
 from fumjax.state import State, init_state
 from fumjax.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
-__all__ = ["MpiRun", "network_fingerprint", "encode_spikes", "decode_spikes", "pack_step", "save_on_root"]
+__all__ = [
+    "MpiRun",
+    "network_fingerprint",
+    "encode_spikes",
+    "decode_spikes",
+    "spike_codec",
+    "pack_step",
+    "save_on_root",
+]
 
 _EVENTS, _BITMASK = 0, 1  # spike message kinds
 _MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
@@ -106,6 +114,22 @@ def decode_spikes(msg: np.ndarray, members: np.ndarray, spikes_pre: np.ndarray) 
         bits = np.unpackbits(msg[8:], count=k * members.shape[0]).reshape(k, members.shape[0])
         flat.reshape(k, n)[:, members] = bits  # one assignment: 7x faster than scattering the ones
     return int(step_now)
+
+
+def spike_codec(name: str | None = None) -> tuple:
+    """(encode, decode) with the signatures of encode_spikes / decode_spikes (n_total required): name
+    "numpy" (these functions, the format's definition) or "native" (the C++ codec of fumjax._core, the same
+    bytes; default where the extension is built)."""
+    native = fused.spike_codec()
+    if name is None:
+        name = "native" if native is not None else "numpy"
+    if name == "numpy":
+        return encode_spikes, decode_spikes
+    if name != "native":
+        raise ValueError(f"spike codec {name!r}: must be 'numpy' or 'native'")
+    if native is None:
+        raise RuntimeError("spike codec 'native' needs the fumjax._core extension (not built here)")
+    return native.encode_spikes, native.decode_spikes
 
 
 def pack_step(spikes: Array, step_now: Array) -> Array:
@@ -160,16 +184,19 @@ class MpiRun:
         partition_seed: int = 0,
         timeout_s: float = 60.0,
         exchange_every: int | None = None,
+        codec: str | None = None,
     ) -> None:
         """Partition `net` over the ranks of comm (default COMM_WORLD; METIS on rank 0, broadcast) and split
         out this rank's part. timeout_s: how long an exchange waits for a peer before naming it and
         aborting the job. exchange_every: steps between spike exchanges, at most (and by default) the
-        minimum synaptic delay D; 1 by default in mode stdp and with the fused backend (see below)."""
+        minimum synaptic delay D; 1 by default in mode stdp and with the fused backend (see below). codec:
+        the spike messages' encoder ("native" C++ where built, else "numpy"; see `spike_codec`)."""
         if comm is None:
             from mpi4py import MPI
 
             comm = MPI.COMM_WORLD
         self.ex = Exchanger(comm, timeout_s)
+        self._encode, self._decode = spike_codec(codec)
         self.rank, self.size = self.ex.rank, self.ex.size
         self.cfg = config or FumConfig()
         self.mode = resolve_mode(plasticity, self.cfg)
@@ -389,11 +416,11 @@ class MpiRun:
         n_p, n = self.local.n_neurons, self.net.n_neurons
         step_now = int(packed[-4:].view(np.int32)[0])
         spikes_local = packed[:-4].reshape(rows, n_p) if rows else packed[:-4]
-        msg = encode_spikes(spikes_local, self.members, step_now, n)
+        msg = self._encode(spikes_local, self.members, step_now, n)
         got = self.ex.allgather_bytes(msg, f"the spikes of step {step_now}")
         spikes_pre = np.zeros(spikes_local.shape[:-1] + (n,), np.uint8)
         for q, raw in enumerate(got):
-            sent_step = decode_spikes(raw, self.part.members[q], spikes_pre)
+            sent_step = self._decode(raw, self.part.members[q], spikes_pre)
             if sent_step != step_now:
                 raise RuntimeError(
                     f"rank {self.rank}: rank {q} sent spikes of step {sent_step} at step {step_now}"

@@ -126,6 +126,15 @@ def available() -> bool:
     return _modules.get("_core") is not None
 
 
+def spike_codec() -> ModuleType | None:
+    """The C++ spike message codec of the MPI exchange (``encode_spikes``, ``decode_spikes``: the same bytes
+    and effects as fumjax.distributed.mpi_runner's numpy ones, ~10x faster on cache-cold blocks), or None
+    without the extension."""
+    _register()
+    core = _modules.get("_core")
+    return core if core is not None and hasattr(core, "encode_spikes") else None
+
+
 def gpu_available() -> bool:
     """True when ``fumjax._core_gpu`` is importable and JAX sees a GPU device."""
     _register()
