@@ -24,10 +24,11 @@
 //   on the same synapse with the weight read before it) and its incoming list (STDP of synapses whose pre did
 //   not spike), every global load of a lane's synapses issued before the first use; barrier. Each synapse is
 //   updated by exactly one thread. 2 __syncthreads per step; no launches, no host round trips.
-// * multi: for large networks (7M x 500), per step a neuron kernel (grid over N; also the dense eligibility
-//   renormalization when due; a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks:
-//   parts of each spike's outgoing row and incoming list; global atomicAdd into the ring), then one finalize
-//   kernel; its section below has the details. Everything is enqueued on XLA's stream: no host
+// * multi: for large networks (7M x 500), per step a flush kernel (returns at once unless a segment of deferred
+//   LTP ends or the eligibility is renormalized: then one pass over every row), a neuron kernel (grid over N;
+//   a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks: parts of each spike's
+//   outgoing row, with the LTP its synapses deferred; global atomicAdd into the ring), then a last flush and a
+//   finalize kernel; its section below has the details. Everything is enqueued on XLA's stream: no host
 //   synchronization, no allocation (the scratch is an extra result), so the handler is CUDA-graph (command
 //   buffer) compatible.
 //
@@ -150,7 +151,7 @@ struct GpuArgs {
   int32_t* window_spikes;
   int32_t* step;
   uint8_t* spikes;  // (T, N)
-  T* work;          // (5, N + 2) scratch of the multi path (an extra result, discarded by fused.py)
+  T* work;          // (16 / sizeof(T) + L + 3, N + 2) scratch of the multi path (an extra result, discarded)
   // Read-only.
   const T* tau;
   const T* v_th;
@@ -1360,66 +1361,160 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 
 
 // =====================================================================================================
-// Multi-kernel path (large networks: 7M neurons x 500 synapses on one GPU). Per step two launches:
-//   NeuronKernel (grid over N): the dense eligibility renormalization when due (the once-per-window pass
-//     over all E synapses, 16-byte vectors), input + LIF, spikes; per neuron the one value each synapse pass
-//     needs from it, in the scratch `work`: pre_dw[j] (the in-list dw of a silent plastic pre, sign * a_plus
-//     * x_j*decay_x; NaN where j spiked -- its row does those synapses -- or is static) and post_yd[i]
-//     (y_i*decay_y, negated when i spiked: the traces are >= 0, so the sign bit carries the spike); then the
-//     traces x' = fma(x, decay_x, s), y' = fma(y, decay_y, s) at once. Spiking neurons are appended to a
-//     spike list (warp-aggregated atomics) with their LTP factor a_plus * x_j*decay_x.
-//   SynapseKernel (a fixed grid of warps looping over tasks): 2P tasks per listed spike -- P parts of its
-//     outgoing row (transmission by global atomicAdd into the ring, STDP with post_yd of the post) and P
-//     parts of its incoming list (STDP of the synapses whose pre is silent: pre from pre_bucket, then
-//     forward over the pre cells' row ends to the cell that also holds pre_dw) -- each a batch of kMultiU x
-//     32 synapses with every stage's loads in flight together. The grid is as many blocks as are resident.
-//   Pre cells (issue 5): {pre_dw, row_end = row_ptr[j + 1]} per pre neuron, 8 bytes (16 with double), written
-//     whole by NeuronKernel, so the in-list's random walk and its pre_dw read hit one 32-byte sector instead
-//     of a row_ptr sector and a pre_dw sector. Pairing {post_yd, ring} the same way was measured slower
-//     (bench/GPU_RUN_STEPS.md: +12% per step at 4M x 500, 5 Hz) and is not done.
-//     P = ceil(E/N / (kMultiU x 32)): about one batch per task, so the work spreads over all warps whatever
-//     the rate (no warp walks a whole row while others idle).
+// Multi-kernel path (large networks: 7M neurons x 500 synapses on one GPU). Per step three launches:
+//   FlushKernel (warp per row): returns at once unless a segment ends at this step (below); also the dense
+//     eligibility renormalization at a call's first step when it is due (16-byte vectors).
+//   NeuronKernel (grid over N): input + LIF, spikes; per neuron, in the scratch `work`, a post cell {post_yd
+//     (y_i*decay_y, negated when i spiked: the traces are >= 0, so the sign bit carries the spike), the
+//     segment's spike bits}, a summary byte of those bits and hist[b][j] = sign_j * a_plus * x_j*decay_x (the
+//     LTP a synapse from j gets when its post spikes at segment step b); then the traces x' = fma(x, decay_x,
+//     s), y' = fma(y, decay_y, s) at once. Spiking neurons are appended to a spike list (warp-aggregated
+//     atomics) with their LTP factor a_plus * x_j*decay_x.
+//   SynapseKernel (a fixed grid of warps looping over tasks): P parts of each listed spike's outgoing row,
+//     each a batch of kMultiU x 32 synapses with every stage's loads in flight together: the synapse's pending
+//     LTP (below), transmission by global atomicAdd into the ring, then STDP with post_yd of the post.
+//     P = ceil(E/N / (kMultiU x 32)): about one batch per task, so the work spreads over all warps whatever the
+//     rate. The grid is as many blocks as are resident.
+// Lazy LTP (issue 5): a post spike's LTP on a synapse j -> i whose pre is silent is applied at the next visit
+// of j's ROW (sequential in E), not through i's incoming list (random in E). Steps are grouped in segments of
+// at most L = clamp(k_max, 1, 64) steps, starting at the call's first step, at every renormalization step and
+// every L steps after either (a closed form of (step, elig_t0), like ClockAt). When j spikes at segment step
+// t, each synapse j -> i first gets the LTP of i's spikes at segment steps in (t_prev, t), t_prev = j's last
+// spike in the segment (or -1), in ascending order, each with hist[b][j] and the inv of its own step, rounded
+// to the storage type after each, as the eager in-list stored them; then transmission (stdp: with the w the
+// eager order had) and step t's update. At a segment's end FlushKernel applies every synapse's pending LTP
+// (post spikes after j's last spike) and, at a renormalization step, the scale in the same pass. Per synapse
+// the operations and their order are those of the reference, so w and elig are bit-identical to it; the
+// in-list (in_ptr, in_syn) is not read by this path.
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
-// sums are order-free atomics already). Per step only spiking neurons' synapses are touched: O(N + spikes x
-// K); the handler allocates nothing (the scratch is an extra result of the call).
+// sums are order-free atomics already). Per step only spiking neurons' rows are touched, plus one pass over
+// all rows per segment: O(N + spikes x K + E / L); the handler allocates nothing (the scratch is an extra
+// result of the call).
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
-constexpr int kMultiU = 4;  // synapses per lane in flight in the synapse kernel
+constexpr int kMultiWarps = kMultiThreads / FUMJAX_WARP;
+constexpr int kMultiU = 4;    // synapses per lane in flight in the synapse and flush kernels
+constexpr int kSegMax = 64;   // bits of a segment word
 
+// Steps per segment for an eligibility table of k_max + 1 entries (host and device).
+__host__ __device__ __forceinline__ int32_t SegLen(int32_t k_max) {
+  return k_max < 1 ? 1 : (k_max > kSegMax ? kSegMax : k_max);
+}
+
+// Rows of hist in the scratch: L in the plastic modes, none in mode off.
+__host__ __device__ __forceinline__ int32_t MultiSegRows(int32_t mode, int32_t k_max) {
+  return mode != 0 ? SegLen(k_max) : 0;
+}
+
+// First step of the segment that holds step s (s >= s0) of a call that started at (s0, t0_init).
+__device__ __forceinline__ int32_t SegStart(int32_t s0, int32_t t0_init, int32_t k, int32_t seg_len, bool rstdp,
+                                            int32_t s) {
+  int32_t m = s0;
+  if (rstdp) {
+    const int32_t r1 = s0 - t0_init >= k ? s0 : t0_init + k;
+    if (s >= r1) m = ClockAt(s0, t0_init, k, s).t0;  // the last renormalization step <= s
+  }
+  return m + (s - m) / seg_len * seg_len;
+}
+
+// Per neuron, one 16-byte cell: what an out-row visit needs of its post in one sector.
 template <typename T>
-struct alignas(2 * sizeof(T)) PreCell {
-  T dw;              // pre_dw
-  uint32_t row_end;  // row_ptr[j + 1]
+struct alignas(16) PostCell {
+  T yd;                     // y*decay_y, negated when the neuron spiked this step
+  unsigned long long bits;  // bit b: spiked at segment step b
 };
-static_assert(sizeof(PreCell<float>) == 8 && sizeof(PreCell<double>) == 16, "a pre cell is two elements of T");
+static_assert(sizeof(PostCell<float>) == 16 && sizeof(PostCell<double>) == 16, "a post cell is 16 bytes");
 
-// Scratch layout in `work` ((5, N + 2) elements of T): pre cells (2N T), post_yd, list_ltp (N T each),
-// list_j (N int32), then two spike counters (int32, by step parity).
+// Scratch layout in `work` ((16 / sizeof(T) + L + 3, N + 2) elements of T, L = 0 in mode off): post cells
+// (16 N bytes), hist (L, N), list_ltp (N T), list_j (N int32), two spike counters (int32, by step parity),
+// the summary bytes (N uint8: 0 no spike in the segment, 1 + b one spike at step b, 255 several).
 template <typename T>
 struct MultiScratch {
-  PreCell<T>* pre;
-  T* post_yd;
+  PostCell<T>* cell;
+  T* hist;
   T* list_ltp;
   int32_t* list_j;
   int32_t* count;
-  __host__ __device__ MultiScratch(T* work, int64_t n)
-      : pre(reinterpret_cast<PreCell<T>*>(work)),
-        post_yd(work + 2 * n),
-        list_ltp(work + 3 * n),
-        list_j(reinterpret_cast<int32_t*>(work + 4 * n)),
-        count(reinterpret_cast<int32_t*>(work + 4 * n) + n) {}
+  uint8_t* once;
+  __host__ __device__ MultiScratch(T* work, int64_t n, int32_t seg_rows)
+      : cell(reinterpret_cast<PostCell<T>*>(work)),
+        hist(work + (16 / sizeof(T)) * n),
+        list_ltp(hist + seg_rows * n),
+        list_j(reinterpret_cast<int32_t*>(list_ltp + n)),
+        count(list_j + n),
+        once(reinterpret_cast<uint8_t*>(list_j + n + 2)) {}
 };
 
-// One pre cell in one load (read-only during the synapse kernel).
 template <typename T>
-__device__ __forceinline__ PreCell<T> LoadPre(const PreCell<T>* p) {
-  using V = typename std::conditional<sizeof(T) == 4, uint2, ulonglong2>::type;
+__device__ __forceinline__ PostCell<T> LoadCell(const PostCell<T>* p) {
   union {
-    V v;
-    PreCell<T> c;
+    uint4 v;
+    PostCell<T> c;
   } u;
-  u.v = __ldg(reinterpret_cast<const V*>(p));
+  u.v = *reinterpret_cast<const uint4*>(p);
   return u.c;
+}
+template <typename T>
+__device__ __forceinline__ void StoreCell(PostCell<T>* p, T yd, unsigned long long bits) {
+  union {
+    uint4 v;
+    PostCell<T> c;
+  } u;
+  u.v = make_uint4(0u, 0u, 0u, 0u);
+  u.c.yd = yd;
+  u.c.bits = bits;
+  *reinterpret_cast<uint4*>(p) = u.v;
+}
+
+__device__ __forceinline__ uint8_t SpikeSummary(unsigned long long bits) {
+  const int c = __popcll(bits);
+  return c == 0 ? uint8_t{0} : (c == 1 ? static_cast<uint8_t>(__ffsll(static_cast<long long>(bits))) : uint8_t{255});
+}
+
+// Bits (last, seg_mask) of a segment word: the steps after the last set bit of `mine` (all when none).
+__device__ __forceinline__ unsigned long long AfterLast(unsigned long long mine, unsigned long long seg_mask) {
+  if (mine == 0) return seg_mask;
+  const int h = 63 - __clzll(static_cast<long long>(mine));
+  return h >= 63 ? 0ull : seg_mask & ~((2ull << h) - 1ull);
+}
+
+__device__ __forceinline__ unsigned long long WarpOr(unsigned long long v) {
+#pragma unroll
+  for (int o = FUMJAX_WARP / 2; o > 0; o >>= 1) v |= __shfl_xor_sync(FUMJAX_FULL_MASK, v, o);
+  return v;
+}
+
+template <typename T, typename W>
+__device__ __forceinline__ T ClipW(const GpuArgs<T, W>& a, T x) {
+  const T lo = x < -a.w_clip ? -a.w_clip : x;
+  return lo > a.w_clip ? a.w_clip : lo;
+}
+
+// One deferred LTP term on a synapse value held in T (elig in rstdp, w in stdp), rounded to W as it was stored.
+template <typename T, typename W>
+__device__ __forceinline__ T LtpTerm(const GpuArgs<T, W>& a, bool rstdp, T x, T dw, T inv) {
+  return rstdp ? Ld(St<W>(Fma(dw, inv, x))) : Ld(St<W>(ClipW(a, Add(x, dw))));
+}
+
+// inv_pow of each step of the segment that starts at seg_start (its t0 holds for all of its steps).
+template <typename T, typename W>
+__device__ __forceinline__ void FillSegInv(const GpuArgs<T, W>& a, T* inv_seg, int32_t s0, int32_t t0_init,
+                                           int32_t seg_start) {
+  const int32_t t0 = a.mode == 2 ? ClockAt(s0, t0_init, a.k_max, seg_start).t0 : 0;
+  for (int q = threadIdx.x; q < kSegMax; q += blockDim.x) {
+    inv_seg[q] = a.mode == 2 ? a.inv_pow[JnpIndex(static_cast<int64_t>(seg_start) + q + 1 - t0, a.k_max + 1)] : T(1);
+  }
+  __syncthreads();
+}
+
+// A warp's copy of hist[b][j] for the steps b in `need` (warp-uniform).
+template <typename T>
+__device__ __forceinline__ void LoadHist(const T* hist, int64_t n, int32_t j, unsigned long long need, T* hw,
+                                         int lane) {
+  for (int q = lane; q < kSegMax; q += FUMJAX_WARP) {
+    if ((need >> q) & 1ull) hw[q] = hist[static_cast<int64_t>(q) * n + j];
+  }
+  __syncwarp();
 }
 
 // elig[0, e) *= scale in T, rounded to W, in 16-byte vectors where elig is 16-byte aligned.
@@ -1445,8 +1540,90 @@ __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t g
   for (int64_t k = done + gid; k < e; k += stride) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
 }
 
-__device__ __forceinline__ float QuietNaN(float) { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ double QuietNaN(double) { return __longlong_as_double(0x7ff8000000000000ll); }
+// Before step t's NeuronKernel (0 <= t < T) and after the last step (t = T): at a segment's end, every synapse's
+// pending LTP, then the renormalization if step t has one; at t = 0 only the renormalization (nothing pends
+// at a call's start: the previous call ended with a flush).
+template <typename T, typename W>
+__global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, int32_t t) {
+  __shared__ T inv_seg[kSegMax];
+  __shared__ T hist_w[kMultiWarps][kSegMax];
+  const int32_t n = a.n;
+  const int64_t e = a.e;
+  const int32_t s0 = *a.step, t0_init = *a.elig_t0;
+  const int32_t s = s0 + t;
+  const bool rstdp = a.mode == 2;
+  bool renorm = false;
+  T scale = T(1);
+  if (rstdp && t < a.t_steps) {
+    const EligClock c = ClockAt(s0, t0_init, a.k_max, s);
+    renorm = c.renorm;
+    scale = Ld(a.gamma_pow[c.scale_idx]);
+  }
+  if (t == 0) {
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+    if (renorm) RenormAll<T, W>(a.elig, e, scale, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, stride);
+    return;
+  }
+  const int32_t seg_len = SegLen(a.k_max);
+  if (t < a.t_steps && SegStart(s0, t0_init, a.k_max, seg_len, rstdp, s) != s) return;
+  const int32_t seg_start = SegStart(s0, t0_init, a.k_max, seg_len, rstdp, s - 1);
+  const int32_t len = s - seg_start;  // 1 .. seg_len
+  const unsigned long long seg_mask = len >= 64 ? ~0ull : (1ull << len) - 1ull;
+  FillSegInv(a, inv_seg, s0, t0_init, seg_start);
+  MultiScratch<T> m(a.work, n, MultiSegRows(a.mode, a.k_max));
+  W* syn = rstdp ? a.elig : a.w;
+  const int lane = threadIdx.x % FUMJAX_WARP;
+  T* hw = hist_w[threadIdx.x / FUMJAX_WARP];
+  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kMultiWarps;
+  constexpr int64_t kBatch = static_cast<int64_t>(kMultiU) * FUMJAX_WARP;
+  for (int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP; j < n;
+       j += warps_total) {
+    const bool learn = __ldg(a.excitatory + j) != 2;
+    unsigned long long rest = 0;  // steps whose post spikes still pend on j's synapses
+    if (learn) rest = AfterLast(LoadCell(m.cell + j).bits & seg_mask, seg_mask);
+    if (rest == 0 && !renorm) continue;
+    if (rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);
+    const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
+    for (int64_t kb = k0; kb < k1; kb += kBatch) {
+      int64_t kk[kMultiU];
+      int32_t ii[kMultiU];
+      W xx[kMultiU];
+      unsigned long long pb[kMultiU];
+#pragma unroll
+      for (int u = 0; u < kMultiU; ++u) {
+        kk[u] = kb + u * FUMJAX_WARP + lane;
+        ii[u] = -1;
+        if (kk[u] < k1) {
+          if (rest) ii[u] = __ldg(a.post + kk[u]);
+          if (renorm) xx[u] = syn[kk[u]];  // every synapse is rescaled; otherwise read only where LTP pends
+        }
+      }
+      uint8_t so[kMultiU];
+#pragma unroll
+      for (int u = 0; u < kMultiU; ++u) {
+        if (static_cast<uint32_t>(ii[u]) >= static_cast<uint32_t>(n)) ii[u] = -1;
+        so[u] = ii[u] >= 0 ? m.once[ii[u]] : uint8_t{0};
+      }
+#pragma unroll
+      for (int u = 0; u < kMultiU; ++u) {
+        const unsigned long long bits =
+            so[u] == 0 ? 0ull : (so[u] == 255 ? LoadCell(m.cell + ii[u]).bits : 1ull << (so[u] - 1));
+        pb[u] = bits & rest;
+      }
+#pragma unroll
+      for (int u = 0; u < kMultiU; ++u) {
+        if (kk[u] >= k1 || (pb[u] == 0 && !renorm)) continue;
+        T x = Ld(renorm ? xx[u] : syn[kk[u]]);
+        for (unsigned long long p = pb[u]; p != 0; p &= p - 1ull) {
+          const int q = __ffsll(static_cast<long long>(p)) - 1;
+          x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
+        }
+        syn[kk[u]] = renorm ? St<W>(Mul(x, scale)) : St<W>(x);
+      }
+    }
+    if (rest) __syncwarp();  // hw is read above before the next row overwrites it
+  }
+}
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, int32_t t) {
@@ -1457,14 +1634,14 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;  // a multiple of the warp size
   const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int lane = threadIdx.x % FUMJAX_WARP;
-  if (a.mode == 2) {
-    const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
-    if (c.renorm) RenormAll<T, W>(a.elig, a.e, Ld(a.gamma_pow[c.scale_idx]), gid, stride);
-  }
+  const bool plastic = a.mode != 0;
+  const int32_t seg_len = SegLen(a.k_max);
+  const int32_t b = plastic ? s - SegStart(s0, *a.elig_t0, a.k_max, seg_len, a.mode == 2, s) : 0;
   T* ring_now = a.ring + static_cast<int64_t>(slot) * n;
   const T* iext = a.i_ext + static_cast<int64_t>(t) * n;
   uint8_t* spk = a.spikes + static_cast<int64_t>(t) * n;
-  MultiScratch<T> m(a.work, n);
+  MultiScratch<T> m(a.work, n, MultiSegRows(a.mode, a.k_max));
+  T* hist_b = m.hist + static_cast<int64_t>(b) * n;
   int32_t* count = m.count + (t & 1);
   for (int64_t i = gid; i - lane < n; i += stride) {  // whole warps iterate together (ballot below)
     bool spiked = false;
@@ -1479,16 +1656,17 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
       a.refrac[i] = r;
       spk[i] = static_cast<uint8_t>(spiked);
       if (spiked) a.window_spikes[i] += 1;
-      if (a.mode != 0) {
+      if (plastic) {
         const T xi = a.x[i], yi = a.y[i], sp = static_cast<T>(spiked);
         const int code = __ldg(a.excitatory + i);
         ltp = Mul(a.a_plus, Mul(xi, a.decay_x));
         const T diff = Sub(ltp, T(0));
-        // The whole cell every step: a half-written sector would cost a DRAM read-modify-write.
-        m.pre[i] = PreCell<T>{(spiked || code == 2) ? QuietNaN(T(0)) : (code == 1 ? diff : -diff),
-                              __ldg(a.row_ptr + i + 1)};
+        hist_b[i] = code == 1 ? diff : -diff;  // read only for plastic pres (code != 2) at steps they were silent
+        unsigned long long bits = b == 0 ? 0ull : m.cell[i].bits;
+        if (spiked) bits |= 1ull << b;
         const T yd = Mul(yi, a.decay_y);
-        m.post_yd[i] = spiked ? -yd : yd;
+        StoreCell(m.cell + i, spiked ? -yd : yd, bits);  // the whole cell: no partly written sector
+        if (spiked || b == 0) m.once[i] = SpikeSummary(bits);
         a.x[i] = Fma(xi, a.decay_x, sp);
         a.y[i] = Fma(yi, a.decay_y, sp);
       }
@@ -1511,112 +1689,97 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, int32_t t, int32_t parts) {
+  __shared__ T inv_seg[kSegMax];
+  __shared__ T hist_w[kMultiWarps][kSegMax];
   const int32_t n = a.n, d = a.d;
   const int64_t e = a.e;
-  const int32_t s0 = *a.step;
+  const int32_t s0 = *a.step, t0_init = *a.elig_t0;
   const int32_t s = s0 + t;
   const int32_t slot = FloorMod(s, d);
   const bool plastic = a.mode != 0;
   const bool rstdp = a.mode == 2;
-  T inv = T(1);
-  if (rstdp) {
-    const EligClock c = ClockAt(s0, *a.elig_t0, a.k_max, s);
-    inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - c.t0, a.k_max + 1)];
-  }
-  MultiScratch<T> m(a.work, n);
+  const int32_t seg_len = SegLen(a.k_max);
+  const int32_t seg_start = plastic ? SegStart(s0, t0_init, a.k_max, seg_len, rstdp, s) : s;
+  const int32_t bt = s - seg_start;  // this step's bit
+  const unsigned long long below_t = (1ull << bt) - 1ull;
+  FillSegInv(a, inv_seg, s0, t0_init, seg_start);
+  const T inv = inv_seg[bt];
+  MultiScratch<T> m(a.work, n, MultiSegRows(a.mode, a.k_max));
   const int64_t ns = m.count[t & 1];
   if (blockIdx.x == 0 && threadIdx.x == 0) m.count[(t + 1) & 1] = 0;  // NeuronKernel(t + 1) appends there
   const int lane = threadIdx.x % FUMJAX_WARP;
-  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * (blockDim.x / FUMJAX_WARP);
-  const int32_t per_spike = plastic ? 2 * parts : parts;
+  T* hw = hist_w[threadIdx.x / FUMJAX_WARP];
+  const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kMultiWarps;
   constexpr int64_t kBatch = static_cast<int64_t>(kMultiU) * FUMJAX_WARP;
-  const int64_t n_tasks = ns * per_spike;
+  const int64_t n_tasks = ns * parts;
   for (int64_t task = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP; task < n_tasks;
        task += warps_total) {
-    const int64_t sp = task / per_spike;
-    const int32_t part = static_cast<int32_t>(task - sp * per_spike);
+    const int64_t sp = task / parts;
+    const int32_t part = static_cast<int32_t>(task - sp * parts);
     const int32_t j = m.list_j[sp];
     if (static_cast<uint32_t>(j) >= static_cast<uint32_t>(n)) continue;
-    if (part < parts) {  // outgoing row of j: transmission, then STDP (pre spiked)
-      const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
-      const uint8_t code_j = __ldg(a.excitatory + j);
-      const bool learn = plastic && code_j != 2;
-      const T ltp_j = m.list_ltp[sp];
-      for (int64_t kb = k0 + part * kBatch; kb < k1; kb += parts * kBatch) {
-        int64_t kk[kMultiU];
-        int32_t ii[kMultiU], rr[kMultiU];
-        T ww[kMultiU], yd[kMultiU];
+    const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
+    const uint8_t code_j = __ldg(a.excitatory + j);
+    const bool learn = plastic && code_j != 2;
+    const T ltp_j = m.list_ltp[sp];
+    // Post spikes after j's previous spike in the segment and before this step pend on j's synapses.
+    const unsigned long long window = learn ? AfterLast(m.cell[j].bits & below_t, below_t) : 0ull;
+    for (int64_t kb = k0 + part * kBatch; kb < k1; kb += parts * kBatch) {
+      int64_t kk[kMultiU];
+      int32_t ii[kMultiU], rr[kMultiU];
+      T ww[kMultiU], yd[kMultiU];
+      unsigned long long pb[kMultiU];
 #pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          kk[u] = kb + u * FUMJAX_WARP + lane;
-          ii[u] = -1;
-          rr[u] = 1;
-          if (kk[u] < k1) {
-            ii[u] = __ldg(a.post + kk[u]);
-            ww[u] = Ld(a.w[kk[u]]);
-            if (d > 1) rr[u] = __ldg(a.delay + kk[u]);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          const bool ok = static_cast<uint32_t>(ii[u]) < static_cast<uint32_t>(n) && rr[u] >= 1 && rr[u] <= d;
-          if (!ok) ii[u] = -1;
-          yd[u] = learn && ok ? m.post_yd[ii[u]] : T(0);
-        }
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          if (ii[u] < 0) continue;
-          int32_t rs = slot;
-          if (d > 1) {
-            rs = slot + rr[u];
-            if (rs >= d) rs -= d;
-          }
-          atomicAdd(a.ring + static_cast<int64_t>(rs) * n + ii[u], Mul(a.g_syn, ww[u]));
-          if (learn) {
-            const bool spk_i = signbit(yd[u]);
-            const T diff = Sub(spk_i ? ltp_j : T(0), Mul(a.a_minus, spk_i ? -yd[u] : yd[u]));
-            ApplyDw(a, kk[u], code_j == 1 ? diff : -diff, rstdp, inv, ww[u]);
-          }
+      for (int u = 0; u < kMultiU; ++u) {
+        kk[u] = kb + u * FUMJAX_WARP + lane;
+        ii[u] = -1;
+        rr[u] = 1;
+        if (kk[u] < k1) {
+          ii[u] = __ldg(a.post + kk[u]);
+          ww[u] = Ld(a.w[kk[u]]);
+          if (d > 1) rr[u] = __ldg(a.delay + kk[u]);
         }
       }
-    } else {  // incoming list of j (a spiking post): STDP of the synapses whose pre is silent
-      const int32_t pp = part - parts;
-      const int64_t p0 = __ldg(a.in_ptr + j), p1 = min(static_cast<int64_t>(__ldg(a.in_ptr + j + 1)), e);
-      for (int64_t pb = p0 + pp * kBatch; pb < p1; pb += parts * kBatch) {
-        int64_t kk[kMultiU];
-        int32_t jj[kMultiU];
+      unsigned long long need = 0;
 #pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          const int64_t p = pb + u * FUMJAX_WARP + lane;
-          kk[u] = p < p1 ? static_cast<int64_t>(__ldg(a.in_syn + p)) : e;
-        }
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {  // the bucket's row, then at most a few rows forward
-          jj[u] = kk[u] < e ? __ldg(a.pre_bucket + (kk[u] >> a.pre_shift)) : -1;
-          jj[u] = jj[u] >= n ? n - 1 : jj[u];
-        }
-        PreCell<T> c[kMultiU];  // the bucket's row's cell, then forward over row ends; the last holds the dw
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          if (jj[u] >= 0) c[u] = LoadPre(m.pre + jj[u]);
-        }
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          if (jj[u] < 0) continue;
-          while (jj[u] + 1 < n && static_cast<int64_t>(c[u].row_end) <= kk[u]) c[u] = LoadPre(m.pre + ++jj[u]);
-        }
-        T dw[kMultiU], wk[kMultiU];
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          dw[u] = jj[u] < 0 ? QuietNaN(T(0)) : c[u].dw;
-          wk[u] = rstdp || jj[u] < 0 ? T(0) : Ld(a.w[kk[u]]);
-        }
-#pragma unroll
-        for (int u = 0; u < kMultiU; ++u) {
-          if (isnan(dw[u])) continue;  // no synapse, or the pre spiked (its row did this synapse) or is static
-          ApplyDw(a, kk[u], dw[u], rstdp, inv, wk[u]);
+      for (int u = 0; u < kMultiU; ++u) {
+        const bool ok = static_cast<uint32_t>(ii[u]) < static_cast<uint32_t>(n) && rr[u] >= 1 && rr[u] <= d;
+        if (!ok) ii[u] = -1;
+        yd[u] = T(0);
+        pb[u] = 0;
+        if (learn && ok) {
+          const PostCell<T> c = LoadCell(m.cell + ii[u]);
+          yd[u] = c.yd;
+          pb[u] = c.bits & window;
+          need |= pb[u];
         }
       }
+      if (learn) need = WarpOr(need);
+      if (need) LoadHist(m.hist, n, j, need, hw, lane);
+#pragma unroll
+      for (int u = 0; u < kMultiU; ++u) {
+        if (ii[u] < 0) continue;
+        int32_t rs = slot;
+        if (d > 1) {
+          rs = slot + rr[u];
+          if (rs >= d) rs -= d;
+        }
+        T x = T(0);  // elig (rstdp) or w (stdp) after the pending LTP
+        if (learn) {
+          x = rstdp ? Ld(a.elig[kk[u]]) : ww[u];
+          for (unsigned long long p = pb[u]; p != 0; p &= p - 1ull) {
+            const int q = __ffsll(static_cast<long long>(p)) - 1;
+            x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
+          }
+        }
+        atomicAdd(a.ring + static_cast<int64_t>(rs) * n + ii[u], Mul(a.g_syn, rstdp || !learn ? ww[u] : x));
+        if (learn) {
+          const bool spk_i = signbit(yd[u]);
+          const T diff = Sub(spk_i ? ltp_j : T(0), Mul(a.a_minus, spk_i ? -yd[u] : yd[u]));
+          StoreDw(a, kk[u], code_j == 1 ? diff : -diff, rstdp, inv, x, x);
+        }
+      }
+      if (need) __syncwarp();  // hw is read above before the next batch overwrites it
     }
   }
 }
@@ -1929,10 +2092,10 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
     }
   }
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
-  int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
-  int64_t grid_n_min = sm * 8;  // enough threads for the dense renormalization pass
-  const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(
-      std::max(grid_n, a.mode == 2 ? grid_n_min : int64_t{1}), 65535)));
+  const int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
+  const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
+  // Flush: a full GPU of warps, one row each at a time (8 blocks of 256 per SM); returns at once when not due.
+  const unsigned grid_flush = static_cast<unsigned>(std::min<int64_t>(sm * 8, 65535));
   // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
   // resident at once (registers bound it: 5 of 256 threads per SM at 48 registers), so that no block waits
   // for a second wave with its share of the tasks (8 per SM was 4% slower at 4M x 500).
@@ -1940,13 +2103,16 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
   const int32_t parts = static_cast<int32_t>(
       std::min<int64_t>(16, std::max<int64_t>(1, (avg_k + kMultiU * FUMJAX_WARP - 1) / (kMultiU * FUMJAX_WARP))));
-  MultiScratch<T> m(a.work, a.n);
+  MultiScratch<T> m(a.work, a.n, MultiSegRows(a.mode, a.k_max));
   hipError_t err = hipMemsetAsync(m.count, 0, 2 * sizeof(int32_t), stream);
   if (err != hipSuccess) return err;
   for (int32_t t = 0; t < a.t_steps; ++t) {
+    // Whether a flush or renormalization is due depends on the device's step and elig_t0: the kernel decides.
+    if (a.mode == 2 || (a.mode == 1 && t > 0)) FlushKernel<T, W><<<grid_flush, kMultiThreads, 0, stream>>>(a, t);
     NeuronKernel<T, W><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
     SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t, parts);
   }
+  if (a.mode != 0 && a.t_steps > 0) FlushKernel<T, W><<<grid_flush, kMultiThreads, 0, stream>>>(a, a.t_steps);
   FinalizeKernel<T, W><<<1, 1, 0, stream>>>(a);
   return hipGetLastError();
 }
@@ -2099,13 +2265,14 @@ ffi::Error RunStepsGpuDispatch(
       Dims(v_th, {n}) && Dims(i_ext, {t, n}) && Dims(row_ptr, {n + 1}) && Dims(pre_bucket, {n_buckets}) &&
       Dims(post, {e}) && Dims(delay, {n_delay}) && Dims(in_ptr, {n + 1}) && Dims(in_syn, {e}) &&
       Dims(excitatory, {n}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(*spikes, {t, n}) &&
-      work->element_type() == dt_f && Dims(*work, {5, n + 2});
+      work->element_type() == dt_f &&
+      Dims(*work, {(dt_f == ffi::DataType::F64 ? 2 : 4) + MultiSegRows(mode, static_cast<int32_t>(k1 - 1)) + 3, n + 2});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_run_steps: shapes must be v, refrac, x, y, window_spikes, tau, v_th, excitatory (N,); ring (D, N); "
         "w, elig, post, in_syn (E,); delay (E,) or (0,) with D = 1; pre_bucket ((E-1 >> pre_shift) + 1,); "
         "row_ptr, in_ptr (N+1,); elig_t0, step (); i_ext and spikes (T, N); gamma_pow, inv_pow (K+1,); "
-        "work (5, N + 2) in the state's dtype");
+        "work (16 / itemsize + L + 3, N + 2) in the state's dtype (L = min(max(K, 1), 64), 0 in mode off)");
   }
   const ffi::AnyBuffer ops[] = {v,    refrac,     x,    y,     ring,   w,      elig,   elig_t0,
                                 window_spikes, step, tau, v_th, i_ext, row_ptr, pre_bucket, post,
@@ -2189,5 +2356,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Ret<ffi::AnyBuffer>()   // window_spikes
                                   .Ret<ffi::AnyBuffer>()   // step
                                   .Ret<ffi::AnyBuffer>()   // spikes (T, N)
-                                  .Ret<ffi::AnyBuffer>(),  // work (5, N + 2): multi-path scratch
+                                  .Ret<ffi::AnyBuffer>(),  // work (16 / itemsize + L + 3, N + 2): multi scratch
                               {xla::ffi::Traits::kCmdBufferCompatible});

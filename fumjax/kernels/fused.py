@@ -41,6 +41,7 @@ __all__ = [
     "synapse_step_supported",
     "resolve_threads",
     "bytes_per_synapse",
+    "gpu_scratch_shape",
 ]
 
 TARGET = "fumjax_lif_step"
@@ -345,6 +346,19 @@ def resolve_threads(threads: int | None, cfg) -> int:
     return int(t)
 
 
+# Steps per lazy-LTP segment of the GPU multi path at most (one 64-bit spike word per neuron).
+GPU_SEGMENT_MAX = 64
+
+
+def gpu_scratch_shape(n_neurons: int, k_max: int, mode: str, dtype) -> tuple[int, int]:
+    """Shape of the GPU run_steps handler's scratch result (multi path, hip/run_steps.hip MultiScratch), in
+    elements of the state dtype: per neuron a 16-byte post cell {post_yd, segment spike bits}, L rows of
+    deferred-LTP history (L = min(max(k_max, 1), 64) steps per segment; none in mode off), the spike list
+    (LTP factor, index), two counters and a summary byte."""
+    seg = 0 if mode == "off" else min(max(int(k_max), 1), GPU_SEGMENT_MAX)
+    return (16 // jnp.dtype(dtype).itemsize + seg + 3, int(n_neurons) + 2)
+
+
 def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None = None):
     """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
 
@@ -393,11 +407,10 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     call = jax.ffi.ffi_call(
         RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
     )
-    # The GPU handler also returns a (5, N + 2) scratch of the multi path (no allocation inside the handler):
-    # per-neuron {pre_dw, row end} cells, post_yd, the spike list and its counters.
+    # The GPU handler also returns the multi path's scratch (no allocation inside the handler).
     call_gpu = jax.ffi.ffi_call(
         RUN_STEPS_TARGET,
-        out_types + (jax.ShapeDtypeStruct((5, n + 2), dtype),),
+        out_types + (jax.ShapeDtypeStruct(gpu_scratch_shape(n, len(gamma_pow) - 1, mode, dtype), dtype),),
         vmap_method="sequential",
         input_output_aliases=aliases,
     )

@@ -27,7 +27,8 @@ import numpy as np
 from fumjax.compact import PRE_SHIFT, CompactNetwork, build_compact, build_plan
 from fumjax.config import FumConfig
 from fumjax.dynamics import resolve_mode, run_driven
-from fumjax.state import State, compute_dtype, init_state, weight_dtype
+from fumjax.kernels.fused import gpu_scratch_shape
+from fumjax.state import State, compute_dtype, elig_tables, init_state, weight_dtype
 
 __all__ = [
     "DeviceMemoryError",
@@ -69,7 +70,9 @@ def estimate_device_bytes(
     )
     e = n * k
     wb = jnp.dtype(weight_dtype(cfg)).itemsize
-    fb = jnp.dtype(compute_dtype(cfg)).itemsize
+    fb_dtype = jnp.dtype(compute_dtype(cfg))
+    fb = fb_dtype.itemsize
+    k_max = len(elig_tables(cfg)[0]) - 1
     out = {
         "post": 4 * e,
         "in_syn": 4 * e,
@@ -82,7 +85,8 @@ def estimate_device_bytes(
         "neuron_state": (7 * fb + 8) * n,
         "drive_window": t * n * fb,  # (T, N) background current of one window
         "spikes_window": t * n,  # (T, N) uint8
-        "gpu_scratch": 5 * n * fb,  # (5, N + 2) scratch of the GPU run_steps handler
+        # the GPU run_steps handler's scratch: post cells, the (L, N) deferred-LTP history, the spike list
+        "gpu_scratch": fb * math.prod(gpu_scratch_shape(n, k_max, cfg.plasticity.mode, fb_dtype)),
         # the window-end pass (eligibility decay, reward) may keep one E-sized storage-dtype temporary
         "window_pass_temp": wb * e,
     }
