@@ -54,6 +54,11 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     run = MpiRun(net, config=cfg, timeout_s=600.0)
     split_s = time.perf_counter() - t0
+    speeds, rebalance_s = None, 0.0
+    if args.rebalance:
+        t0 = time.perf_counter()
+        first, run = run, run.rebalanced(args.rebalance)
+        speeds, rebalance_s = first.speeds.round(0).tolist(), time.perf_counter() - t0
     t_win = cfg.run.window_steps
     n_windows = max(1, args.steps // t_win)
     state = run.init_state()
@@ -138,6 +143,8 @@ def worker(args: argparse.Namespace) -> None:
                 "mean_rate_hz": round(total / (net.n_neurons * steps * cfg.neuron.dt_ms / 1000.0), 2),
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
+                "rebalanced_to_speeds": speeds,
+                "rebalance_s": round(rebalance_s, 2),
                 "own_exchange_share_max": max(r["own_exchange_share"] for r in per_rank),
                 "jitter_ms": round(1e3 * split["jitter_s"], 3),
                 "build_s": round(max(m["build_s"] for m in every), 2),
@@ -231,6 +238,13 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=50, help="exchanges timed alone after a barrier")
     ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (= steps per exchange)")
     ap.add_argument("--g-syn", type=float, help="mV per unit weight (default: the config's)")
+    ap.add_argument(
+        "--rebalance",
+        type=int,
+        default=0,
+        metavar="W",
+        help="size the parts to the ranks' speeds measured over W windows first (MpiRun.rebalanced)",
+    )
     ap.add_argument("--save-log", metavar="NPZ", help="save every rank's exchange (enter, exit) times")
     ap.add_argument("--transport", type=int, metavar="BYTES", help="time only the exchange of BYTES per rank")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -256,7 +270,7 @@ def main() -> None:
         cmd = mpirun_prefix(p, bind_to_core=True) + [sys.executable, os.path.abspath(__file__), "--worker"]
         cmd += ["--neurons", str(args.neurons), "--steps", str(args.steps)]
         cmd += ["--backend", args.backend, "--probe", str(args.probe)]
-        cmd += ["--delay", str(args.delay)]
+        cmd += ["--delay", str(args.delay), "--rebalance", str(args.rebalance)]
         cmd += ["--g-syn", str(args.g_syn)] if args.g_syn is not None else []
         cmd += ["--save-log", f"{args.save_log}.{p}.npz"] if args.save_log else []
         cmd += ["--transport", str(args.transport)] if args.transport else []

@@ -187,6 +187,21 @@ def test_four_ranks_fused_rstdp_blocks_equal_single_process(tmp_path):
     assert got["exchanges"].tolist() == [WINDOWS * 17] * 4
 
 
+def test_rebalanced_parts_follow_rank_speeds_and_stay_exact(tmp_path):
+    """Parts sized to given rank speeds 1 : 3 (METIS target shares 1/4, 3/4) give the single process's
+    results bit for bit; measured speeds (a timed calibration window) are positive and set the sizes."""
+    _launch(2, tmp_path / "given.npz", "--rebalance", "1,3")
+    _assert_identical(tmp_path / "given.npz", _single("rstdp", "reference", False))
+    sizes = np.load(tmp_path / "given.npz")["part_sizes"]
+    assert sizes.sum() == N and abs(sizes[0] - N / 4) <= 0.03 * N, sizes
+    _launch(2, tmp_path / "measured.npz", "--rebalance", "measured")
+    got = np.load(tmp_path / "measured.npz")
+    assert got["speeds"].shape == (2,) and (got["speeds"] > 0).all()
+    share = got["speeds"] / got["speeds"].sum()
+    np.testing.assert_allclose(got["part_sizes"] / N, share, atol=0.03)
+    _assert_identical(tmp_path / "measured.npz", _single("rstdp", "reference", False))
+
+
 def test_cli_distributed_matches_single_process(tmp_path):
     """`mpirun -n 2 fumjax simulate --distributed`: the same spikes as `fumjax.run_driven`, a checkpoint
     at step 100, and a summary line with each rank's step time and exchange share."""

@@ -97,6 +97,19 @@ def test_two_clusters_cut_at_the_bridge():
     ]
 
 
+def test_target_shares_size_the_parts(small):
+    """METIS target shares (e.g. rank speeds 1 : 2 : 3) size the parts; balance is measured against them."""
+    _, net, _ = small
+    part = partition(net, 3, shares=[1.0, 2.0, 3.0])  # normalized to 1/6, 2/6, 3/6 of 600
+    np.testing.assert_allclose(part.sizes, [100, 200, 300], atol=6)
+    assert part.balance == pytest.approx(max(part.sizes / np.array([100, 200, 300])))
+    assert part.balance <= 1.03  # METIS' default imbalance tolerance
+    with pytest.raises(ValueError, match=r"shares has shape \(2,\): need one per part, \(3,\)"):
+        partition(net, 3, shares=[1.0, 2.0])
+    with pytest.raises(ValueError, match="each must be finite and > 0"):
+        partition(net, 3, shares=[1.0, 0.0, 1.0])
+
+
 def test_one_part_is_everything():
     net = _net([0, 1, 2], [1, 2, 0], 3)
     part = partition(net, 1)

@@ -197,6 +197,16 @@ class MpiRun:
             comm = MPI.COMM_WORLD
         self.ex = Exchanger(comm, timeout_s)
         self._encode, self._decode = spike_codec(codec)
+        self._options = dict(
+            comm=comm,
+            config=config,
+            plasticity=plasticity,
+            backend=backend,
+            partition_seed=partition_seed,
+            timeout_s=timeout_s,
+            exchange_every=exchange_every,
+            codec=codec,
+        )
         self.rank, self.size = self.ex.rank, self.ex.size
         self.cfg = config or FumConfig()
         self.mode = resolve_mode(plasticity, self.cfg)
@@ -253,6 +263,42 @@ class MpiRun:
         from fumjax.kernels import fused
 
         return fused.synapse_step_supported(jax.eval_shape(self.init_state), self.local)  # dtypes only
+
+    # ---- load balance -------------------------------------------------------------------------------
+
+    def measure_speeds(self, n_windows: int = 2) -> np.ndarray:
+        """(P,) neurons per second of work each rank does in this partition (work: its time per step minus
+        its time in exchanges), timed over n_windows driven windows of a throwaway initial state after one
+        warm-up window; the same array on every rank. Collective."""
+        if n_windows < 1:
+            raise ValueError(f"n_windows = {n_windows}: must be >= 1")
+        saved = (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges)
+        saved += (self.events_sent, self.bytes_sent)
+        state, *_ = self.run_driven(self.init_state(), 1)
+        run_s, ex_s, steps = self.run_s, self.exchange_s, self.steps_run
+        self.run_driven(state, n_windows)
+        work_s = (self.run_s - run_s) - (self.exchange_s - ex_s)
+        per_step = max(work_s, 1e-12) / (self.steps_run - steps)
+        (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges) = saved[:5]
+        self.events_sent, self.bytes_sent = saved[5:]
+        speed = self.local.n_neurons / per_step
+        return np.asarray(self.ex.allgather_obj(speed, "the measured rank speeds"), np.float64)
+
+    def rebalanced(self, n_windows: int = 2, speeds: np.ndarray | list[float] | None = None) -> MpiRun:
+        """A new MpiRun of the same network, options and communicator whose parts are sized in proportion
+        to the ranks' speeds (P,): given (e.g. known relative node speeds), else measured
+        (`measure_speeds` over n_windows), so that ranks on slower cores get fewer neurons. Results stay
+        bit-identical to the single-process run (any partition does). Collective."""
+        if speeds is None:
+            speeds = self.measure_speeds(n_windows)
+        #: the speeds the new run's parts were sized to
+        self.speeds = np.asarray(speeds, np.float64)
+        shares = self.speeds  # partition() checks and normalizes them
+        opts = dict(self._options)
+        seed = opts.pop("partition_seed")
+        parts = partition(self.net, self.size, seed=seed, shares=shares).parts if self.rank == 0 else None
+        part = partition_from_parts(self.net, self.ex.comm.bcast(parts, root=0), self.size, shares)
+        return MpiRun(self.net, part=part, partition_seed=seed, **opts)
 
     # ---- states -------------------------------------------------------------------------------------
 

@@ -111,8 +111,11 @@ def cut_fraction(net: Network, parts: np.ndarray) -> float:
     return float(cut) / float(e)
 
 
-def partition_from_parts(net: Network, parts: np.ndarray, n_parts: int | None = None) -> Partition:
-    """A Partition from a given assignment parts (N,) of ints in [0, n_parts) (n_parts default max + 1)."""
+def partition_from_parts(
+    net: Network, parts: np.ndarray, n_parts: int | None = None, shares: np.ndarray | None = None
+) -> Partition:
+    """A Partition from a given assignment parts (N,) of ints in [0, n_parts) (n_parts default max + 1);
+    its balance is measured against the target `shares` (n_parts,) of the neurons (default equal)."""
     parts = np.asarray(parts)
     n = net.n_neurons
     if parts.shape != (n,):
@@ -128,24 +131,30 @@ def partition_from_parts(net: Network, parts: np.ndarray, n_parts: int | None = 
     np.cumsum(np.bincount(parts, minlength=n_parts), out=bounds[1:])
     members = tuple(order[bounds[p] : bounds[p + 1]] for p in range(n_parts))
     sizes = np.diff(bounds)
+    targets = n * (np.full(n_parts, 1.0 / n_parts) if shares is None else _check_shares(shares, n_parts))
     return Partition(
         parts=parts,
         members=members,
         cut_fraction=cut_fraction(net, parts),
-        balance=float(sizes.max() / (n / n_parts)) if n else 1.0,
+        balance=float((sizes / targets).max()) if n else 1.0,
         n_parts=n_parts,
     )
 
 
-def partition(net: Network, n_parts: int, *, seed: int = 0) -> Partition:
+def partition(
+    net: Network, n_parts: int, *, seed: int = 0, shares: np.ndarray | list[float] | None = None
+) -> Partition:
     """METIS k-way partition of the symmetrized synapse graph into n_parts parts (edge weight = synapses).
 
-    n_parts = 1 puts every neuron in part 0. The result depends only on (network, n_parts, seed).
+    shares: (n_parts,) target fraction of the neurons for each part (normalized; default equal), e.g. in
+    proportion to the measured speed of the rank that will run the part (`MpiRun.rebalanced`).
+    n_parts = 1 puts every neuron in part 0. The result depends only on (network, n_parts, seed, shares).
     """
     n_parts = int(n_parts)
     n = net.n_neurons
     if not 1 <= n_parts <= n:
         raise ValueError(f"n_parts = {n_parts}: must be in [1, N = {n}]")
+    tpwgts = None if shares is None else _check_shares(shares, n_parts)
     if n_parts == 1:
         return partition_from_parts(net, np.zeros(n, np.int32), 1)
     try:
@@ -155,8 +164,19 @@ def partition(net: Network, n_parts: int, *, seed: int = 0) -> Partition:
     xadj, adjncy, eweights = symmetric_adjacency(net)
     opts = pymetis.Options(seed=int(seed))
     graph = pymetis.CSRAdjacency(xadj, adjncy)
-    _, membership = pymetis.part_graph(n_parts, graph, eweights=eweights, options=opts)
-    return partition_from_parts(net, np.asarray(membership, dtype=np.int32), n_parts)
+    kw = {} if tpwgts is None else {"tpwgts": [float(x) for x in tpwgts]}
+    _, membership = pymetis.part_graph(n_parts, graph, eweights=eweights, options=opts, **kw)
+    return partition_from_parts(net, np.asarray(membership, dtype=np.int32), n_parts, tpwgts)
+
+
+def _check_shares(shares, n_parts: int) -> np.ndarray:
+    """shares as float64 (n_parts,) summing to 1, or a ValueError naming what is wrong."""
+    s = np.asarray(shares, dtype=np.float64)
+    if s.shape != (n_parts,):
+        raise ValueError(f"shares has shape {s.shape}: need one per part, ({n_parts},)")
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError(f"shares = {s.tolist()}: each must be finite and > 0")
+    return s / s.sum()
 
 
 def renumbering(part: Partition) -> tuple[np.ndarray, np.ndarray]:

@@ -43,10 +43,19 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--fault-rank", type=int, default=1)
     ap.add_argument("--fault-window", type=int, default=1)
     ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (all synapses)")
+    ap.add_argument(
+        "--rebalance",
+        help="'measured', or relative rank speeds '1,3': parts sized to them (MpiRun.rebalanced)",
+    )
     a = ap.parse_args(argv)
     cfg = FumConfig().replace(drive={"amp_mV": a.amp})
     net = Network.distance_biased(a.n, seed=0, delay_steps=a.delay)
     run = MpiRun(net, config=cfg, plasticity=a.plasticity, backend=a.backend, timeout_s=a.timeout)
+    speeds = None
+    if a.rebalance:
+        given = None if a.rebalance == "measured" else [float(x) for x in a.rebalance.split(",")]
+        first, run = run, run.rebalanced(1, given)
+        speeds = first.speeds
     state = run.load_checkpoint(a.resume)[0] if a.resume else run.init_state()
     chunk = a.ckpt_every or (1 if a.fault else a.windows)
     run.compile(state, chunk, record_spikes=True)
@@ -77,6 +86,8 @@ def main(argv: list[str]) -> None:
             cross_min_delay=run.cross_min_delay,
             exchange_share=np.array([s["exchange_share"] for s in stats]),
             exchanges=np.array([s["exchanges"] for s in stats]),
+            part_sizes=run.part.sizes,
+            speeds=speeds if speeds is not None else np.zeros(0),
             **fields,
         )
 
