@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     net = fumjax.build_network(cfg)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run = MpiRun(net, config=cfg, timeout_s=600.0)
+    run = MpiRun(net, config=cfg, timeout_s=600.0, codec=args.codec)
     split_s = time.perf_counter() - t0
     speeds, rebalance_s = None, 0.0
     if args.rebalance:
@@ -143,6 +143,7 @@ def worker(args: argparse.Namespace) -> None:
                 "mean_rate_hz": round(total / (net.n_neurons * steps * cfg.neuron.dt_ms / 1000.0), 2),
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
+                "codec": args.codec or ("native" if run._encode is not encode_spikes else "numpy"),
                 "rebalanced_to_speeds": speeds,
                 "rebalance_s": round(rebalance_s, 2),
                 "own_exchange_share_max": max(r["own_exchange_share"] for r in per_rank),
@@ -239,6 +240,9 @@ def main() -> None:
     ap.add_argument("--delay", type=int, default=1, help="synaptic delay in steps (= steps per exchange)")
     ap.add_argument("--g-syn", type=float, help="mV per unit weight (default: the config's)")
     ap.add_argument(
+        "--codec", choices=("native", "numpy"), help="spike message codec (default: native if built)"
+    )
+    ap.add_argument(
         "--rebalance",
         type=int,
         default=0,
@@ -272,6 +276,7 @@ def main() -> None:
         cmd += ["--backend", args.backend, "--probe", str(args.probe)]
         cmd += ["--delay", str(args.delay), "--rebalance", str(args.rebalance)]
         cmd += ["--g-syn", str(args.g_syn)] if args.g_syn is not None else []
+        cmd += ["--codec", args.codec] if args.codec else []
         cmd += ["--save-log", f"{args.save_log}.{p}.npz"] if args.save_log else []
         cmd += ["--transport", str(args.transport)] if args.transport else []
         t0 = time.perf_counter()

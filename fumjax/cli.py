@@ -106,14 +106,14 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.steps <= 0:
         raise ValueError(f"--steps = {args.steps}: must be >= 1")
     if args.realtime:
-        if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
+        if args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume or args.rebalance:
             raise ValueError("--realtime runs one process without checkpoints: drop the distributed flags")
         if args.steps % cfg.run.window_steps:
             raise ValueError(
                 f"--steps = {args.steps} with --realtime: must be a multiple of run.window_steps = "
                 f"{cfg.run.window_steps} (the run is paced in chunks of one window)"
             )
-    elif args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume:
+    elif args.distributed or args.checkpoint_dir or args.checkpoint_every or args.resume or args.rebalance:
         from fumjax.distributed.mpi_cli import simulate_distributed
 
         return simulate_distributed(args, cfg)

@@ -203,8 +203,8 @@ def test_rebalanced_parts_follow_rank_speeds_and_stay_exact(tmp_path):
 
 
 def test_cli_distributed_matches_single_process(tmp_path):
-    """`mpirun -n 2 fumjax simulate --distributed`: the same spikes as `fumjax.run_driven`, a checkpoint
-    at step 100, and a summary line with each rank's step time and exchange share."""
+    """`mpirun -n 2 fumjax simulate --distributed --rebalance 1`: the same spikes as `fumjax.run_driven`, a
+    checkpoint at step 100, and a summary line with each rank's step time and exchange share."""
     cli = [
         sys.executable,
         "-m",
@@ -217,6 +217,7 @@ def test_cli_distributed_matches_single_process(tmp_path):
         "120",
     ]
     cmd = mpirun_prefix(2) + cli + ["--checkpoint-dir", str(tmp_path), "--checkpoint-every", "100"]
+    cmd += ["--rebalance", "1"]  # parts sized to measured speeds: the same spikes
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-4000:]
     lines = res.stdout.strip().splitlines()
@@ -239,3 +240,4 @@ def test_cli_checkpoint_flags_need_distributed():
     from fumjax.cli import main
 
     assert main(["simulate", "--neurons", "50", "--steps", "10", "--resume"]) == 2
+    assert main(["simulate", "--neurons", "50", "--steps", "10", "--rebalance", "2"]) == 2

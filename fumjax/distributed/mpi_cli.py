@@ -27,6 +27,13 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir"
     )
     g.add_argument(
+        "--rebalance",
+        type=int,
+        default=0,
+        metavar="W",
+        help="time W windows first, then size each rank's part to its measured speed (0: equal parts)",
+    )
+    g.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for a rank before naming it and aborting"
     )
 
@@ -35,13 +42,15 @@ def simulate_distributed(args: argparse.Namespace, cfg) -> int:
     """Run `fumjax simulate` over MPI (args as parsed by the simulate command, cfg with its overrides)."""
     if not args.distributed:
         raise ValueError(
-            "--checkpoint-dir, --checkpoint-every and --resume need --distributed (under mpirun)"
+            "--checkpoint-dir, --checkpoint-every, --resume and --rebalance need --distributed (under mpirun)"
         )
     t_win = cfg.run.window_steps
     if args.checkpoint_every < 0 or args.checkpoint_every % t_win:
         raise ValueError(
             f"--checkpoint-every = {args.checkpoint_every}: must be a multiple of the window ({t_win} steps)"
         )
+    if args.rebalance < 0:
+        raise ValueError(f"--rebalance = {args.rebalance}: must be >= 0 (windows to time; 0: equal parts)")
     if (args.checkpoint_every or args.resume) and not args.checkpoint_dir:
         raise ValueError("--checkpoint-every and --resume need --checkpoint-dir")
 
@@ -56,6 +65,8 @@ def simulate_distributed(args: argparse.Namespace, cfg) -> int:
     t0 = time.perf_counter()
     net = fumjax.build_network(cfg)
     run = MpiRun(net, config=cfg, plasticity=mode, timeout_s=args.timeout)
+    if args.rebalance:
+        run = run.rebalanced(args.rebalance)
     build_s = time.perf_counter() - t0
     state = run.init_state()
     w0 = np.asarray(state.w, np.float64)
