@@ -134,3 +134,20 @@ def test_sync_wait_splits_waiting_into_imbalance_and_jitter():
     np.testing.assert_allclose(got["exchange_s"], [0.2, 0.15])
     with pytest.raises(ValueError, match="M >= 2"):
         sync_wait(enter[:, :1], leave[:, :1])
+
+
+def test_channel_checks_payload_size_and_closing():
+    """A Channel on one rank (no peers): returns the payload; too large a payload and use after close are
+    named errors."""
+    mpi = pytest.importorskip("mpi4py.MPI")
+    from fumjax.distributed.exchange import Exchanger
+
+    ch = Exchanger(mpi.COMM_SELF, timeout_s=5.0).channel(16)
+    got = ch.allgather(np.arange(4, dtype=np.int32), "four ids")
+    assert len(got) == 1 and got[0].view(np.int32).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="a payload of 20 bytes exceeds the channel's 16"):
+        ch.allgather(np.arange(5, dtype=np.int32), "five ids")
+    ch.close()
+    ch.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        ch.allgather(np.zeros(1, np.uint8), "after close")

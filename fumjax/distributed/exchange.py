@@ -1,14 +1,16 @@
 """Point-to-point all-gather over MPI with a deadline: a rank that dies or hangs is named, then the job stops.
 
 Every exchange sends one message to each peer (`Isend`) and polls for one message from each peer
-(`Improbe`) until all arrived or the deadline passed. Since each peer's message is tracked separately, the
-ranks that sent nothing are known: the detecting rank prints them (with when each was last heard from) to
-stderr and calls `MPI.Comm.Abort`, so the job exits non-zero instead of hanging. A peer that exited is
-noticed the same way (or sooner by mpirun itself, which also names it).
+(`Improbe`; a `Channel` tests receives it posted in advance) until all arrived or the deadline passed.
+Since each peer's message is tracked separately, the ranks that sent nothing are known: the detecting rank
+prints them (with when each was last heard from) to stderr and calls `MPI.Comm.Abort`, so the job exits
+non-zero instead of hanging. A peer that exited is noticed the same way (or sooner by mpirun itself, which
+also names it).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import sys
@@ -18,10 +20,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-__all__ = ["Exchanger", "ABORT_CODE", "sync_wait"]
+__all__ = ["Exchanger", "Channel", "ABORT_CODE", "sync_wait"]
 
 ABORT_CODE = 3  # exit status of a job stopped because a rank died or hung
-_TAG_BYTES, _TAG_OBJ = 11, 12
+_TAG_BYTES, _TAG_OBJ, _TAG_CHANNEL0 = 11, 12, 100
 
 
 class Exchanger:
@@ -43,6 +45,13 @@ class Exchanger:
         self.peers = [q for q in range(self.size) if q != self.rank]
         self.timeout_s = float(timeout_s)
         self.last_seen = {q: (time.monotonic(), "start") for q in self.peers}
+        self.n_channels = 0
+
+    def channel(self, max_bytes: int) -> Channel:
+        """A Channel for all-gathers of at most max_bytes per rank (collective: every rank opens the same
+        channels in the same order)."""
+        self.n_channels += 1
+        return Channel(self, max_bytes, _TAG_CHANNEL0 + self.n_channels)
 
     def allgather_bytes(self, payload: np.ndarray, what: str, timeout_s: float | None = None) -> list:
         """Every rank's payload (1-D contiguous array, sent as bytes): a list of uint8 arrays by rank."""
@@ -152,6 +161,86 @@ class Exchanger:
                 stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
                 self.fail(stuck or list(dests), what + " (send not taken)", timeout)
             _back_off(waited, self.spin_s)
+
+
+class Channel:
+    """Repeated all-gathers of small byte payloads (<= max_bytes per rank) over receives posted in advance.
+
+    Each peer's receive of the next exchange is already posted (persistent requests, two sets used in turn),
+    so an exchange is the sends plus one `Testall` per poll: no probing, no per-message allocation, no
+    Python loop over peers while waiting. Deadlines and naming of silent ranks as in `Exchanger`.
+    """
+
+    def __init__(self, ex: Exchanger, max_bytes: int, tag: int) -> None:
+        from mpi4py import MPI
+
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes = {max_bytes}: must be >= 1")
+        self.ex, self.max_bytes, self.tag = ex, int(max_bytes), tag
+        self.bufs = [[np.empty(self.max_bytes, np.uint8) for _ in ex.peers] for _ in range(2)]
+        self.recvs = [
+            [ex.comm.Recv_init([b, MPI.BYTE], source=q, tag=tag) for b, q in zip(bufs, ex.peers, strict=True)]
+            for bufs in self.bufs
+        ]
+        self.statuses = [MPI.Status() for _ in ex.peers]
+        self.turn = 0
+        self.open = True
+        if ex.peers:
+            MPI.Prequest.Startall(self.recvs[0])
+        atexit.register(self.close)  # before mpi4py finalizes MPI (atexit runs in reverse order)
+
+    def allgather(self, payload: np.ndarray, what: str, timeout_s: float | None = None) -> list:
+        """Every rank's payload (1-D contiguous, <= max_bytes): uint8 arrays by rank, valid until the next
+        call returns (they view the receive buffers)."""
+        from mpi4py import MPI
+
+        if not self.open:
+            raise RuntimeError("the channel is closed")
+        ex = self.ex
+        data = np.ascontiguousarray(payload).view(np.uint8).reshape(-1)
+        if data.shape[0] > self.max_bytes:
+            raise ValueError(
+                f"{what}: a payload of {data.shape[0]} bytes exceeds the channel's {self.max_bytes}"
+            )
+        sends = [ex.comm.Isend([data, MPI.BYTE], dest=q, tag=self.tag) for q in ex.peers]
+        recvs, statuses = self.recvs[self.turn], self.statuses
+        if recvs and not MPI.Request.Testall(recvs, statuses):
+            timeout = ex.timeout_s if timeout_s is None else float(timeout_s)
+            start = time.monotonic()
+            while not MPI.Request.Testall(recvs, statuses):
+                waited = time.monotonic() - start
+                if waited > timeout:  # Testall modified nothing: test each to name the silent ones
+                    ex.fail([q for q, r in zip(ex.peers, recvs, strict=True) if not r.Test()], what, timeout)
+                _back_off(waited, ex.spin_s)
+        out: list = [None] * ex.size
+        out[ex.rank] = data
+        now = time.monotonic()
+        for i, q in enumerate(ex.peers):
+            out[q] = self.bufs[self.turn][i][: statuses[i].Get_count(MPI.BYTE)]
+            ex.last_seen[q] = (now, what)
+        self.turn ^= 1
+        if recvs:
+            MPI.Prequest.Startall(self.recvs[self.turn])
+        ex._complete(sends, ex.peers, what, timeout_s)
+        return out
+
+    def close(self) -> None:
+        """Cancel the posted receives and free the requests (idempotent; also run at exit)."""
+        if not self.open:
+            return
+        self.open = False
+        from mpi4py import MPI
+
+        if MPI.Is_finalized():
+            return
+        for reqs in self.recvs:
+            for r in reqs:
+                if r.Test():  # completed or inactive
+                    r.Free()
+                else:
+                    r.Cancel()
+                    r.Wait()
+                    r.Free()
 
 
 def sync_wait(enter_s: np.ndarray, exit_s: np.ndarray) -> dict[str, np.ndarray | float]:

@@ -243,6 +243,9 @@ class MpiRun:
             self.exchange_every = int(exchange_every)
         if self.exchange_every * net.n_neurons >= 2**31:
             raise ValueError(f"exchange_every = {self.exchange_every}: events of a block need int32 ids")
+        # the largest spike message: a bit-packed block of the largest part (events only when smaller)
+        n_max = max(m.shape[0] for m in part.members)
+        self._spikes = self.ex.channel(8 + (self.exchange_every * n_max + 7) // 8)
         self.n_exchanges = 0
         self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
         #: None, or a list that gets (enter, exit) perf_counter seconds of every exchange (bench diagnostics:
@@ -298,7 +301,13 @@ class MpiRun:
         seed = opts.pop("partition_seed")
         parts = partition(self.net, self.size, seed=seed, shares=shares).parts if self.rank == 0 else None
         part = partition_from_parts(self.net, self.ex.comm.bcast(parts, root=0), self.size, shares)
+        self.close()
         return MpiRun(self.net, part=part, partition_seed=seed, **opts)
+
+    def close(self) -> None:
+        """Cancel this run's posted spike receives (for a run that will not step again, e.g. after
+        `rebalanced`)."""
+        self._spikes.close()
 
     # ---- states -------------------------------------------------------------------------------------
 
@@ -463,7 +472,7 @@ class MpiRun:
         step_now = int(packed[-4:].view(np.int32)[0])
         spikes_local = packed[:-4].reshape(rows, n_p) if rows else packed[:-4]
         msg = self._encode(spikes_local, self.members, step_now, n)
-        got = self.ex.allgather_bytes(msg, f"the spikes of step {step_now}")
+        got = self._spikes.allgather(msg, f"the spikes of step {step_now}")
         spikes_pre = np.zeros(spikes_local.shape[:-1] + (n,), np.uint8)
         for q, raw in enumerate(got):
             sent_step = self._decode(raw, self.part.members[q], spikes_pre)
@@ -471,7 +480,10 @@ class MpiRun:
                 raise RuntimeError(
                     f"rank {self.rank}: rank {q} sent spikes of step {sent_step} at step {step_now}"
                 )
-        self.events_sent += int(np.count_nonzero(spikes_local))
+        kind = msg[4:8].view(np.int32)[0]
+        self.events_sent += (
+            (msg.shape[0] - 8) // 4 if kind == _EVENTS else int(np.count_nonzero(spikes_local))
+        )
         self.bytes_sent += (len(got[self.rank]) + _MPI_ENVELOPE_BYTES) * (self.size - 1)
         self.n_exchanges += 1
         self.count_exchange(t0)
