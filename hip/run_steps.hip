@@ -1517,23 +1517,32 @@ __device__ __forceinline__ void LoadHist(const T* hist, int64_t n, int32_t j, un
   __syncwarp();
 }
 
-// elig[0, e) *= scale in T, rounded to W, in 16-byte vectors where elig is 16-byte aligned.
+// elig[0, e) *= scale in T, rounded to W, in 16-byte vectors where elig is 16-byte aligned, 4 in flight per
+// thread (the flush kernel's grid is only the resident blocks).
 template <typename T, typename W>
 __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t gid, int64_t stride) {
   constexpr int kVec = 16 / sizeof(W);
+  constexpr int kU = 4;
   int64_t done = 0;
   if ((reinterpret_cast<uintptr_t>(elig) & 15u) == 0) {
     const int64_t nv = e / kVec;
     uint4* p = reinterpret_cast<uint4*>(elig);
-    for (int64_t q = gid; q < nv; q += stride) {
+    for (int64_t q = gid; q < nv; q += kU * stride) {
       union {
         uint4 u;
         W w[kVec];
-      } b;
-      b.u = p[q];
+      } b[kU];
 #pragma unroll
-      for (int l = 0; l < kVec; ++l) b.w[l] = St<W>(Mul(Ld(b.w[l]), scale));
-      p[q] = b.u;
+      for (int v = 0; v < kU; ++v) {
+        if (q + v * stride < nv) b[v].u = p[q + v * stride];
+      }
+#pragma unroll
+      for (int v = 0; v < kU; ++v) {
+        if (q + v * stride >= nv) continue;
+#pragma unroll
+        for (int l = 0; l < kVec; ++l) b[v].w[l] = St<W>(Mul(Ld(b[v].w[l]), scale));
+        p[q + v * stride] = b[v].u;
+      }
     }
     done = nv * kVec;
   }
@@ -1582,7 +1591,6 @@ __global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, in
     unsigned long long rest = 0;  // steps whose post spikes still pend on j's synapses
     if (learn) rest = AfterLast(LoadCell(m.cell + j).bits & seg_mask, seg_mask);
     if (rest == 0 && !renorm) continue;
-    if (rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);
     const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
     for (int64_t kb = k0; kb < k1; kb += kBatch) {
       int64_t kk[kMultiU];
@@ -1598,6 +1606,7 @@ __global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, in
           if (renorm) xx[u] = syn[kk[u]];  // every synapse is rescaled; otherwise read only where LTP pends
         }
       }
+      if (kb == k0 && rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);  // warp-uniform
       uint8_t so[kMultiU];
 #pragma unroll
       for (int u = 0; u < kMultiU; ++u) {
@@ -1609,11 +1618,12 @@ __global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, in
         const unsigned long long bits =
             so[u] == 0 ? 0ull : (so[u] == 255 ? LoadCell(m.cell + ii[u]).bits : 1ull << (so[u] - 1));
         pb[u] = bits & rest;
+        if (!renorm && pb[u] != 0) xx[u] = syn[kk[u]];  // all loads of the batch before its stores
       }
 #pragma unroll
       for (int u = 0; u < kMultiU; ++u) {
         if (kk[u] >= k1 || (pb[u] == 0 && !renorm)) continue;
-        T x = Ld(renorm ? xx[u] : syn[kk[u]]);
+        T x = Ld(xx[u]);
         for (unsigned long long p = pb[u]; p != 0; p &= p - 1ull) {
           const int q = __ffsll(static_cast<long long>(p)) - 1;
           x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
@@ -1728,6 +1738,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
       int64_t kk[kMultiU];
       int32_t ii[kMultiU], rr[kMultiU];
       T ww[kMultiU], yd[kMultiU];
+      W ee[kMultiU];  // elig (rstdp): loaded with post and w, not after the ring atomics of earlier synapses
       unsigned long long pb[kMultiU];
 #pragma unroll
       for (int u = 0; u < kMultiU; ++u) {
@@ -1738,6 +1749,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
           ii[u] = __ldg(a.post + kk[u]);
           ww[u] = Ld(a.w[kk[u]]);
           if (d > 1) rr[u] = __ldg(a.delay + kk[u]);
+          if (learn && rstdp) ee[u] = a.elig[kk[u]];
         }
       }
       unsigned long long need = 0;
@@ -1766,7 +1778,7 @@ __global__ void __launch_bounds__(kMultiThreads) SynapseKernel(GpuArgs<T, W> a, 
         }
         T x = T(0);  // elig (rstdp) or w (stdp) after the pending LTP
         if (learn) {
-          x = rstdp ? Ld(a.elig[kk[u]]) : ww[u];
+          x = rstdp ? Ld(ee[u]) : ww[u];
           for (unsigned long long p = pb[u]; p != 0; p &= p - 1ull) {
             const int q = __ffsll(static_cast<long long>(p)) - 1;
             x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
@@ -2052,20 +2064,27 @@ bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t 
 // a compiled program, or a CUDA graph captured from it, always launches the same kernels).
 enum GpuPath : int32_t { kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3 };
 
-// SynapseKernel blocks resident per SM (the occupancy calculator; cached per device, a host query with no
-// stream work).
-template <typename T, typename W>
-int64_t SynBlocksPerSm() {
-  static int cache[64] = {};
+// Blocks of kMultiThreads of `kernel` resident per SM (the occupancy calculator; cached per device in
+// `cache`, a host query with no stream work).
+int64_t ResidentBlocksPerSm(const void* kernel, int* cache) {
   int dev = 0;
   if (hipGetDevice(&dev) != hipSuccess || dev < 0 || dev >= 64) return 8;
   if (cache[dev] <= 0) {
     int nb = 0;
-    const hipError_t err = hipOccupancyMaxActiveBlocksPerMultiprocessor(
-        &nb, reinterpret_cast<const void*>(&SynapseKernel<T, W>), kMultiThreads, 0);
+    const hipError_t err = hipOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kernel, kMultiThreads, 0);
     cache[dev] = err == hipSuccess && nb > 0 ? nb : 8;
   }
   return cache[dev];
+}
+template <typename T, typename W>
+int64_t SynBlocksPerSm() {
+  static int cache[64] = {};
+  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&SynapseKernel<T, W>), cache);
+}
+template <typename T, typename W>
+int64_t FlushBlocksPerSm() {
+  static int cache[64] = {};
+  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W>), cache);
 }
 
 template <typename T, typename W>
@@ -2094,8 +2113,9 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
   const int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
   const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
-  // Flush: a full GPU of warps, one row each at a time (8 blocks of 256 per SM); returns at once when not due.
-  const unsigned grid_flush = static_cast<unsigned>(std::min<int64_t>(sm * 8, 65535));
+  // Flush: the resident blocks (a second wave would idle the first's SMs at the end), a row per warp at a
+  // time; returns at once when not due.
+  const unsigned grid_flush = static_cast<unsigned>(std::min<int64_t>(sm * FlushBlocksPerSm<T, W>(), 65535));
   // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
   // resident at once (registers bound it: 5 of 256 threads per SM at 48 registers), so that no block waits
   // for a second wave with its share of the tasks (8 per SM was 4% slower at 4M x 500).
