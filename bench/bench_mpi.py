@@ -9,8 +9,9 @@ job also prints a line per rank. Started by mpirun itself (OMPI_/PMI_ environmen
 The JSON line says whether the issue's target (exchange <= 10% of the step on every rank) is met, with the
 machine's cores and load average (timings on a loaded or oversubscribed machine are upper bounds).
 The exchange share counts the time a rank spends in the exchange callback (encode, send, wait for every
-peer's message, decode); "own cost" is the same exchange measured after a barrier (no waiting for slower
-ranks), so share minus own cost is load imbalance and scheduling. That waiting is split further from every
+peer's message, decode; the encoding is in the jitted step where the C++ codec is built); "own cost" is the
+same exchange measured after a barrier (no waiting for slower ranks), so share minus own cost is load
+imbalance and scheduling. That waiting is split further from every
 rank's exchange times (`sync_wait`): "imbalance" (the slowest rank's mean work between exchanges minus this
 rank's) and "jitter" (the per-step maximum above that mean: which rank is last changes from step to step).
 The default network runs at ~300 Hz under the default drive (g_syn 2.0 mV saturates it at 100k neurons);
@@ -40,7 +41,7 @@ def worker(args: argparse.Namespace) -> None:
     import fumjax
     from fumjax.config import FumConfig
     from fumjax.distributed.exchange import sync_wait
-    from fumjax.distributed.mpi_runner import MpiRun, encode_spikes, pack_step
+    from fumjax.distributed.mpi_runner import MpiRun, encode_spikes
 
     cfg = FumConfig().replace(
         neuron={"n_neurons": args.neurons},
@@ -77,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(run.rank)
     n_p, steps = run.local.n_neurons, n_windows * t_win
     spikes = (rng.random(n_p) < local_spikes / (n_p * steps)).astype(np.uint8)
-    packed = [np.asarray(pack_step(spikes, np.int32(k))) for k in range(args.probe)]
+    packed = [np.asarray(run._outgoing(spikes, np.int32(k))) for k in range(args.probe)]
     own = []
     for k in range(args.probe):
         run.ex.barrier("probe")

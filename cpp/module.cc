@@ -15,6 +15,7 @@ void RegisterSpikeCodec(nb::module_& m);  // spike_codec.cc
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSynapseStepCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSpikeMessageCpu);
 
 namespace {
 
@@ -34,6 +35,7 @@ NB_MODULE(_core, m) {
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepCpu);
     d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsCpu);
     d["fumjax_synapse_step"] = EncapsulateFfiHandler(FumjaxSynapseStepCpu);
+    d["fumjax_spike_message"] = EncapsulateFfiHandler(FumjaxSpikeMessageCpu);
     return d;
   });
   fumjax::RegisterSpikeCodec(m);

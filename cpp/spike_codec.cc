@@ -1,87 +1,37 @@
-// Spike messages of the MPI exchange (fumjax/distributed/mpi_runner.py: encode_spikes / decode_spikes, the
-// numpy reference and the format's definition), as plain nanobind functions: the exchange runs in a host
-// callback once per step, and numpy's nonzero/fancy indexing on a cache-cold (n_p,) block costs ~80 us there.
-//
-// Message: int32 (step, kind), then kind 0: int32 events row * n_total + members[col] in row-major order;
-// kind 1: the (k, n_p) block bit-packed row-major, most significant bit first (np.packbits). Kind 1 is sent
-// when more than 1/32 of the block fired (4-byte events would be larger).
+// The MPI exchange's spike messages (format: spike_codec.h) in C++: nanobind functions for the exchange
+// callback (encode_spikes / decode_spikes: numpy's nonzero and fancy indexing on a cache-cold (n_p,) block
+// cost ~80 us there), and the XLA FFI handler `fumjax_spike_message` that encodes inside the jitted step, so
+// the callback gets the message ready (the block is still in cache, and no Python touches it).
 
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include "spike_codec.h"
+#include "xla/ffi/api/ffi.h"
+
 namespace nb = nanobind;
+namespace ffi = xla::ffi;
 
 namespace fumjax {
-namespace {
 
-constexpr int32_t kEvents = 0, kBitmask = 1;
+// FFI operand types (aliases: a comma inside the handler macro's arguments would split them)
+using Ids = ffi::Buffer<ffi::S32, 1>;
+using Step = ffi::Buffer<ffi::S32, 0>;
+using MessageBuffer = ffi::Buffer<ffi::U8, 1>;
+using MessageOut = ffi::ResultBuffer<ffi::U8, 1>;
+
+namespace {
 
 using Block = nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>;
 using Members = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Message = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Out = nb::ndarray<uint8_t, nb::c_contig, nb::device::cpu>;
 using Bytes = nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>;
-
-constexpr uint64_t kLow = 0x0101010101010101ull;
-
-// Eight spike bytes from p as a word whose bytes are 1 where the byte is not 0, else 0.
-inline uint64_t Ones(const uint8_t* p) {
-  uint64_t w;
-  std::memcpy(&w, p, 8);
-  w |= w >> 4;
-  w |= w >> 2;
-  w |= w >> 1;
-  return w & kLow;
-}
-
-// Byte sum of a 0/1-byte word (<= 8: no carry between bytes); no popcnt instruction in the baseline ISA.
-inline int64_t Count(uint64_t ones) { return static_cast<int64_t>((ones * kLow) >> 56); }
-
-// Bit (7 - i) = byte i of a 0/1-byte word (little-endian): np.packbits' most-significant-bit-first byte.
-// Each byte's product term lands on its own bit of the top byte; no two terms share a bit, so no carries.
-inline uint8_t PackMsbFirst(uint64_t ones) { return static_cast<uint8_t>((ones * 0x8040201008040201ull) >> 56); }
-
-#if defined(__SSE2__)
-// 16 spike bytes -> 16-bit mask of the nonzero ones (SSE2: the x86-64 baseline).
-inline uint32_t NonzeroMask16(const uint8_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return ~static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))) & 0xffffu;
-}
-#endif
-
-int64_t CountNonzero(const uint8_t* p, int64_t n) {
-  int64_t c = 0, i = 0;
-#if defined(__SSE2__)
-  for (; i + 64 <= n; i += 64) {  // mostly zero: test 64 bytes at once, count only where something fired
-    const __m128i v = _mm_or_si128(
-        _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 16))),
-        _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 32)),
-                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i + 48))));
-    if (_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) == 0xffff) continue;
-    for (int64_t j = i; j < i + 64; j += 8) c += Count(Ones(p + j));
-  }
-#endif
-  for (; i + 8 <= n; i += 8) c += Count(Ones(p + i));
-  for (; i < n; ++i) c += p[i] != 0;
-  return c;
-}
-
-Bytes NewBytes(int64_t n, uint8_t** data) {
-  auto* buf = new uint8_t[n > 0 ? n : 1];
-  nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
-  *data = buf;
-  return Bytes(buf, {static_cast<size_t>(n)}, owner);
-}
 
 // (n_p,) or (k, n_p) 0/1 spikes of steps step.. of the part with `members` -> the message bytes.
 Bytes EncodeSpikes(Block block, Members members, int32_t step, int64_t n_total) {
@@ -91,48 +41,10 @@ Bytes EncodeSpikes(Block block, Members members, int32_t step, int64_t n_total) 
   if (static_cast<int64_t>(members.shape(0)) != n_p)
     throw std::invalid_argument("members has " + std::to_string(members.shape(0)) + " ids for " +
                                 std::to_string(n_p) + " spike columns");
-  const uint8_t* s = block.data();
-  const int32_t* m = members.data();
-  const int64_t size = k * n_p;
-  const int64_t fired = CountNonzero(s, size);
-  const int32_t head[2] = {step, 32 * fired > size ? kBitmask : kEvents};
-  uint8_t* out = nullptr;
-  if (head[1] == kBitmask) {
-    const int64_t nbytes = (size + 7) / 8;
-    Bytes msg = NewBytes(8 + nbytes, &out);
-    std::memcpy(out, head, 8);
-    uint8_t* bits = out + 8;
-    const int64_t whole = size / 8;
-    for (int64_t b = 0; b < whole; ++b) bits[b] = PackMsbFirst(Ones(s + 8 * b));
-    if (whole < nbytes) {
-      uint8_t v = 0;
-      for (int64_t i = 8 * whole; i < size; ++i) v |= static_cast<uint8_t>((s[i] != 0) << (7 - (i - 8 * whole)));
-      bits[whole] = v;
-    }
-    return msg;
-  }
-  Bytes msg = NewBytes(8 + 4 * fired, &out);
-  std::memcpy(out, head, 8);
-  int32_t* ev = reinterpret_cast<int32_t*>(out + 8);  // new[] storage: aligned for int32
-  int64_t q = 0;
-  for (int64_t r = 0; r < k; ++r) {
-    const uint8_t* row = s + r * n_p;
-    const int64_t base = k > 1 ? r * n_total : 0;
-    int64_t c = 0;
-#if defined(__SSE2__)
-    for (; c + 16 <= n_p; c += 16) {
-      for (uint32_t bits = NonzeroMask16(row + c); bits; bits &= bits - 1)
-        ev[q++] = static_cast<int32_t>(base + m[c + __builtin_ctz(bits)]);
-    }
-#endif
-    for (; c + 8 <= n_p; c += 8) {  // most 8-byte words of a sparse block are zero
-      for (uint64_t ones = Ones(row + c); ones; ones &= ones - 1)
-        ev[q++] = static_cast<int32_t>(base + m[c + (__builtin_ctzll(ones) >> 3)]);
-    }
-    for (; c < n_p; ++c)
-      if (row[c]) ev[q++] = static_cast<int32_t>(base + m[c]);
-  }
-  return msg;
+  auto* buf = new uint8_t[MaxMessageBytes(k * n_p)];
+  nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<uint8_t*>(p); });
+  const int64_t len = EncodeSpikesInto(block.data(), k, n_p, members.data(), step, n_total, buf);
+  return Bytes(buf, {static_cast<size_t>(len)}, owner);
 }
 
 // Set the spikes of one message from the part with `members` in spikes_pre ((N,) or (k, N)); a bit-packed
@@ -150,7 +62,7 @@ int32_t DecodeSpikes(Message msg, Members members, Out spikes_pre) {
   const int64_t k = spikes_pre.ndim() == 2 ? static_cast<int64_t>(spikes_pre.shape(0)) : 1;
   const int64_t size = k * n, n_p = static_cast<int64_t>(members.shape(0));
   const int32_t* m = members.data();
-  if (head[1] == kEvents) {
+  if (head[1] == kSpikeEvents) {
     if ((len - 8) % 4) throw std::invalid_argument("event message: body not a whole number of int32");
     const int64_t count = (len - 8) / 4;
     for (int64_t q = 0; q < count; ++q) {
@@ -162,7 +74,7 @@ int32_t DecodeSpikes(Message msg, Members members, Out spikes_pre) {
     }
     return head[0];
   }
-  if (head[1] != kBitmask) throw std::invalid_argument("spike message kind " + std::to_string(head[1]));
+  if (head[1] != kSpikeBitmask) throw std::invalid_argument("spike message kind " + std::to_string(head[1]));
   if (len - 8 != (k * n_p + 7) / 8)
     throw std::invalid_argument("bit-packed message of " + std::to_string(len - 8) + " bytes for " +
                                 std::to_string(k) + " x " + std::to_string(n_p) + " spikes");
@@ -177,6 +89,23 @@ int32_t DecodeSpikes(Message msg, Members members, Out spikes_pre) {
   return head[0];
 }
 
+// FFI: out (4 + MaxMessageBytes(k * n_p),) uint8 = int32 message length, then the message of `spikes`.
+ffi::Error SpikeMessage(ffi::Buffer<ffi::U8> spikes, Ids members, Step step, int64_t n_total, MessageOut out) {
+  auto dims = spikes.dimensions();
+  if (dims.size() != 1 && dims.size() != 2)
+    return ffi::Error::InvalidArgument("fumjax_spike_message: spikes must be (n_p,) or (k, n_p)");
+  const int64_t n_p = dims.back(), k = dims.size() == 2 ? dims[0] : 1;
+  if (members.dimensions()[0] != n_p)
+    return ffi::Error::InvalidArgument("fumjax_spike_message: members must have one id per spike column");
+  if (out->dimensions()[0] != 4 + MaxMessageBytes(k * n_p))
+    return ffi::Error::InvalidArgument("fumjax_spike_message: out must hold 4 + MaxMessageBytes(k * n_p) bytes");
+  uint8_t* o = out->typed_data();
+  const int32_t len = static_cast<int32_t>(
+      EncodeSpikesInto(spikes.typed_data(), k, n_p, members.typed_data(), step.typed_data()[0], n_total, o + 4));
+  std::memcpy(o, &len, 4);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 void RegisterSpikeCodec(nb::module_& m) {
@@ -187,3 +116,11 @@ void RegisterSpikeCodec(nb::module_& m) {
 }
 
 }  // namespace fumjax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxSpikeMessageCpu, fumjax::SpikeMessage,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::U8>>()      // spikes (n_p,) or (k, n_p)
+                                  .Arg<fumjax::Ids>()  // members (n_p,)
+                                  .Arg<fumjax::Step>()  // step
+                                  .Attr<int64_t>("n_total")
+                                  .Ret<fumjax::MessageBuffer>());  // length, message

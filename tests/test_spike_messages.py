@@ -151,3 +151,25 @@ def test_channel_checks_payload_size_and_closing():
     ch.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         ch.allgather(np.zeros(1, np.uint8), "after close")
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.5])
+@pytest.mark.parametrize("k", [1, 2])
+def test_message_encoded_in_the_program_is_the_numpy_message(rate, k):
+    """fused.spike_message (the FFI target, inside jit) writes the numpy codec's message after its length."""
+    if fused.spike_codec() is None:
+        pytest.skip("the C++ extension fumjax._core is not built")
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng()
+    n, n_p = 500, 203
+    members = np.sort(rng.choice(n, n_p, replace=False)).astype(np.int32)
+    block = (rng.random((k, n_p)) < rate).astype(np.uint8)
+    spikes = block if k > 1 else block[0]
+    fn = jax.jit(lambda s, m, t: fused.spike_message(s, m, t, n))
+    out = np.asarray(fn(jnp.asarray(spikes), jnp.asarray(members), jnp.int32(31)))
+    assert out.shape == (fused.spike_message_bytes(k * n_p),) == (4 + 8 + (k * n_p + 7) // 8,)
+    want = spike_codec("numpy")[0](spikes, members, 31, n)
+    length = int(out[:4].view(np.int32)[0])
+    assert length == want.shape[0] and np.array_equal(out[4 : 4 + length], want)

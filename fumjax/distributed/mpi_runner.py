@@ -197,6 +197,8 @@ class MpiRun:
             comm = MPI.COMM_WORLD
         self.ex = Exchanger(comm, timeout_s)
         self._encode, self._decode = spike_codec(codec)
+        #: spike messages encoded inside the jitted step (the FFI target), not by the exchange callback
+        self.encode_in_program = self._encode is not encode_spikes and jax.default_backend() == "cpu"
         self._options = dict(
             comm=comm,
             config=config,
@@ -462,28 +464,43 @@ class MpiRun:
 
     # ---- exchange callbacks (run on the host inside the jitted scan) --------------------------------
 
-    def _exchange_spikes(self, packed: np.ndarray, rows: int = 0) -> np.ndarray:
-        """`pack_step(spikes_local, step_now)`: spikes (n_p,) of step step_now (rows 0) or (rows, n_p) of
-        steps step_now.. -> every neuron's (N,) or (rows, N)."""
+    def _outgoing(self, spikes: Array, step_now: Array) -> Array:
+        """What the exchange callback gets for this part's spikes (n_p,) or (k, n_p) of steps step_now..:
+        the encoded message (`fused.spike_message`) or, without it, the spikes packed with the step."""
+        if self.encode_in_program:
+            from fumjax.kernels import fused
+
+            return fused.spike_message(spikes, self._ids, step_now, self.net.n_neurons)
+        return pack_step(spikes, step_now)
+
+    def _exchange_spikes(self, outgoing: np.ndarray, rows: int = 0) -> np.ndarray:
+        """The exchange callback: `_outgoing(spikes, step_now)` of this part's spikes of step step_now
+        (rows 0) or of steps step_now.. (rows of them) -> every neuron's (N,) or (rows, N)."""
         t0 = time.perf_counter()
         # callbacks may receive jax Arrays: numpy here, or every reshape below dispatches (and compiles) an op
-        packed = np.asarray(packed)
-        n_p, n = self.local.n_neurons, self.net.n_neurons
-        step_now = int(packed[-4:].view(np.int32)[0])
-        spikes_local = packed[:-4].reshape(rows, n_p) if rows else packed[:-4]
-        msg = self._encode(spikes_local, self.members, step_now, n)
+        outgoing = np.asarray(outgoing)
+        n = self.net.n_neurons
+        if self.encode_in_program:
+            length = int(outgoing[:4].view(np.int32)[0])
+            msg = outgoing[4 : 4 + length]
+            step_now, kind = msg[:8].view(np.int32).tolist()
+            events = (length - 8) // 4 if kind == _EVENTS else int(np.unpackbits(msg[8:]).sum())
+        else:
+            n_p = self.local.n_neurons
+            step_now = int(outgoing[-4:].view(np.int32)[0])
+            spikes_local = outgoing[:-4].reshape(rows, n_p) if rows else outgoing[:-4]
+            msg = self._encode(spikes_local, self.members, step_now, n)
+            kind = msg[4:8].view(np.int32)[0]
+            events = (msg.shape[0] - 8) // 4 if kind == _EVENTS else int(np.count_nonzero(spikes_local))
         got = self._spikes.allgather(msg, f"the spikes of step {step_now}")
-        spikes_pre = np.zeros(spikes_local.shape[:-1] + (n,), np.uint8)
+        spikes_pre = np.zeros((rows, n) if rows else (n,), np.uint8)
         for q, raw in enumerate(got):
             sent_step = self._decode(raw, self.part.members[q], spikes_pre)
             if sent_step != step_now:
                 raise RuntimeError(
                     f"rank {self.rank}: rank {q} sent spikes of step {sent_step} at step {step_now}"
                 )
-        kind = msg[4:8].view(np.int32)[0]
-        self.events_sent += (
-            (msg.shape[0] - 8) // 4 if kind == _EVENTS else int(np.count_nonzero(spikes_local))
-        )
+        self.events_sent += events
         self.bytes_sent += (len(got[self.rank]) + _MPI_ENVELOPE_BYTES) * (self.size - 1)
         self.n_exchanges += 1
         self.count_exchange(t0)
@@ -517,7 +534,9 @@ class MpiRun:
 
             def body(s: State, i_t: Array) -> tuple[State, Array]:
                 def exchange(spikes: Array) -> Array:
-                    return io_callback(self._exchange_spikes, spec, pack_step(spikes, s.step), ordered=True)
+                    return io_callback(
+                        self._exchange_spikes, spec, self._outgoing(spikes, s.step), ordered=True
+                    )
 
                 return step(s, net, i_t, cfg, mode, backend, exchange=exchange)
 
@@ -548,7 +567,7 @@ class MpiRun:
         state, spikes = jax.lax.scan(lif, state, i_blk)
         spec = jax.ShapeDtypeStruct((i_blk.shape[0], self.net.n_neurons), jnp.uint8)
         exchange = functools.partial(self._exchange_spikes, rows=i_blk.shape[0])
-        spikes_pre = io_callback(exchange, spec, pack_step(spikes, t0), ordered=True)
+        spikes_pre = io_callback(exchange, spec, self._outgoing(spikes, t0), ordered=True)
 
         def synapses(s: State, sp: tuple[Array, Array]) -> tuple[State, None]:
             s = synapse_phase(s, net, sp[0], sp[1], cfg, mode, backend)

@@ -38,6 +38,8 @@ __all__ = [
     "run_steps",
     "run_steps_supported",
     "synapse_step",
+    "spike_message",
+    "spike_message_bytes",
     "synapse_step_supported",
     "resolve_threads",
     "bytes_per_synapse",
@@ -47,6 +49,7 @@ __all__ = [
 TARGET = "fumjax_lif_step"
 RUN_STEPS_TARGET = "fumjax_run_steps"
 SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
+SPIKE_MESSAGE_TARGET = "fumjax_spike_message"
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
 OPS = ("lif_step", "run_steps", "synapse_step")
 
@@ -134,6 +137,28 @@ def spike_codec() -> ModuleType | None:
     _register()
     core = _modules.get("_core")
     return core if core is not None and hasattr(core, "encode_spikes") else None
+
+
+def spike_message_bytes(size: int) -> int:
+    """Length of `spike_message`'s result for a block of `size` spikes: the int32 length, then room for the
+    largest message (header and the block bit-packed; events are sent only when smaller)."""
+    return 4 + 8 + (int(size) + 7) // 8
+
+
+def spike_message(spikes: Array, members: Array, step_now: Array, n_total: int) -> Array:
+    """The MPI exchange's spike message (fumjax.distributed.mpi_runner.encode_spikes' bytes) of a part's
+    (n_p,) or (k, n_p) uint8 spikes, encoded inside the jitted program on the CPU: an array of
+    spike_message_bytes(k n_p) uint8: the int32 length, then the message. members: (n_p,) int32 ids."""
+    if not available():
+        raise RuntimeError(f"spike_message needs the fumjax._core extension: {_errors.get('_core')}")
+    out = jax.ShapeDtypeStruct((spike_message_bytes(spikes.size),), jnp.uint8)
+    call = jax.ffi.ffi_call(SPIKE_MESSAGE_TARGET, out, vmap_method="sequential")
+    return call(
+        spikes.astype(jnp.uint8),
+        members.astype(jnp.int32),
+        jnp.asarray(step_now, jnp.int32),
+        n_total=np.int64(n_total),
+    )
 
 
 def gpu_available() -> bool:
