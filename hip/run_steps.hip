@@ -1553,7 +1553,7 @@ __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t g
 // pending LTP, then the renormalization if step t has one; at t = 0 only the renormalization (nothing pends
 // at a call's start: the previous call ended with a flush).
 template <typename T, typename W>
-__global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, int32_t t) {
+__global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a, int32_t t) {
   __shared__ T inv_seg[kSegMax];
   __shared__ T hist_w[kMultiWarps][kSegMax];
   const int32_t n = a.n;
@@ -1584,51 +1584,60 @@ __global__ void __launch_bounds__(kMultiThreads) FlushKernel(GpuArgs<T, W> a, in
   const int lane = threadIdx.x % FUMJAX_WARP;
   T* hw = hist_w[threadIdx.x / FUMJAX_WARP];
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kMultiWarps;
-  constexpr int64_t kBatch = static_cast<int64_t>(kMultiU) * FUMJAX_WARP;
-  for (int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP; j < n;
-       j += warps_total) {
-    const bool learn = __ldg(a.excitatory + j) != 2;
-    unsigned long long rest = 0;  // steps whose post spikes still pend on j's synapses
-    if (learn) rest = AfterLast(LoadCell(m.cell + j).bits & seg_mask, seg_mask);
+  // Latency-bound (a few dependent round trips per batch), so: 8 synapses per lane, the eligibility read with
+  // post (every synapse of a row with pending steps: at 5 Hz nearly every sector holds one), and the next
+  // row's header (row_ptr pair, code, spike bits) loaded while this row runs.
+  constexpr int kU = 8;
+  constexpr int64_t kBatch = static_cast<int64_t>(kU) * FUMJAX_WARP;
+  int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
+  uint32_t h0 = 0, h1 = 0;
+  uint8_t hc = 2;
+  unsigned long long hb = 0;
+  if (j < n) {
+    h0 = __ldg(a.row_ptr + j), h1 = __ldg(a.row_ptr + j + 1), hc = __ldg(a.excitatory + j), hb = m.cell[j].bits;
+  }
+  for (; j < n; j += warps_total) {
+    const int64_t k0 = h0, k1 = min(static_cast<int64_t>(h1), e);
+    // steps whose post spikes still pend on j's synapses: after j's last spike in the segment
+    const unsigned long long rest = hc != 2 ? AfterLast(hb & seg_mask, seg_mask) : 0ull;
+    const int64_t jn = j + warps_total;
+    if (jn < n) {
+      h0 = __ldg(a.row_ptr + jn), h1 = __ldg(a.row_ptr + jn + 1), hc = __ldg(a.excitatory + jn);
+      hb = m.cell[jn].bits;
+    }
     if (rest == 0 && !renorm) continue;
-    const int64_t k0 = __ldg(a.row_ptr + j), k1 = min(static_cast<int64_t>(__ldg(a.row_ptr + j + 1)), e);
     for (int64_t kb = k0; kb < k1; kb += kBatch) {
-      int64_t kk[kMultiU];
-      int32_t ii[kMultiU];
-      W xx[kMultiU];
-      unsigned long long pb[kMultiU];
+      int32_t ii[kU];
+      W xx[kU];
 #pragma unroll
-      for (int u = 0; u < kMultiU; ++u) {
-        kk[u] = kb + u * FUMJAX_WARP + lane;
+      for (int u = 0; u < kU; ++u) {
+        const int64_t k = kb + u * FUMJAX_WARP + lane;
         ii[u] = -1;
-        if (kk[u] < k1) {
-          if (rest) ii[u] = __ldg(a.post + kk[u]);
-          if (renorm) xx[u] = syn[kk[u]];  // every synapse is rescaled; otherwise read only where LTP pends
+        if (k < k1) {
+          if (rest) ii[u] = __ldg(a.post + k);
+          xx[u] = syn[k];
         }
       }
       if (kb == k0 && rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);  // warp-uniform
-      uint8_t so[kMultiU];
+      uint8_t so[kU];
 #pragma unroll
-      for (int u = 0; u < kMultiU; ++u) {
+      for (int u = 0; u < kU; ++u) {
         if (static_cast<uint32_t>(ii[u]) >= static_cast<uint32_t>(n)) ii[u] = -1;
         so[u] = ii[u] >= 0 ? m.once[ii[u]] : uint8_t{0};
       }
 #pragma unroll
-      for (int u = 0; u < kMultiU; ++u) {
+      for (int u = 0; u < kU; ++u) {
+        const int64_t k = kb + u * FUMJAX_WARP + lane;
         const unsigned long long bits =
-            so[u] == 0 ? 0ull : (so[u] == 255 ? LoadCell(m.cell + ii[u]).bits : 1ull << (so[u] - 1));
-        pb[u] = bits & rest;
-        if (!renorm && pb[u] != 0) xx[u] = syn[kk[u]];  // all loads of the batch before its stores
-      }
-#pragma unroll
-      for (int u = 0; u < kMultiU; ++u) {
-        if (kk[u] >= k1 || (pb[u] == 0 && !renorm)) continue;
+            so[u] == 0 ? 0ull : (so[u] == 255 ? m.cell[ii[u]].bits : 1ull << (so[u] - 1));
+        unsigned long long p = bits & rest;
+        if (k >= k1 || (p == 0 && !renorm)) continue;
         T x = Ld(xx[u]);
-        for (unsigned long long p = pb[u]; p != 0; p &= p - 1ull) {
+        for (; p != 0; p &= p - 1ull) {
           const int q = __ffsll(static_cast<long long>(p)) - 1;
           x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
         }
-        syn[kk[u]] = renorm ? St<W>(Mul(x, scale)) : St<W>(x);
+        syn[k] = renorm ? St<W>(Mul(x, scale)) : St<W>(x);
       }
     }
     if (rest) __syncwarp();  // hw is read above before the next row overwrites it
