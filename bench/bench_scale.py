@@ -18,23 +18,25 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    backend --backend) through fumjax.control.realtime.run_paced without sleeping: 2 warm-up windows
    (compile) excluded, then --windows windows, each timed to its results being ready; step time = median
    window time / window_steps.
-5. model bytes per step (fumjax.kernels.traffic.step_traffic at the measured rate: neuron pass, drive,
-   out-rows, in-lists, the amortized window pass), achieved bandwidth = bytes / step time, its fraction of
+5. model bytes per step (fumjax.kernels.traffic.step_traffic at the measured rate: neuron pass with the
+   multi path's scratch, drive, out-rows with their deferred LTP, the amortized segment flush and window
+   pass), achieved bandwidth = bytes / step time, its fraction of
    the copy bandwidth (target >= 0.5), and the same for the 32-byte-sector count (the random-access
    penalty: a gathered 4-byte value costs a 32-byte sector).
 
-Nsight Compute on the GPU. The fused GPU path for large N (hip/run_steps.hip, "multi") launches NeuronKernel
-and SynapseKernel once per step and FinalizeKernel once per window; the window pass (eligibility + reward
+Nsight Compute on the GPU. The fused GPU path for large N (hip/run_steps.hip, "multi") launches FlushKernel
+(a no-op except at a segment's end), NeuronKernel and SynapseKernel once per step and a last FlushKernel and
+FinalizeKernel once per window; the window pass (eligibility + reward
 over all E synapses, 8 B x E per window) and the drive are XLA fusions. `--profile` runs the build, one
 warm-up window (compile) and ONE more window, no copy test and no calibration (drive: --drives, else 15 Hz):
     python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 5 --profile
-    ncu --clock-control none -k regex:'NeuronKernel|SynapseKernel' --launch-skip 100 -c 4 \
+    ncu --clock-control none -k regex:'NeuronKernel|SynapseKernel|FlushKernel' --launch-skip 150 -c 6 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
         python bench/bench_scale.py <same args> --profile        # 2 steps of the second window
     ncu --clock-control none -k regex:'fusion|Finalize' --launch-skip 0 -c 12 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis \
         python bench/bench_scale.py <same args> --profile        # the window-end kernels
-(--launch-skip 100 skips the first window's 50 + 50 per-step launches; the second line also catches build
+(--launch-skip 150 skips the first window's 3 x 50 per-step launches; the second line also catches build
 fusions first: raise --launch-skip if the names show build kernels.) Read Duration, DRAM Throughput, L2 Hit
 Rate and the bytes read/written per kernel; `nsys profile --stats=true` on the same command lists every
 kernel's total time.

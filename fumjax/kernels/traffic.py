@@ -1,17 +1,20 @@
 """Bytes one simulation step must move through device memory (issue 5 bandwidth accounting).
 
-The model counts what the State layout and the step's equations need, each access once: the dense neuron
-pass, the drive, the out-row of every spiking presynaptic neuron (transmission and LTD), the in-list of every
-spiking postsynaptic neuron (LTP) and the once-per-window eligibility/reward and intrinsic pass, amortized
-over the window's steps. Synapses are in the compact layout (uint32/int32 indices, no per-synapse pre or
-delay) as the GPU multi path reads them: a synapse's pre is found through pre_bucket and the pre's 8-byte
-cell {pre_dw, row_end}, which the dense pass writes for every neuron each step (with post_yd). Two counts:
-`bytes`, each element once, and `sector_bytes`, where memory moves in 32-byte sectors: a contiguous run of L
-bytes of b-byte elements at a random b-aligned offset touches 1 + (L - b) / 32 sectors on average, a random
-element one sector (two for a read-modify-write). The sector count is pessimistic for the N-sized arrays
-gathered at random (post_yd, ring: 4 N bytes each, the pre cells 8 N: 28 and 56 MB at 7M neurons) and the
-pre_bucket table, parts of which stay in a 50 MB L2, and for posts of one out-row, which distance-biased
-wiring places near each other; E-sized arrays cannot.
+The model counts what the State layout and the step's equations need, each access once, as the GPU multi
+path moves it: the dense neuron pass (which also writes each neuron's 16-byte post cell {post_yd, spike bits
+of the segment}, a summary byte and its row of the deferred-LTP history), the drive, the out-row of every
+spiking presynaptic neuron (transmission, LTD and the LTP its synapses deferred: the history values of the
+pending steps), the flush that ends each segment of L = min(K, 64) steps (every synapse's post, the summary
+byte of that post, the eligibility or weight of the row, written back where LTP pends) and the once-per-window
+eligibility/reward and intrinsic pass, amortized over the window's steps. Synapses are in the compact layout
+(uint32/int32 indices, no per-synapse pre or delay). Two counts: `bytes`, each element once, and
+`sector_bytes`, where memory moves in 32-byte sectors: a contiguous run of L bytes of b-byte elements at a
+random b-aligned offset touches 1 + (L - b) / 32 sectors on average, a random element one sector (two for a
+read-modify-write). The sector count is pessimistic for the N-sized arrays gathered at random (post cells,
+ring: 16 and 4 N bytes, 112 and 28 MB at 7M neurons), parts of which stay in a 50 MB L2, and for posts of one
+out-row, which distance-biased wiring places near each other; E-sized arrays cannot. The flush's summary-byte
+lookups (one per synapse, an N-byte table that stays in L2) are counted as bytes, not sectors; they are L2
+requests, not DRAM traffic.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import dataclasses
 import math
 
 from fumjax.config import FumConfig
+from fumjax.kernels.fused import GPU_SEGMENT_MAX
 from fumjax.state import elig_tables, weight_dtype
 
 __all__ = ["SECTOR_BYTES", "StepTraffic", "step_traffic", "run_bytes"]
 
 SECTOR_BYTES = 32
-INDEX_BYTES = 4  # post (int32), in_syn (uint32), pre_bucket (int32), row_ptr / in_ptr (uint32)
+INDEX_BYTES = 4  # post (int32), row_ptr (uint32)
+BATCH_SYNAPSES = 128  # synapses of one out-row batch (32 lanes x 4) in the GPU synapse kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,31 +95,53 @@ def step_traffic(
     dense = n * ((10 if plastic else 6) * s + 2 + refrac)
     b = {"neuron_state": dense + spikes * 8, "drive": n * 2 * s}
     sb = {"neuron_state": dense + spikes * 2 * sec, "drive": n * 2 * s}
-    # plastic: the dense pass also writes each neuron's pre cell {pre_dw, row_end} and post_yd for the synapse
-    # pass, so that it reads one cell per visit instead of the pre's code, x_pre and row_ptr pair
-    cell = s + ib
-    b["scratch"] = sb["scratch"] = n * (cell + s) if plastic else 0.0
+    # plastic: the dense pass writes each neuron's post cell {post_yd, spike bits} (16 B) after reading its
+    # bits (8 B of the cell: the sector), its history value hist[b][i] and, at a segment's first step and on a
+    # spike, its summary byte.
+    seg = _segment_steps(cfg) if plastic else 1
+    p = spikes / n  # spike probability of a neuron per step
+    if plastic:
+        b["scratch"] = n * (16 + 8 + s) + n / seg + spikes
+        sb["scratch"] = n * (16 + 16 + s) + n / seg + spikes * sec
+    else:
+        b["scratch"] = sb["scratch"] = 0.0
 
     # Out-row of a spiking pre: row_ptr pair, then per synapse post, w, the ring read-modify-write at post;
-    # plastic: y_post[post] and the LTD write (elig read+write in rstdp, w written back in stdp).
+    # plastic: the post cell and the LTD write (elig read+write in rstdp, w written back in stdp), and per
+    # batch of 128 synapses the history values of the distinct pending steps (on average (L - 1) / 2 steps
+    # before this one, each with a spike among the batch's posts with probability 1 - (1 - p)^128).
     ltd = {"rstdp": 2 * wb, "stdp": wb, "off": 0}[mode]  # elig read+write, or w written back (read anyway)
-    out_syn = ib + wb + 2 * s + ((s + ltd) if plastic else 0)
+    out_syn = ib + wb + 2 * s + ((16 + ltd) if plastic else 0)
     b["out_rows"] = spikes * (pair + k * out_syn)
     out_sec = run_bytes(pair, ib) + run_bytes(k * ib, ib) + run_bytes(k * wb, wb) + k * 2 * sec
     if plastic:
         out_sec += k * sec + (ltd // wb) * run_bytes(k * wb, wb)
+        batches = math.ceil(k / BATCH_SYNAPSES) if k else 0
+        steps = batches * (seg - 1) / 2 * (1.0 - (1.0 - p) ** min(k, BATCH_SYNAPSES))
+        b["out_rows"] += spikes * steps * s
+        out_sec += steps * sec
     sb["out_rows"] = spikes * out_sec
 
-    # In-list of a spiking post (plastic modes): in_ptr pair, then per synapse in_syn, pre_bucket, the pre's
-    # cell (the walk from the bucket's row mostly stays in that sector) and the LTP read-modify-write of elig
-    # (rstdp) or w (stdp).
+    # Flush at each segment's end (plastic modes), amortized: per row the row_ptr pair, the pre's code and
+    # spike bits and its L history values (consecutive rows share the history's sectors); per synapse post,
+    # the post's summary byte, the spike bits of posts with >= 2 spikes in the segment, the eligibility (or
+    # w) read, and written back where an LTP pends: a post spike in the segment, probability
+    # f = 1 - (1 - p)^L (the pre's own spikes ignored).
     if plastic:
-        in_syn = ib + ib + cell + 2 * wb
-        b["in_lists"] = spikes * (pair + k * in_syn)
-        per = sec + sec + 2 * sec
-        sb["in_lists"] = spikes * (run_bytes(pair, ib) + run_bytes(k * ib, ib) + k * per)
+        f = 1.0 - (1.0 - p) ** seg
+        f2 = f - seg * p * (1.0 - p) ** (seg - 1)
+        per_seg = n * (pair + 1 + 8 + seg * s) + e * (ib + 1 + 8 * f2 + wb + f * wb)
+        per_wb = sec // wb  # synapse values per sector
+        per_seg_sec = (
+            n * (run_bytes(pair, ib) + 1 + 16 + seg * s + run_bytes(k * ib, ib) + run_bytes(k * wb, wb))
+            + e * (1 + sec * f2)
+            + (e / per_wb) * (1.0 - (1.0 - f) ** per_wb) * sec
+        )
+        segments = math.ceil(t_win / seg) / t_win  # per step: segments of a window (calls end at windows)
+        b["flush"] = per_seg * segments
+        sb["flush"] = per_seg_sec * segments
     else:
-        b["in_lists"] = sb["in_lists"] = 0.0
+        b["flush"] = sb["flush"] = 0.0
 
     # Once per window: rstdp reads and writes w and elig of every synapse (eligibility rescale + reward),
     # plus a dense elig rescale every k_max steps inside a long window; intrinsic plasticity reads and writes
@@ -128,3 +155,8 @@ def step_traffic(
 
 def _renorm_interval(cfg: FumConfig) -> int:
     return len(elig_tables(cfg)[0]) - 1
+
+
+def _segment_steps(cfg: FumConfig) -> int:
+    """Steps of a deferred-LTP segment: L = min(max(K, 1), 64) (fused.gpu_scratch_shape)."""
+    return min(max(_renorm_interval(cfg), 1), GPU_SEGMENT_MAX)
