@@ -1385,7 +1385,9 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // eager order had) and step t's update. At a segment's end FlushKernel applies every synapse's pending LTP
 // (post spikes after j's last spike) and, at a renormalization step, the scale in the same pass. Per synapse
 // the operations and their order are those of the reference, so w and elig are bit-identical to it; the
-// in-list (in_ptr, in_syn) is not read by this path.
+// in-list (in_ptr, in_syn) is not read by this path. Measured on the H200 at 7M x 500 (bench/GPU_RUN_STEPS.md):
+// 1.48 ms per step at 5.9 Hz and 1.71 at 9.4 Hz (eager in-list: 2.07, 3.07), but 1.14 at 1.1 Hz (0.665): the
+// flush's ~25 ms per 50-step window, likely its one random L2 request per synapse (the post's summary byte).
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
 // sums are order-free atomics already). Per step only spiking neurons' rows are touched, plus one pass over
 // all rows per segment: O(N + spikes x K + E / L); the handler allocates nothing (the scratch is an extra
@@ -2122,11 +2124,11 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
   const int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
   const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
-  // Flush: the resident blocks (a second wave would idle the first's SMs at the end), a row per warp at a
-  // time; returns at once when not due.
+  // Flush: the resident blocks (4 per SM: launch bounds hold it at 64 registers; a second wave would idle the
+  // first's SMs at the end), a row per warp at a time; returns at once when not due.
   const unsigned grid_flush = static_cast<unsigned>(std::min<int64_t>(sm * FlushBlocksPerSm<T, W>(), 65535));
   // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
-  // resident at once (registers bound it: 5 of 256 threads per SM at 48 registers), so that no block waits
+  // resident at once (registers bound it: 4 of 256 threads per SM at 64 registers), so that no block waits
   // for a second wave with its share of the tasks (8 per SM was 4% slower at 4M x 500).
   const unsigned grid_syn = static_cast<unsigned>(std::max<int64_t>(1, sm * SynBlocksPerSm<T, W>()));
   const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
