@@ -55,11 +55,13 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     run = MpiRun(net, config=cfg, timeout_s=600.0, codec=args.codec)
     split_s = time.perf_counter() - t0
-    speeds, rebalance_s = None, 0.0
+    speeds, gain, rebalance_s = None, None, 0.0
     if args.rebalance:
         t0 = time.perf_counter()
         first, run = run, run.rebalanced(args.rebalance)
-        speeds, rebalance_s = first.speeds.round(0).tolist(), time.perf_counter() - t0
+        speeds, gain = first.speeds.round(0).tolist(), round(first.rebalance_gain, 4)
+        rebalance_s = time.perf_counter() - t0
+        del first
     t_win = cfg.run.window_steps
     n_windows = max(1, args.steps // t_win)
     state = run.init_state()
@@ -145,7 +147,8 @@ def worker(args: argparse.Namespace) -> None:
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
                 "codec": args.codec or ("native" if run._encode is not encode_spikes else "numpy"),
-                "rebalanced_to_speeds": speeds,
+                "rebalance_speeds": speeds,
+                "rebalance_gain": gain,  # predicted; parts resized only when >= 0.05
                 "rebalance_s": round(rebalance_s, 2),
                 "own_exchange_share_max": max(r["own_exchange_share"] for r in per_rank),
                 "jitter_ms": round(1e3 * split["jitter_s"], 3),

@@ -272,35 +272,50 @@ class MpiRun:
     # ---- load balance -------------------------------------------------------------------------------
 
     def measure_speeds(self, n_windows: int = 2) -> np.ndarray:
-        """(P,) neurons per second of work each rank does in this partition (work: its time per step minus
-        its time in exchanges), timed over n_windows driven windows of a throwaway initial state after one
-        warm-up window; the same array on every rank. Collective."""
+        """(P,) neurons per second of work each rank does in this partition: its part's neurons over the
+        median time between two of its exchanges (robust to the odd slow step), timed over n_windows driven
+        windows of a throwaway initial state after the same program ran once (compiled, buffers touched);
+        the same array on every rank. Collective."""
         if n_windows < 1:
             raise ValueError(f"n_windows = {n_windows}: must be >= 1")
         saved = (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges)
-        saved += (self.events_sent, self.bytes_sent)
-        state, *_ = self.run_driven(self.init_state(), 1)
-        run_s, ex_s, steps = self.run_s, self.exchange_s, self.steps_run
+        saved += (self.events_sent, self.bytes_sent, self.exchange_log)
+        state, *_ = self.run_driven(self.init_state(), n_windows)
+        self.exchange_log = []
         self.run_driven(state, n_windows)
-        work_s = (self.run_s - run_s) - (self.exchange_s - ex_s)
-        per_step = max(work_s, 1e-12) / (self.steps_run - steps)
+        times = np.asarray(self.exchange_log)
         (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges) = saved[:5]
-        self.events_sent, self.bytes_sent = saved[5:]
-        speed = self.local.n_neurons / per_step
+        self.events_sent, self.bytes_sent, self.exchange_log = saved[5:]
+        busy_s = float(np.median(times[1:, 0] - times[:-1, 1]))
+        speed = self.local.n_neurons / max(busy_s, 1e-12)
         return np.asarray(self.ex.allgather_obj(speed, "the measured rank speeds"), np.float64)
 
-    def rebalanced(self, n_windows: int = 2, speeds: np.ndarray | list[float] | None = None) -> MpiRun:
+    def rebalanced(
+        self, n_windows: int = 2, speeds: np.ndarray | list[float] | None = None, min_gain: float = 0.05
+    ) -> MpiRun:
         """A new MpiRun of the same network, options and communicator whose parts are sized in proportion
         to the ranks' speeds (P,): given (e.g. known relative node speeds), else measured
-        (`measure_speeds` over n_windows), so that ranks on slower cores get fewer neurons. Results stay
-        bit-identical to the single-process run (any partition does). Collective."""
+        (`measure_speeds` over n_windows), so that ranks on slower cores get fewer neurons; or this run
+        itself when that would shorten the slowest rank's work per step by less than min_gain (measured
+        speeds of equal cores differ by noise). Results stay bit-identical to the single-process run (any
+        partition does). Collective."""
         if speeds is None:
             speeds = self.measure_speeds(n_windows)
-        #: the speeds the new run's parts were sized to
+        #: the speeds the parts were (or would have been) sized to
         self.speeds = np.asarray(speeds, np.float64)
-        shares = self.speeds  # partition() checks and normalizes them
+        if self.speeds.shape != (self.size,) or not (
+            np.isfinite(self.speeds).all() and (self.speeds > 0).all()
+        ):
+            raise ValueError(f"speeds = {self.speeds.tolist()}: need {self.size} finite values > 0")
+        work_now = (self.part.sizes / self.speeds).max()  # the slowest rank's time per neuron-step unit
+        work_balanced = self.part.sizes.sum() / self.speeds.sum()
+        #: predicted fraction of the slowest rank's work per step that rebalancing saves
+        self.rebalance_gain = float(1.0 - work_balanced / work_now)
+        if self.rebalance_gain < min_gain:
+            return self
         opts = dict(self._options)
         seed = opts.pop("partition_seed")
+        shares = self.speeds  # partition() normalizes them
         parts = partition(self.net, self.size, seed=seed, shares=shares).parts if self.rank == 0 else None
         part = partition_from_parts(self.net, self.ex.comm.bcast(parts, root=0), self.size, shares)
         self.close()
