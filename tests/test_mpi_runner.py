@@ -174,6 +174,13 @@ def test_two_ranks_fused_stdp_equal_single_process(tmp_path):
     assert np.load(tmp_path / "out.npz")["exchanges"].tolist() == [WINDOWS * 17] * 2
 
 
+def test_io_callback_exchange_equals_single_process(tmp_path):
+    """The exchange through an ordered io_callback (jax without buffer_callback), spikes encoded by numpy in
+    the callback: the same results."""
+    _launch(2, tmp_path / "out.npz", "--io-callback", "--codec", "numpy")
+    _assert_identical(tmp_path / "out.npz", _single("rstdp", "reference", False))
+
+
 def test_four_ranks_fused_rstdp_blocks_equal_single_process(tmp_path):
     """Fused backend, rstdp, delay 3 on 4 ranks: one exchange per block of 3 steps, and the rasters, rewards
     and every state field (eligibility included) equal to the step-by-step single process."""

@@ -2,7 +2,8 @@
 
 mpirun -n P python tests/mpi/conservative_run.py OUT.npz [--n 500] [--windows 6] [--plasticity rstdp]
     [--backend reference] [--ckpt-dir D --ckpt-every W] [--resume FILE] [--timeout 20]
-    [--amp 2.25] [--delay 1] [--fault exit|hang --fault-rank R --fault-window K]
+    [--amp 2.25] [--delay 1] [--fault exit|hang --fault-rank R --fault-window K] [--rebalance measured|S,S]
+    [--codec native|numpy] [--io-callback]
 
 OUT.npz holds the raster (W, T, N) uint8 of the windows this run did, the rewards, and every field of the
 final whole-network state (prefix state_).
@@ -47,10 +48,22 @@ def main(argv: list[str]) -> None:
         "--rebalance",
         help="'measured', or relative rank speeds '1,3': parts sized to them (MpiRun.rebalanced)",
     )
+    ap.add_argument(
+        "--codec", choices=("native", "numpy"), help="spike message codec (default: native if built)"
+    )
+    ap.add_argument(
+        "--io-callback", action="store_true", help="exchange through io_callback (older jax's path)"
+    )
     a = ap.parse_args(argv)
+    if a.io_callback:
+        import fumjax.distributed.mpi_runner as mpi_runner
+
+        mpi_runner._buffer_callback = None
     cfg = FumConfig().replace(drive={"amp_mV": a.amp})
     net = Network.distance_biased(a.n, seed=0, delay_steps=a.delay)
-    run = MpiRun(net, config=cfg, plasticity=a.plasticity, backend=a.backend, timeout_s=a.timeout)
+    run = MpiRun(
+        net, config=cfg, plasticity=a.plasticity, backend=a.backend, timeout_s=a.timeout, codec=a.codec
+    )
     speeds = None
     if a.rebalance:
         given = None if a.rebalance == "measured" else [float(x) for x in a.rebalance.split(",")]
