@@ -147,6 +147,8 @@ class MpiTrainEngine:
 
     def _mpi_run(self, net: Network, cfg: FumConfig) -> MpiRun:
         if self.run is None or net is not self._net:
+            if self.run is not None:
+                self.run.close()  # its posted receives; the new run exchanges on its own communicator
             self.run = MpiRun(
                 net,
                 self.ex.comm,
