@@ -12,9 +12,9 @@ machine's cores and load average (timings on a loaded or oversubscribed machine 
 The exchange share counts the time a rank spends in the exchange callback (encode, send, wait for every
 peer's message, decode; the encoding is in the jitted step where the C++ codec is built); "own cost" is the
 same exchange measured after a barrier (no waiting for slower ranks), so share minus own cost is load
-imbalance and scheduling. That waiting is split further from every
-rank's exchange times (`sync_wait`): "imbalance" (the slowest rank's mean work between exchanges minus this
-rank's) and "jitter" (the per-step maximum above that mean: which rank is last changes from step to step).
+imbalance and scheduling. That waiting is split further from every rank's exchange times (`sync_wait`):
+"imbalance" (the slowest rank's mean work between exchanges minus this rank's) and "jitter" (the per-step
+maximum above that mean: which rank is last changes from step to step).
 The default network runs at ~300 Hz under the default drive (g_syn 2.0 mV saturates it at 100k neurons);
 `--g-syn 1.0` gives ~10 Hz, FUM's regime.
 """
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -147,7 +148,7 @@ def worker(args: argparse.Namespace) -> None:
                 "mean_rate_hz": round(total / (net.n_neurons * steps * cfg.neuron.dt_ms / 1000.0), 2),
                 "step_ms_max": max(r["step_ms"] for r in per_rank),
                 "exchange_share_max": max(r["exchange_share"] for r in per_rank),
-                "codec": args.codec or ("native" if run._encode is not encode_spikes else "numpy"),
+                "codec": run.codec,
                 "rebalance_speeds": speeds,
                 "rebalance_gain": gain,  # predicted; parts resized only when >= 0.05
                 "rebalance_s": round(rebalance_s, 2),
@@ -300,9 +301,9 @@ def _medians(results: list[dict]) -> dict:
     """Median, min and max over repeated jobs of the step time and of the worst rank's exchange share."""
     out = {}
     for key in ("step_ms_max", "exchange_share_max"):
-        v = sorted(r[key] for r in results)
-        out[f"{key}_median"] = v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-        out[f"{key}_range"] = [v[0], v[-1]]
+        v = [r[key] for r in results]
+        out[f"{key}_median"] = statistics.median(v)
+        out[f"{key}_range"] = [min(v), max(v)]
     out["meets_target_median"] = out["exchange_share_max_median"] <= TARGET_SHARE
     return out
 

@@ -12,7 +12,46 @@
 #include "run_steps_compute.h"  // Half, BFloat16, FUMJAX_HAVE_FLOAT16
 #include "xla/ffi/api/ffi.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define FUMJAX_X86 1
+#define FUMJAX_FMA_TARGET __attribute__((target("avx2,fma,f16c")))
+#else
+#define FUMJAX_X86 0
+#endif
+
 namespace fumjax {
+
+#if FUMJAX_X86
+// Whether this host runs the AVX2/FMA/F16C variants (the ones that round like jitted XLA there).
+inline bool HostHasFma() {
+  static const bool has =
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return has;
+}
+#endif
+
+// The errors of a handler `target` for a bad index and a bad CSR pointer read from the network arrays.
+inline xla::ffi::Error BadIndex(const std::string& target) {
+  return xla::ffi::Error::InvalidArgument(target + ": a neuron or synapse index is out of range");
+}
+inline xla::ffi::Error BadPointer(const std::string& target) {
+  return xla::ffi::Error::InvalidArgument(target + ": row_ptr/in_ptr is not a valid CSR pointer");
+}
+
+// A kernel's return code as the handler's error: 0 success, -2 a delay outside the ring, -3 a bad CSR
+// pointer, anything else (-1) a bad index.
+inline xla::ffi::Error KernelCodeError(int code, const std::string& target) {
+  switch (code) {
+    case 0:
+      return xla::ffi::Error::Success();
+    case -2:
+      return xla::ffi::Error::InvalidArgument(target + ": a synapse delay is outside [1, ring slots]");
+    case -3:
+      return BadPointer(target);
+    default:
+      return BadIndex(target);
+  }
+}
 
 // Result buffer `out` starts as a copy of operand `in` (a no-op when XLA aliased them).
 template <typename U>

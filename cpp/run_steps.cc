@@ -37,18 +37,6 @@ namespace ffi = xla::ffi;
 namespace fumjax {
 namespace {
 
-#if defined(__x86_64__) || defined(__i386__)
-#define FUMJAX_X86 1
-#define FUMJAX_FMA_TARGET __attribute__((target("avx2,fma,f16c")))
-bool HostHasFma() {
-  static const bool has =
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return has;
-}
-#else
-#define FUMJAX_X86 0
-#endif
-
 // Thread entry points, one per (FMA, T, W): the loop nest is generated inside each (forced inlining), so
 // the FMA variants get AVX2/FMA/F16C code while the file needs no -march.
 template <typename T, typename W>
@@ -173,12 +161,8 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.spikes = r.spikes->typed_data<uint8_t>();
   AdviseHugePages(a.spikes, a.t_steps * a.n);
 
-  const auto bad_index = [] {
-    return ffi::Error::InvalidArgument("fumjax_run_steps: a neuron or synapse index is out of range");
-  };
-  const auto bad_ptr = [] {
-    return ffi::Error::InvalidArgument("fumjax_run_steps: row_ptr/in_ptr is not a valid CSR pointer");
-  };
+  const auto bad_index = [] { return BadIndex("fumjax_run_steps"); };
+  const auto bad_ptr = [] { return BadPointer("fumjax_run_steps"); };
   // The slot -> pre table, every call (O(E >> shift)): entry b must be the row holding slot b << shift.
   if (!BucketsMatchRows(a.row_ptr, a.n, a.pre_bucket, static_cast<int64_t>(o.pre_bucket.element_count()),
                         a.pre_shift)) {
@@ -263,16 +247,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     a.lin_pre = lin_pre.data();
   }
 
-  switch (RunStepsHost<T, W>(a)) {
-    case 0:
-      return ffi::Error::Success();
-    case -2:
-      return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
-    case -3:
-      return bad_ptr();
-    default:
-      return bad_index();
-  }
+  return KernelCodeError(RunStepsHost<T, W>(a), "fumjax_run_steps");
 }
 
 ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuffer x, ffi::AnyBuffer y,

@@ -33,21 +33,16 @@ FUMJAX_ALWAYS_INLINE int SynapseStepMode(const SynapseStepArgs<T, W>& a) {
   }
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if FUMJAX_X86
 template <typename T, typename W>
-__attribute__((target("avx2,fma,f16c"))) int SynapseStepFma(const SynapseStepArgs<T, W>& a) {
+FUMJAX_FMA_TARGET int SynapseStepFma(const SynapseStepArgs<T, W>& a) {
   return SynapseStepMode<true, T, W>(a);
-}
-bool HostHasFma() {
-  static const bool has =
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return has;
 }
 #endif
 
 template <typename T, typename W>
 int SynapseStepHost(const SynapseStepArgs<T, W>& a) {
-#if defined(__x86_64__) || defined(__i386__)
+#if FUMJAX_X86
   if (HostHasFma()) return SynapseStepFma<T, W>(a);
   return SynapseStepMode<false, T, W>(a);
 #else
@@ -88,7 +83,7 @@ ffi::Error SynapseStepTyped(Operands& o, Results& r, const Scalars& c) {
   a.pre = o.pre.element_count() > 0 ? o.pre.typed_data<int32_t>() : nullptr;
 
   if (a.row_ptr[0] > a.e || a.row_ptr[a.n_pre] > a.e || a.in_ptr[0] > a.e || a.in_ptr[a.n] > a.e) {
-    return ffi::Error::InvalidArgument("fumjax_synapse_step: row_ptr/in_ptr is not a valid CSR pointer");
+    return BadPointer("fumjax_synapse_step");
   }
   const int64_t n_buckets = static_cast<int64_t>(o.pre_bucket.element_count());
   if (a.mode != PlasticityMode::kOff && a.pre == nullptr &&
@@ -97,16 +92,7 @@ ffi::Error SynapseStepTyped(Operands& o, Results& r, const Scalars& c) {
         "fumjax_synapse_step: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
         "holds CSR slot b << pre_shift)");
   }
-  switch (SynapseStepHost<T, W>(a)) {
-    case 0:
-      return ffi::Error::Success();
-    case -2:
-      return ffi::Error::InvalidArgument("fumjax_synapse_step: a synapse delay is outside [1, ring slots]");
-    case -3:
-      return ffi::Error::InvalidArgument("fumjax_synapse_step: row_ptr/in_ptr is not a valid CSR pointer");
-    default:
-      return ffi::Error::InvalidArgument("fumjax_synapse_step: a neuron or synapse index is out of range");
-  }
+  return KernelCodeError(SynapseStepHost<T, W>(a), "fumjax_synapse_step");
 }
 
 ffi::Error SynapseStepDispatch(ffi::AnyBuffer ring, ffi::AnyBuffer w, ffi::AnyBuffer elig,

@@ -211,8 +211,8 @@ __device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_
   return c;
 }
 
-// One synapse's update by dw: eligibility += dw * inv (rstdp) or w = clip(w + dw) (stdp; wk is w[k] in T).
-// The same with the synapse's current values already loaded (wk = w[k], ek = elig[k], in T).
+// One synapse's update by dw, its current values loaded (wk = w[k], ek = elig[k], in T): eligibility =
+// fma(dw, inv, ek) (rstdp) or w = clip(wk + dw) (stdp).
 template <typename T, typename W>
 __device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk, T ek) {
   if (rstdp) {
@@ -222,10 +222,6 @@ __device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, int64_t k, T dw,
     const T lo = nw < -a.w_clip ? -a.w_clip : nw;
     a.w[k] = St<W>(lo > a.w_clip ? a.w_clip : lo);
   }
-}
-template <typename T, typename W>
-__device__ __forceinline__ void ApplyDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk) {
-  StoreDw(a, k, dw, rstdp, inv, wk, rstdp ? Ld(a.elig[k]) : T(0));
 }
 
 // The STDP weight change of a synapse whose pre has code 0 (inhibitory) or 1 (excitatory); code 2 (static)

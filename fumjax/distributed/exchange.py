@@ -149,17 +149,29 @@ class Exchanger:
 
     def _complete(self, sends: list, dests: Sequence[int], what: str, timeout_s: float | None) -> None:
         """Poll the sends to completion (a peer that stopped receiving is named like a silent one)."""
+        self._wait_all(sends, dests, what + " (send not taken)", timeout_s)
+
+    def _wait_all(
+        self,
+        reqs: list,
+        ranks: Sequence[int],
+        what: str,
+        timeout_s: float | None,
+        statuses: list | None = None,
+    ) -> None:
+        """Poll requests reqs (one per rank in ranks) to completion under the deadline; past it, name the
+        ranks whose request is still open and abort the job."""
         from mpi4py import MPI
 
-        if not sends or MPI.Request.Testall(sends):
+        if not reqs or MPI.Request.Testall(reqs, statuses):
             return
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.monotonic()
-        while not MPI.Request.Testall(sends):
+        while not MPI.Request.Testall(reqs, statuses):
             waited = time.monotonic() - start
-            if waited > timeout:
-                stuck = [q for q, r in zip(dests, sends, strict=True) if not r.Test()]
-                self.fail(stuck or list(dests), what + " (send not taken)", timeout)
+            if waited > timeout:  # Testall modified nothing: test each to name the open ones
+                stuck = [q for q, r in zip(ranks, reqs, strict=True) if not r.Test()]
+                self.fail(stuck or list(ranks), what, timeout)
             _back_off(waited, self.spin_s)
 
 
@@ -204,14 +216,7 @@ class Channel:
             )
         sends = [ex.comm.Isend([data, MPI.BYTE], dest=q, tag=self.tag) for q in ex.peers]
         recvs, statuses = self.recvs[self.turn], self.statuses
-        if recvs and not MPI.Request.Testall(recvs, statuses):
-            timeout = ex.timeout_s if timeout_s is None else float(timeout_s)
-            start = time.monotonic()
-            while not MPI.Request.Testall(recvs, statuses):
-                waited = time.monotonic() - start
-                if waited > timeout:  # Testall modified nothing: test each to name the silent ones
-                    ex.fail([q for q, r in zip(ex.peers, recvs, strict=True) if not r.Test()], what, timeout)
-                _back_off(waited, ex.spin_s)
+        ex._wait_all(recvs, ex.peers, what, timeout_s, statuses)
         out: list = [None] * ex.size
         out[ex.rank] = data
         now = time.monotonic()

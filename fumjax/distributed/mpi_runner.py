@@ -78,6 +78,7 @@ __all__ = [
     "encode_spikes",
     "decode_spikes",
     "spike_codec",
+    "resolve_codec",
     "pack_step",
     "save_on_root",
 ]
@@ -122,13 +123,19 @@ def decode_spikes(msg: np.ndarray, members: np.ndarray, spikes_pre: np.ndarray) 
     return int(step_now)
 
 
+def resolve_codec(name: str | None = None) -> str:
+    """The spike codec's name: the argument, else "native" where the C++ extension is built, else "numpy"."""
+    if name is None:
+        return "native" if fused.spike_codec() is not None else "numpy"
+    return name
+
+
 def spike_codec(name: str | None = None) -> tuple:
     """(encode, decode) with the signatures of encode_spikes / decode_spikes (n_total required): name
     "numpy" (these functions, the format's definition) or "native" (the C++ codec of fumjax._core, the same
     bytes; default where the extension is built)."""
     native = fused.spike_codec()
-    if name is None:
-        name = "native" if native is not None else "numpy"
+    name = resolve_codec(name)
     if name == "numpy":
         return encode_spikes, decode_spikes
     if name != "native":
@@ -202,9 +209,11 @@ class MpiRun:
 
             comm = MPI.COMM_WORLD
         self.ex = Exchanger(comm, timeout_s)
-        self._encode, self._decode = spike_codec(codec)
+        #: the spike messages' codec ("native" or "numpy", see `spike_codec`)
+        self.codec = resolve_codec(codec)
+        self._encode, self._decode = spike_codec(self.codec)
         #: spike messages encoded inside the jitted step (the FFI target), not by the exchange callback
-        self.encode_in_program = self._encode is not encode_spikes and jax.default_backend() == "cpu"
+        self.encode_in_program = self.codec == "native" and jax.default_backend() == "cpu"
         self._options = dict(
             comm=comm,
             config=config,
@@ -271,8 +280,6 @@ class MpiRun:
         """Whether this rank's synapse phases run the fused kernel (fused backend, supported state)."""
         if self.backend != "fused":
             return False
-        from fumjax.kernels import fused
-
         return fused.synapse_step_supported(jax.eval_shape(self.init_state), self.local)  # dtypes only
 
     # ---- load balance -------------------------------------------------------------------------------
@@ -489,8 +496,6 @@ class MpiRun:
         """What the exchange callback gets for this part's spikes (n_p,) or (k, n_p) of steps step_now..:
         the encoded message (`fused.spike_message`) or, without it, the spikes packed with the step."""
         if self.encode_in_program:
-            from fumjax.kernels import fused
-
             return fused.spike_message(spikes, self._ids, step_now, self.net.n_neurons)
         return pack_step(spikes, step_now)
 
@@ -524,17 +529,13 @@ class MpiRun:
         t0 = time.perf_counter()
         n = self.net.n_neurons
         if self.encode_in_program:
-            length = int(outgoing[:4].view(np.int32)[0])
-            msg = outgoing[4 : 4 + length]
-            step_now, kind = msg[:8].view(np.int32).tolist()
-            events = (length - 8) // 4 if kind == _EVENTS else int(np.unpackbits(msg[8:]).sum())
+            msg = outgoing[4 : 4 + int(outgoing[:4].view(np.int32)[0])]
         else:
             n_p = self.local.n_neurons
-            step_now = int(outgoing[-4:].view(np.int32)[0])
             spikes_local = outgoing[:-4].reshape(rows, n_p) if rows else outgoing[:-4]
-            msg = self._encode(spikes_local, self.members, step_now, n)
-            kind = msg[4:8].view(np.int32)[0]
-            events = (msg.shape[0] - 8) // 4 if kind == _EVENTS else int(np.count_nonzero(spikes_local))
+            msg = self._encode(spikes_local, self.members, int(outgoing[-4:].view(np.int32)[0]), n)
+        step_now, kind = msg[:8].view(np.int32).tolist()
+        events = (msg.shape[0] - 8) // 4 if kind == _EVENTS else int(np.unpackbits(msg[8:]).sum())
         got = self._spikes.allgather(msg, f"the spikes of step {step_now}")
         spikes_pre.fill(0)
         for q, raw in enumerate(got):

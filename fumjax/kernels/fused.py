@@ -285,12 +285,7 @@ def run_steps_supported(state, net) -> bool:
     on_cpu = jax.default_backend() == "cpu"
     if not on_cpu and not gpu_available():  # GPU: hip/run_steps.hip, same target
         return False
-    dtype = jnp.dtype(state.v_mV.dtype)
-    if dtype not in (jnp.float32, jnp.float64):
-        return False
-    w_dtype = jnp.dtype(state.w.dtype)
-    w_ok = w_dtype == dtype or (dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_16)
-    if not w_ok or jnp.dtype(state.elig.dtype) != w_dtype:
+    if not _state_dtypes_ok(state):
         return False
     if net.n_pre != net.n_neurons or state.x_pre.shape[-1] != net.n_neurons:
         return False
@@ -483,16 +478,15 @@ def synapse_step_supported(state, net) -> bool:
     kernels."""
     if not available() or SYNAPSE_STEP_TARGET not in _cpu_targets or jax.default_backend() != "cpu":
         return False
+    return _state_dtypes_ok(state) and net.n_synapses < MAX_SYNAPSES and net.n_pre < 2**31 - 1
+
+
+def _state_dtypes_ok(state) -> bool:
+    """float32/float64 state, w and elig in its dtype or float16/bfloat16 with float32 state."""
     dtype = jnp.dtype(state.v_mV.dtype)
     w_dtype = jnp.dtype(state.w.dtype)
     w_ok = w_dtype == dtype or (dtype == jnp.float32 and w_dtype in _SYNAPSE_DTYPES_16)
-    return (
-        dtype in (jnp.float32, jnp.float64)
-        and w_ok
-        and jnp.dtype(state.elig.dtype) == w_dtype
-        and net.n_synapses < MAX_SYNAPSES
-        and net.n_pre < 2**31 - 1
-    )
+    return dtype in (jnp.float32, jnp.float64) and w_ok and jnp.dtype(state.elig.dtype) == w_dtype
 
 
 def synapse_step(state, net, spikes_pre: Array, spikes: Array, cfg, mode: str):
