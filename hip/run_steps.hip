@@ -1382,8 +1382,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // (post spikes after j's last spike) and, at a renormalization step, the scale in the same pass. Per synapse
 // the operations and their order are those of the reference, so w and elig are bit-identical to it; the
 // in-list (in_ptr, in_syn) is not read by this path. Measured on the H200 at 7M x 500 (bench/GPU_RUN_STEPS.md):
-// 1.48 ms per step at 5.9 Hz and 1.71 at 9.4 Hz (eager in-list: 2.07, 3.07), but 1.14 at 1.1 Hz (0.665): the
-// flush's ~25 ms per 50-step window, likely its one random L2 request per synapse (the post's summary byte).
+// 1.02 ms per step at 4.65 Hz, 1.34 at 9.4 Hz, 0.76 at 1.1 Hz (the eager in-list: 2.07 at 5.9 Hz, 3.07, 0.665).
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
 // sums are order-free atomics already). Per step only spiking neurons' rows are touched, plus one pass over
 // all rows per segment: O(N + spikes x K + E / L); the handler allocates nothing (the scratch is an extra
@@ -1547,6 +1546,86 @@ __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t g
   for (int64_t k = done + gid; k < e; k += stride) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
 }
 
+// One row's flush (FlushKernel): a synapse's pending LTP terms, then the renormalization's scale.
+template <typename T, typename W>
+struct FlushRow {
+  const GpuArgs<T, W>* a;
+  const MultiScratch<T>* m;
+  const T* hw;       // hist[b][j] of the row's pre for the pending steps b
+  const T* inv_seg;  // inv_pow of each segment step
+  unsigned long long rest;
+  T scale;
+  bool renorm, rstdp;
+
+  // Post i's pending steps on this row from its summary byte `so` (the full bits only for several spikes).
+  __device__ __forceinline__ unsigned long long Pending(int32_t i, uint8_t so) const {
+    if (so == 0) return 0ull;
+    return rest & (so == 255 ? m->cell[i].bits : 1ull << (so - 1));
+  }
+  // x (elig in rstdp, w in stdp) after the pending terms in ascending step order and the scale; whether it
+  // changed (else x is left alone and need not be stored).
+  __device__ __forceinline__ bool Apply(unsigned long long p, W& x) const {
+    if (p == 0 && !renorm) return false;
+    T v = Ld(x);
+    for (; p != 0; p &= p - 1ull) {
+      const int q = __ffsll(static_cast<long long>(p)) - 1;
+      v = LtpTerm(*a, rstdp, v, hw[q], inv_seg[q]);
+    }
+    x = renorm ? St<W>(Mul(v, scale)) : St<W>(v);
+    return true;
+  }
+  __device__ __forceinline__ int32_t Post(int32_t i) const {
+    return static_cast<uint32_t>(i) < static_cast<uint32_t>(a->n) ? i : -1;
+  }
+  __device__ __forceinline__ void Scalar(W* syn, int64_t k) const {
+    unsigned long long p = 0;
+    if (rest) {
+      const int32_t i = Post(__ldg(a->post + k));
+      if (i >= 0) p = Pending(i, m->once[i]);
+    }
+    W x = syn[k];
+    if (Apply(p, x)) syn[k] = x;
+  }
+  // Chunk c (8 synapses) from the 8-aligned slot base: loads, then the summary bytes, then the updates.
+  __device__ __forceinline__ void Chunk(W* syn, int64_t base, int32_t c) const {
+    constexpr int kV = 8 * sizeof(W) / 16;  // 16-byte vectors per chunk of W
+    union {
+      uint4 u[kV];
+      W w[8];
+    } x;
+    union {
+      int4 u[2];
+      int32_t i[8];
+    } ii;
+    const int64_t k = base + 8 * static_cast<int64_t>(c);
+    uint4* px = reinterpret_cast<uint4*>(syn + k);
+#pragma unroll
+    for (int v = 0; v < kV; ++v) x.u[v] = px[v];
+    uint32_t so_lo = 0, so_hi = 0;  // the 8 summary bytes, packed
+    if (rest) {
+      const int4* pi = reinterpret_cast<const int4*>(a->post + k);
+      ii.u[0] = __ldg(pi);
+      ii.u[1] = __ldg(pi + 1);
+#pragma unroll
+      for (int l = 0; l < 8; ++l) {
+        ii.i[l] = Post(ii.i[l]);
+        const uint32_t b = ii.i[l] >= 0 ? m->once[ii.i[l]] : 0u;
+        if (l < 4) so_lo |= b << (8 * l); else so_hi |= b << (8 * (l - 4));
+      }
+    }
+    bool dirty = false;
+#pragma unroll
+    for (int l = 0; l < 8; ++l) {
+      const uint8_t so = static_cast<uint8_t>((l < 4 ? so_lo : so_hi) >> (8 * (l & 3)));
+      dirty |= Apply(so ? Pending(ii.i[l], so) : 0ull, x.w[l]);
+    }
+    if (dirty) {
+#pragma unroll
+      for (int v = 0; v < kV; ++v) px[v] = x.u[v];
+    }
+  }
+};
+
 // Before step t's NeuronKernel (0 <= t < T) and after the last step (t = T): at a segment's end, every synapse's
 // pending LTP, then the renormalization if step t has one; at t = 0 only the renormalization (nothing pends
 // at a call's start: the previous call ended with a flush).
@@ -1582,11 +1661,10 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
   const int lane = threadIdx.x % FUMJAX_WARP;
   T* hw = hist_w[threadIdx.x / FUMJAX_WARP];
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kMultiWarps;
-  // Latency-bound (a few dependent round trips per batch), so: 8 synapses per lane, the eligibility read with
-  // post (every synapse of a row with pending steps: at 5 Hz nearly every sector holds one), and the next
-  // row's header (row_ptr pair, code, spike bits) loaded while this row runs.
-  constexpr int kU = 8;
-  constexpr int64_t kBatch = static_cast<int64_t>(kU) * FUMJAX_WARP;
+  // A row per warp. The 8-aligned body of a row goes in chunks of 8 consecutive synapses per lane (posts as
+  // two 16-byte loads, the eligibility (stdp: w) as 16-byte vectors, stored back whole when one changed);
+  // the unaligned head and tail (< 8 each) and rows of misaligned arrays go synapse per lane. The next row's header (row_ptr pair, code, spike bits) is loaded while this row runs.
+  const bool vec_ok = ((reinterpret_cast<uintptr_t>(a.post) | reinterpret_cast<uintptr_t>(syn)) & 15u) == 0;
   int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
   uint32_t h0 = 0, h1 = 0;
   uint8_t hc = 2;
@@ -1595,7 +1673,7 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
     h0 = __ldg(a.row_ptr + j), h1 = __ldg(a.row_ptr + j + 1), hc = __ldg(a.excitatory + j), hb = m.cell[j].bits;
   }
   for (; j < n; j += warps_total) {
-    const int64_t k0 = h0, k1 = min(static_cast<int64_t>(h1), e);
+    const int64_t k0 = h0, k1 = max(k0, min(static_cast<int64_t>(h1), e));
     // steps whose post spikes still pend on j's synapses: after j's last spike in the segment
     const unsigned long long rest = hc != 2 ? AfterLast(hb & seg_mask, seg_mask) : 0ull;
     const int64_t jn = j + warps_total;
@@ -1604,40 +1682,18 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
       hb = m.cell[jn].bits;
     }
     if (rest == 0 && !renorm) continue;
-    for (int64_t kb = k0; kb < k1; kb += kBatch) {
-      int32_t ii[kU];
-      W xx[kU];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t k = kb + u * FUMJAX_WARP + lane;
-        ii[u] = -1;
-        if (k < k1) {
-          if (rest) ii[u] = __ldg(a.post + k);
-          xx[u] = syn[k];
-        }
-      }
-      if (kb == k0 && rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);  // warp-uniform
-      uint8_t so[kU];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        if (static_cast<uint32_t>(ii[u]) >= static_cast<uint32_t>(n)) ii[u] = -1;
-        so[u] = ii[u] >= 0 ? m.once[ii[u]] : uint8_t{0};
-      }
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t k = kb + u * FUMJAX_WARP + lane;
-        const unsigned long long bits =
-            so[u] == 0 ? 0ull : (so[u] == 255 ? m.cell[ii[u]].bits : 1ull << (so[u] - 1));
-        unsigned long long p = bits & rest;
-        if (k >= k1 || (p == 0 && !renorm)) continue;
-        T x = Ld(xx[u]);
-        for (; p != 0; p &= p - 1ull) {
-          const int q = __ffsll(static_cast<long long>(p)) - 1;
-          x = LtpTerm(a, rstdp, x, hw[q], inv_seg[q]);
-        }
-        syn[k] = renorm ? St<W>(Mul(x, scale)) : St<W>(x);
-      }
+    if (rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);  // warp-uniform
+    const FlushRow<T, W> row{&a, &m, hw, inv_seg, rest, scale, renorm, rstdp};
+    const int64_t b0 = vec_ok ? min(k1, (k0 + 7) & ~int64_t{7}) : k1;
+    const int64_t b1 = vec_ok ? max(b0, k1 & ~int64_t{7}) : k1;
+    if (vec_ok) {  // head (lanes 0-7) and tail (lanes 16-23) together
+      const int64_t k = lane < 16 ? k0 + lane : b1 + (lane - 16);
+      if (lane < 16 ? k < b0 : k < k1) row.Scalar(syn, k);
+    } else {
+      for (int64_t k = k0 + lane; k < k1; k += FUMJAX_WARP) row.Scalar(syn, k);
     }
+    const int32_t chunks = static_cast<int32_t>((b1 - b0) / 8);
+    for (int32_t c = lane; c < chunks; c += FUMJAX_WARP) row.Chunk(syn, b0, c);
     if (rest) __syncwarp();  // hw is read above before the next row overwrites it
   }
 }
@@ -1664,22 +1720,29 @@ __global__ void __launch_bounds__(kMultiThreads) NeuronKernel(GpuArgs<T, W> a, i
     bool spiked = false;
     T ltp = T(0);
     if (i < n) {
-      const T cur = Add(ring_now[i], iext[i]);
-      ring_now[i] = T(0);
+      // Every load first: the stores below may alias them as far as the compiler knows, so a load placed
+      // after a store would wait for it and the neuron would cost several dependent DRAM round trips.
+      const T ring_i = ring_now[i], iext_i = iext[i], tau_i = a.tau[i], vth_i = a.v_th[i];
       T v = a.v[i];
       int32_t r = a.refrac[i];
-      spiked = Lif(a, v, r, Div(a.dt, a.tau[i]), a.v_th[i], cur);
+      T xi = T(0), yi = T(0);
+      int code = 2;
+      unsigned long long bits = 0;
+      if (plastic) {
+        xi = a.x[i], yi = a.y[i], code = __ldg(a.excitatory + i);
+        if (b != 0) bits = m.cell[i].bits;
+      }
+      ring_now[i] = T(0);
+      spiked = Lif(a, v, r, Div(a.dt, tau_i), vth_i, Add(ring_i, iext_i));
       a.v[i] = v;
       a.refrac[i] = r;
       spk[i] = static_cast<uint8_t>(spiked);
       if (spiked) a.window_spikes[i] += 1;
       if (plastic) {
-        const T xi = a.x[i], yi = a.y[i], sp = static_cast<T>(spiked);
-        const int code = __ldg(a.excitatory + i);
+        const T sp = static_cast<T>(spiked);
         ltp = Mul(a.a_plus, Mul(xi, a.decay_x));
         const T diff = Sub(ltp, T(0));
         hist_b[i] = code == 1 ? diff : -diff;  // read only for plastic pres (code != 2) at steps they were silent
-        unsigned long long bits = b == 0 ? 0ull : m.cell[i].bits;
         if (spiked) bits |= 1ull << b;
         const T yd = Mul(yi, a.decay_y);
         StoreCell(m.cell + i, spiked ? -yd : yd, bits);  // the whole cell: no partly written sector
