@@ -45,7 +45,9 @@ kernel's total time.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
+import glob
 import json
 import os
 import platform
@@ -130,22 +132,60 @@ def calibrate(
     return {t: calibrate_drive(net, scale_config(cfg, k, t), t, backend, log=log)[0] for t in targets}
 
 
+def device_times(trace_dir: str, n_windows: int, top: int = 12) -> list[tuple[str, float, int]]:
+    """Per-window device time of each kernel name in the newest jax.profiler trace under trace_dir:
+    [(name, ms per window, launches per window)], largest first; [] where the trace has no device plane."""
+    pattern = os.path.join(trace_dir, "**", "*.xplane.pb")
+    files = sorted(glob.glob(pattern, recursive=True), key=os.path.getmtime)
+    if not files:
+        return []
+    total: dict[str, float] = collections.defaultdict(float)
+    count: collections.Counter = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(files[-1]).planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():  # the kernels; "XLA Ops" repeats them by HLO op
+                continue
+            for ev in line.events:
+                total[ev.name] += ev.duration_ns / 1e6
+                count[ev.name] += 1
+    rows = sorted(total.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, ms / n_windows, count[name] // n_windows) for name, ms in rows]
+
+
 def measure(
-    net, cfg: FumConfig, target_hz: float, drive_hz: float, windows: int, backend: str, profile: bool
+    net,
+    cfg: FumConfig,
+    target_hz: float,
+    drive_hz: float,
+    windows: int,
+    backend: str,
+    profile: bool,
+    trace_dir: str | None = None,
 ) -> dict:
-    """Time `windows` learning windows at the given drive; returns step time, rate and the byte model."""
+    """Time `windows` learning windows at the given drive; returns step time, rate and the byte model.
+    trace_dir: also trace every window (warm-up included) with jax.profiler and report device time per
+    kernel per window (the trace's device plane: a GPU only)."""
     c = scale_config(cfg, round(net.n_synapses / net.n_neurons), target_hz)
     c = c.replace(drive={"rate_hz": drive_hz})
     state = fumjax.init_state(net, c)
+    warmup = 1 if profile else 2
+    if trace_dir:
+        jax.profiler.start_trace(trace_dir)
     state, run = run_paced(
         state,
         net,
         windows,
         config=c,
         backend=backend,
-        warmup_chunks=1 if profile else 2,
+        warmup_chunks=warmup,
         sleep=lambda s: None,
     )
+    kernels = []
+    if trace_dir:
+        jax.profiler.stop_trace()
+        kernels = device_times(trace_dir, warmup + windows)
     t_win = c.run.window_steps
     busy = sorted(run.pacing.busy_ms)
     step_ms = statistics.median(busy) / t_win
@@ -173,6 +213,7 @@ def measure(
         "w_mean_std_min_max": w_stats,
         "finite": finite,  # every weight finite
         "gpu_util": run.gpu,
+        "device_ms_per_window": kernels,
     }
 
 
@@ -197,6 +238,7 @@ def main() -> None:
         help="coarser pre_bucket table (log2 CSR slots per entry, >= fumjax.compact.PRE_SHIFT; compact only)",
     )
     p.add_argument("--out", help="also write the JSON summary to this file")
+    p.add_argument("--trace", help="jax.profiler trace directory: device time per kernel per window (GPU)")
     a = p.parse_args()
 
     dev = jax.devices()[0]
@@ -267,7 +309,16 @@ def main() -> None:
     results = []
     for target in list(drives)[: 1 if a.profile else None]:
         try:
-            r = measure(net, cfg, target, drives[target], 1 if a.profile else a.windows, a.backend, a.profile)
+            r = measure(
+                net,
+                cfg,
+                target,
+                drives[target],
+                1 if a.profile else a.windows,
+                a.backend,
+                a.profile,
+                os.path.join(a.trace, f"{target:g}Hz") if a.trace else None,
+            )
         except Exception as exc:  # one shot on the device: record the failure and go on to the next rate
             log(f"target {target:g} Hz: FAILED {type(exc).__name__}: {exc}")
             results.append({"target_hz": target, "error": f"{type(exc).__name__}: {exc}"})
@@ -289,6 +340,8 @@ def main() -> None:
             f"  model MB/step: {parts}; total {r['bytes_total'] / 1e6:.2f} "
             f"(sectors {r['sector_bytes_total'] / 1e6:.2f})"
         )
+        for name, ms, launches in r["device_ms_per_window"]:
+            log(f"  device {ms:9.3f} ms/window ({launches} launches) {name[:110]}")
         w_stats = ", ".join(f"{x:.4g}" for x in r["w_mean_std_min_max"])
         log(f"  w mean/std/min/max {w_stats}, finite {r['finite']}, GPU util {r['gpu_util']['mean_pct']}")
         if "fraction_of_copy" in r:
