@@ -38,8 +38,9 @@ warm-up window (compile) and ONE more window, no copy test and no calibration (d
         python bench/bench_scale.py <same args> --profile        # the window-end kernels
 (--launch-skip 150 skips the first window's 3 x 50 per-step launches; the second line also catches build
 fusions first: raise --launch-skip if the names show build kernels.) Read Duration, DRAM Throughput, L2 Hit
-Rate and the bytes read/written per kernel; `nsys profile --stats=true` on the same command lists every
-kernel's total time.
+Rate and the bytes read/written per kernel. Where nsys is missing (the lent machines), `--trace DIR` lists
+every kernel's device time per window (the FFI kernels and the XLA fusions) from a jax.profiler trace:
+    python bench/bench_scale.py --neurons 7000000 --k 500 --rates 5 --drives 16.8 --trace /tmp/tr
 """
 
 from __future__ import annotations
