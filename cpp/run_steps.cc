@@ -347,8 +347,7 @@ ffi::Error RunStepsDispatch(ffi::AnyBuffer v, ffi::AnyBuffer refrac, ffi::AnyBuf
         "fumjax_run_steps: each state result must have its operand's dtype and shape");
   }
 
-  Operands o{v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step, tau, v_th, i_ext, row_ptr,
-             pre_bucket,
+  Operands o{v, refrac, x, y, ring, w, elig, elig_t0, window_spikes, step, tau, v_th, i_ext, row_ptr, pre_bucket,
              post, delay, in_ptr, in_syn, excitatory, gamma_pow, inv_pow};
   Results r{v_out, refrac_out, x_out, y_out, ring_out, w_out, elig_out, elig_t0_out, window_spikes_out,
             step_out, spikes};

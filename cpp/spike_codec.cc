@@ -119,8 +119,8 @@ void RegisterSpikeCodec(nb::module_& m) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxSpikeMessageCpu, fumjax::SpikeMessage,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U8>>()      // spikes (n_p,) or (k, n_p)
-                                  .Arg<fumjax::Ids>()  // members (n_p,)
-                                  .Arg<fumjax::Step>()  // step
+                                  .Arg<ffi::Buffer<ffi::U8>>()  // spikes (n_p,) or (k, n_p)
+                                  .Arg<fumjax::Ids>()           // members (n_p,)
+                                  .Arg<fumjax::Step>()          // step
                                   .Attr<int64_t>("n_total")
                                   .Ret<fumjax::MessageBuffer>());  // length, message

@@ -211,6 +211,13 @@ __device__ __forceinline__ EligClock ClockAt(int32_t s0, int32_t t0_init, int32_
   return c;
 }
 
+// w clipped to [-w_clip, w_clip].
+template <typename T, typename W>
+__device__ __forceinline__ T ClipW(const GpuArgs<T, W>& a, T x) {
+  const T lo = x < -a.w_clip ? -a.w_clip : x;
+  return lo > a.w_clip ? a.w_clip : lo;
+}
+
 // One synapse's update by dw, its current values loaded (wk = w[k], ek = elig[k], in T): eligibility =
 // fma(dw, inv, ek) (rstdp) or w = clip(wk + dw) (stdp).
 template <typename T, typename W>
@@ -218,9 +225,7 @@ __device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, int64_t k, T dw,
   if (rstdp) {
     a.elig[k] = St<W>(Fma(dw, inv, ek));
   } else {
-    const T nw = Add(wk, dw);
-    const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-    a.w[k] = St<W>(lo > a.w_clip ? a.w_clip : lo);
+    a.w[k] = St<W>(ClipW(a, Add(wk, dw)));
   }
 }
 
@@ -1005,9 +1010,7 @@ __device__ __forceinline__ void PullBody(const GpuArgs<T, W>& a, const ClusterPl
               W* ep = staged ? &el_sh[q] : &a.elig[kk[u]];
               *ep = St<W>(Fma(dw, inv, Ld(*ep)));
             } else {
-              const T nw = Add(wk, dw);
-              const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-              (staged ? w_sh[q] : a.w[kk[u]]) = St<W>(lo > a.w_clip ? a.w_clip : lo);
+              (staged ? w_sh[q] : a.w[kk[u]]) = St<W>(ClipW(a, Add(wk, dw)));
             }
           }
         }
@@ -1264,9 +1267,7 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T, W>& a, const ClusterP
           if (kRstdp) {
             el_sh[q] = St<W>(Fma(dw, inv, Ld(el_sh[q])));
           } else {
-            const T nw = Add(Ld(w_sh[q]), dw);
-            const T lo = nw < -a.w_clip ? -a.w_clip : nw;
-            w_sh[q] = St<W>(lo > a.w_clip ? a.w_clip : lo);
+            w_sh[q] = St<W>(ClipW(a, Add(Ld(w_sh[q]), dw)));
           }
         }
       }
@@ -1303,9 +1304,7 @@ __device__ __forceinline__ void EventBody(const GpuArgs<T, W>& a, const ClusterP
             if (kRstdp) {
               el_sh[q] = St<W>(Fma(dw, inv, Ld(el_sh[q])));
             } else {
-              const T nw = Add(wk, dw);
-              const T lo2 = nw < -a.w_clip ? -a.w_clip : nw;
-              w_sh[q] = St<W>(lo2 > a.w_clip ? a.w_clip : lo2);
+              w_sh[q] = St<W>(ClipW(a, Add(wk, dw)));
             }
           }
         }
@@ -1390,7 +1389,7 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // =====================================================================================================
 constexpr int kMultiThreads = 256;
 constexpr int kMultiWarps = kMultiThreads / FUMJAX_WARP;
-constexpr int kMultiU = 4;    // synapses per lane in flight in the synapse and flush kernels
+constexpr int kMultiU = 4;    // synapses per lane in flight in the synapse kernel
 constexpr int kSegMax = 64;   // bits of a segment word
 
 // Steps per segment for an eligibility table of k_max + 1 entries (host and device).
@@ -1479,12 +1478,6 @@ __device__ __forceinline__ unsigned long long WarpOr(unsigned long long v) {
 #pragma unroll
   for (int o = FUMJAX_WARP / 2; o > 0; o >>= 1) v |= __shfl_xor_sync(FUMJAX_FULL_MASK, v, o);
   return v;
-}
-
-template <typename T, typename W>
-__device__ __forceinline__ T ClipW(const GpuArgs<T, W>& a, T x) {
-  const T lo = x < -a.w_clip ? -a.w_clip : x;
-  return lo > a.w_clip ? a.w_clip : lo;
 }
 
 // One deferred LTP term on a synapse value held in T (elig in rstdp, w in stdp), rounded to W as it was stored.
@@ -1663,7 +1656,8 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
   const int64_t warps_total = static_cast<int64_t>(gridDim.x) * kMultiWarps;
   // A row per warp. The 8-aligned body of a row goes in chunks of 8 consecutive synapses per lane (posts as
   // two 16-byte loads, the eligibility (stdp: w) as 16-byte vectors, stored back whole when one changed);
-  // the unaligned head and tail (< 8 each) and rows of misaligned arrays go synapse per lane. The next row's header (row_ptr pair, code, spike bits) is loaded while this row runs.
+  // the unaligned head and tail (< 8 each) and rows of misaligned arrays go synapse per lane. The next
+  // row's header (row_ptr pair, code, spike bits) is loaded while this row runs.
   const bool vec_ok = ((reinterpret_cast<uintptr_t>(a.post) | reinterpret_cast<uintptr_t>(syn)) & 15u) == 0;
   int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
   uint32_t h0 = 0, h1 = 0;

@@ -85,6 +85,10 @@ __all__ = [
 
 _EVENTS, _BITMASK = 0, 1  # spike message kinds
 _MPI_ENVELOPE_BYTES = 64  # rough per-message overhead, for the byte counts only
+# the counters behind MpiRun.stats, set aside while measure_speeds runs
+_RUN_COUNTERS = (
+    "run_s", "cpu_s", "steps_run", "exchange_s", "n_exchanges", "events_sent", "bytes_sent", "exchange_log"
+)  # fmt: skip
 
 
 def encode_spikes(
@@ -134,12 +138,12 @@ def spike_codec(name: str | None = None) -> tuple:
     """(encode, decode) with the signatures of encode_spikes / decode_spikes (n_total required): name
     "numpy" (these functions, the format's definition) or "native" (the C++ codec of fumjax._core, the same
     bytes; default where the extension is built)."""
-    native = fused.spike_codec()
     name = resolve_codec(name)
     if name == "numpy":
         return encode_spikes, decode_spikes
     if name != "native":
         raise ValueError(f"spike codec {name!r}: must be 'numpy' or 'native'")
+    native = fused.spike_codec()
     if native is None:
         raise RuntimeError("spike codec 'native' needs the fumjax._core extension (not built here)")
     return native.encode_spikes, native.decode_spikes
@@ -260,9 +264,8 @@ class MpiRun:
             self.exchange_every = int(exchange_every)
         if self.exchange_every * net.n_neurons >= 2**31:
             raise ValueError(f"exchange_every = {self.exchange_every}: events of a block need int32 ids")
-        # the largest spike message: a bit-packed block of the largest part (events only when smaller)
-        n_max = max(m.shape[0] for m in part.members)
-        self._spikes = self.ex.channel(8 + (self.exchange_every * n_max + 7) // 8)
+        n_max = max(m.shape[0] for m in part.members)  # the largest message: a block of the largest part
+        self._spikes = self.ex.channel(fused.max_spike_message_bytes(self.exchange_every * n_max))
         self.n_exchanges = 0
         self.exchange_s = 0.0  # time in exchanges (incl. waiting for slower ranks)
         #: None, or a list that gets (enter, exit) perf_counter seconds of every exchange (bench diagnostics:
@@ -291,14 +294,13 @@ class MpiRun:
         the same array on every rank. Collective."""
         if n_windows < 1:
             raise ValueError(f"n_windows = {n_windows}: must be >= 1")
-        saved = (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges)
-        saved += (self.events_sent, self.bytes_sent, self.exchange_log)
+        saved = {k: getattr(self, k) for k in _RUN_COUNTERS}  # the timing runs leave the counters alone
         state, *_ = self.run_driven(self.init_state(), n_windows)
         self.exchange_log = []
         self.run_driven(state, n_windows)
         times = np.asarray(self.exchange_log)
-        (self.run_s, self.cpu_s, self.steps_run, self.exchange_s, self.n_exchanges) = saved[:5]
-        self.events_sent, self.bytes_sent, self.exchange_log = saved[5:]
+        for k, v in saved.items():
+            setattr(self, k, v)
         busy_s = float(np.median(times[1:, 0] - times[:-1, 1]))
         speed = self.local.n_neurons / max(busy_s, 1e-12)
         return np.asarray(self.ex.allgather_obj(speed, "the measured rank speeds"), np.float64)

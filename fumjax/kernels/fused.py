@@ -40,10 +40,12 @@ __all__ = [
     "synapse_step",
     "spike_message",
     "spike_message_bytes",
+    "max_spike_message_bytes",
     "synapse_step_supported",
     "resolve_threads",
     "bytes_per_synapse",
     "gpu_scratch_shape",
+    "gpu_segment_steps",
 ]
 
 TARGET = "fumjax_lif_step"
@@ -139,10 +141,16 @@ def spike_codec() -> ModuleType | None:
     return core if core is not None and hasattr(core, "encode_spikes") else None
 
 
+def max_spike_message_bytes(size: int) -> int:
+    """The largest spike message of a block of `size` spikes: the 8-byte header and the block bit-packed
+    (events are sent only when smaller)."""
+    return 8 + (int(size) + 7) // 8
+
+
 def spike_message_bytes(size: int) -> int:
     """Length of `spike_message`'s result for a block of `size` spikes: the int32 length, then room for the
-    largest message (header and the block bit-packed; events are sent only when smaller)."""
-    return 4 + 8 + (int(size) + 7) // 8
+    largest message."""
+    return 4 + max_spike_message_bytes(size)
 
 
 def spike_message(spikes: Array, members: Array, step_now: Array, n_total: int) -> Array:
@@ -370,12 +378,17 @@ def resolve_threads(threads: int | None, cfg) -> int:
 GPU_SEGMENT_MAX = 64
 
 
+def gpu_segment_steps(k_max: int) -> int:
+    """Steps of a deferred-LTP segment of the GPU multi path: L = min(max(k_max, 1), GPU_SEGMENT_MAX)."""
+    return min(max(int(k_max), 1), GPU_SEGMENT_MAX)
+
+
 def gpu_scratch_shape(n_neurons: int, k_max: int, mode: str, dtype) -> tuple[int, int]:
     """Shape of the GPU run_steps handler's scratch result (multi path, hip/run_steps.hip MultiScratch), in
     elements of the state dtype: per neuron a 16-byte post cell {post_yd, segment spike bits}, L rows of
     deferred-LTP history (L = min(max(k_max, 1), 64) steps per segment; none in mode off), the spike list
     (LTP factor, index), two counters and a summary byte."""
-    seg = 0 if mode == "off" else min(max(int(k_max), 1), GPU_SEGMENT_MAX)
+    seg = 0 if mode == "off" else gpu_segment_steps(k_max)
     return (16 // jnp.dtype(dtype).itemsize + seg + 3, int(n_neurons) + 2)
 
 

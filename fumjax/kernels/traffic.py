@@ -23,7 +23,7 @@ import dataclasses
 import math
 
 from fumjax.config import FumConfig
-from fumjax.kernels.fused import GPU_SEGMENT_MAX
+from fumjax.kernels.fused import gpu_segment_steps
 from fumjax.state import elig_tables, weight_dtype
 
 __all__ = ["SECTOR_BYTES", "StepTraffic", "step_traffic", "run_bytes"]
@@ -158,5 +158,5 @@ def _renorm_interval(cfg: FumConfig) -> int:
 
 
 def _segment_steps(cfg: FumConfig) -> int:
-    """Steps of a deferred-LTP segment: L = min(max(K, 1), 64) (fused.gpu_scratch_shape)."""
-    return min(max(_renorm_interval(cfg), 1), GPU_SEGMENT_MAX)
+    """Steps of a deferred-LTP segment (fused.gpu_segment_steps of the renormalization interval)."""
+    return gpu_segment_steps(_renorm_interval(cfg))
