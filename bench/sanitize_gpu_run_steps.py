@@ -1,4 +1,5 @@
-"""Small GPU run_steps cases for compute-sanitizer (memcheck, racecheck): ~100 steps, each path, all modes.
+"""Small GPU run_steps cases for compute-sanitizer (memcheck, racecheck): ~100 steps, each path, all modes;
+two rstdp windows of run_driven on the block and multi paths (the window's end in fumjax_window_reward).
 
 SAN_PATHS=cluster,block,multi picks the paths. The cluster path runs with 2 CTAs (spike flags through
 distributed shared memory), once with the event body and once with the pull body.
@@ -9,6 +10,7 @@ import sys
 
 import jax
 
+import fumjax
 from fumjax.kernels import fused
 
 assert fused.gpu_available()
@@ -31,4 +33,10 @@ for path in os.environ.get("SAN_PATHS", "cluster,block,multi").split(","):
                 s, spk = run(state, net, i_ext, cfg=cfg, mode=mode)
                 jax.block_until_ready(s)
                 print(path, csize, body, n, delays, mode, int(spk.sum()), flush=True)
+        if path in ("block", "multi"):  # rstdp windows ended by fumjax_window_reward (gamma 0.5: K = 13 < T)
+            net, cfg, state, _ = make_case(n, k, "1", seed=4, t_steps=1)
+            cfg = cfg.replace(plasticity={"gamma": 0.5}, sie={"target_rate_var": 60.0})
+            s, spk, rewards = fumjax.run_driven(state, net, 2, config=cfg, backend="fused", plasticity=True)
+            jax.block_until_ready(s)
+            print(path, "window reward", n, int(spk.sum()), [float(r) for r in rewards], flush=True)
 print("sanitize script done")

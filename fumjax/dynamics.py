@@ -173,17 +173,18 @@ def running_rate_hz(state: State, cfg: FumConfig) -> Array:
     return plasticity.update_rate_estimate(state.rate_hz, window_rate, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
-def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
+def _reward_synapses(state: State, reward: Array, cfg: FumConfig) -> State:
+    """rstdp's end of window on the synapses: eligibility unscaled (e = e_hat * gamma^(n - t0)), then
+    w = clip(w + eta_eff(R) * R * e); elig_t0 is left for _close_window."""
+    elig = plasticity.eligibility(state.elig, state.step - state.elig_t0, cfg)
+    return state.replace(w=plasticity.apply_reward(state.w, elig, reward, cfg), elig=elig)
+
+
+def _close_window(state: State, cfg: FumConfig) -> State:
+    """The rest of a window's end: rate estimate, intrinsic plasticity, eligibility origin, counters."""
     rate = running_rate_hz(state, cfg)
     tau, v_th = plasticity.intrinsic_update(state.tau_ms, state.v_th_mV, rate, cfg)
-    w, elig = state.w, state.elig
-    if mode == "rstdp":
-        elig = plasticity.eligibility(elig, state.step - state.elig_t0, cfg)
-        w = plasticity.apply_reward(w, elig, reward, cfg)
     return state.replace(
-        w=w,
-        elig=elig,
         elig_t0=state.step,
         tau_ms=tau,
         v_th_mV=v_th,
@@ -191,6 +192,52 @@ def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State
         window_spikes=jnp.zeros_like(state.window_spikes),
         window_start=state.step,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
+def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str) -> State:
+    if mode == "rstdp":
+        state = _reward_synapses(state, reward, cfg)
+    return _close_window(state, cfg)
+
+
+def _self_benefit_reward(state: State, cfg: FumConfig) -> Array:
+    """run_driven's reward: w_self_benefit * self_benefit of the running rates (reads neuron state only)."""
+    rates = running_rate_hz(state, cfg)
+    return cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
+
+
+def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str):
+    """One window of run_driven: T steps, the self-benefit reward of the state after them, the window's end.
+    Returns (state, spikes (T, N) uint8, reward ()). On a GPU with the fused backend in mode rstdp, the
+    window's end on the synapses runs in the kernel's last pass over E (fused.run_window_gpu), with the
+    same arithmetic as _reward_synapses."""
+
+    def generic(s):
+        s, spikes = _simulate(s, net, i_ext_mV, cfg, mode, backend)
+        reward = _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
+        return (_reward_synapses(s, reward, cfg) if mode == "rstdp" else s), spikes, reward
+
+    fused_window = backend == "fused" and mode == "rstdp" and "run_steps" in fused_ops()
+    if fused_window:
+        from fumjax.kernels import fused
+
+        fused_window = fused.gpu_available() and fused.run_steps_supported(state, net)
+    if not fused_window:
+        s, spikes, reward = generic(state)
+    else:
+        from fumjax.kernels import fused
+
+        def reward_and_coef(s):
+            reward = _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
+            return reward, plasticity.reward_coefficient(reward, s.w.dtype, cfg)
+
+        s, spikes, reward = jax.lax.platform_dependent(
+            state,
+            cpu=generic,
+            default=lambda s: fused.run_window_gpu(s, net, i_ext_mV, cfg, reward_and_coef),
+        )
+    return _close_window(s, cfg), spikes, reward
 
 
 def background_current(state: State, net: Network, n_steps: int, cfg: FumConfig) -> Array:
@@ -215,10 +262,8 @@ def _run_driven(
     t_win = cfg.run.window_steps
 
     def window(s, _):
-        s, spikes = _simulate(s, net, background_current(s, net, t_win, cfg), cfg, mode, backend)
-        rates = running_rate_hz(s, cfg)
-        reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
-        s = _end_window(s, reward, cfg, mode)
+        drive = background_current(s, net, t_win, cfg)
+        s, spikes, reward = _simulate_rewarded(s, net, drive, cfg, mode, backend)
         counts = spikes.sum(1, dtype=jnp.int32)
         return s, (spikes if record_spikes else counts, reward)
 

@@ -18,6 +18,7 @@ __all__ = [
     "DISABLED_V_TH_MV",
     "elig_tables",
     "eligibility",
+    "reward_coefficient",
     "decay_traces",
     "increment_traces",
     "eta_effective",
@@ -45,11 +46,16 @@ def eta_effective(reward: Array, eta: float) -> Array:
     return eta * (1.0 + (2.0 * jax.nn.sigmoid(reward) - 1.0))
 
 
+def reward_coefficient(reward: Array, w_dtype, cfg: FumConfig) -> Array:
+    """The scalar eta_eff(R) * R of apply_reward, in its compute dtype (float32, or float64 weights)."""
+    reward = jnp.asarray(reward, jnp.promote_types(w_dtype, jnp.float32))
+    return eta_effective(reward, cfg.plasticity.eta) * reward
+
+
 def apply_reward(w: Array, elig: Array, reward: Array, cfg: FumConfig) -> Array:
     """End-of-window weight update: w = clip(w + eta_eff(R) * R * e, -w_clip, w_clip); (E,) -> (E,)."""
-    ct = jnp.promote_types(w.dtype, jnp.float32)
-    reward = jnp.asarray(reward, ct)
-    new = w.astype(ct) + eta_effective(reward, cfg.plasticity.eta) * reward * elig.astype(ct)
+    coef = reward_coefficient(reward, w.dtype, cfg)
+    new = w.astype(coef.dtype) + coef * elig.astype(coef.dtype)
     c = cfg.connectivity.w_clip
     return jnp.clip(new, -c, c).astype(w.dtype)
 

@@ -15,6 +15,7 @@ namespace nb = nanobind;
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepGpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsGpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowRewardGpu);
 
 namespace {
 
@@ -33,6 +34,7 @@ NB_MODULE(_core_gpu, m) {
     nb::dict d;
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepGpu);
     d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsGpu);
+    d["fumjax_window_reward"] = EncapsulateFfiHandler(FumjaxWindowRewardGpu);
     return d;
   });
   m.def("platform", []() { return FUMJAX_GPU_PLATFORM; });

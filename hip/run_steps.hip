@@ -1378,10 +1378,14 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // spike in the segment (or -1), in ascending order, each with hist[b][j] and the inv of its own step, rounded
 // to the storage type after each, as the eager in-list stored them; then transmission (stdp: with the w the
 // eager order had) and step t's update. At a segment's end FlushKernel applies every synapse's pending LTP
-// (post spikes after j's last spike) and, at a renormalization step, the scale in the same pass. Per synapse
+// (post spikes after j's last spike) and, at a renormalization step, the scale in the same pass. With
+// defer_final_flush (run_driven's rstdp windows on the GPU) the call's last flush is left to a second FFI
+// call, fumjax_window_reward, which also unscales the eligibility and applies the window's reward (computed
+// by XLA in between) in that pass: E is streamed once at a window's end instead of twice. Per synapse
 // the operations and their order are those of the reference, so w and elig are bit-identical to it; the
 // in-list (in_ptr, in_syn) is not read by this path. Measured on the H200 at 7M x 500 (bench/GPU_RUN_STEPS.md):
-// 1.02 ms per step at 4.65 Hz, 1.34 at 9.4 Hz, 0.76 at 1.1 Hz (the eager in-list: 2.07 at 5.9 Hz, 3.07, 0.665).
+// run_driven windows at 0.957 ms per step at 4.65 Hz, 1.29 at 9.4 Hz, 0.751 at 1.1 Hz, 0.971 at 5.94 Hz (the
+// eager in-list: 2.07 at 5.9 Hz, 3.07, 0.665).
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
 // sums are order-free atomics already). Per step only spiking neurons' rows are touched, plus one pass over
 // all rows per segment: O(N + spikes x K + E / L); the handler allocates nothing (the scratch is an extra
@@ -1423,7 +1427,9 @@ static_assert(sizeof(PostCell<float>) == 16 && sizeof(PostCell<double>) == 16, "
 
 // Scratch layout in `work` ((16 / sizeof(T) + L + 3, N + 2) elements of T, L = 0 in mode off): post cells
 // (16 N bytes), hist (L, N), list_ltp (N T), list_j (N int32), two spike counters (int32, by step parity),
-// the summary bytes (N uint8: 0 no spike in the segment, 1 + b one spike at step b, 255 several).
+// the summary bytes (N uint8: 0 no spike in the segment, 1 + b one spike at step b, 255 several), then (in the
+// last row's slack) the deferred flag: nonzero when a call with defer_final_flush left a segment's LTP pending
+// (multi path), zero when it did not (block and cluster paths apply everything eagerly).
 template <typename T>
 struct MultiScratch {
   PostCell<T>* cell;
@@ -1432,13 +1438,15 @@ struct MultiScratch {
   int32_t* list_j;
   int32_t* count;
   uint8_t* once;
+  int32_t* deferred;
   __host__ __device__ MultiScratch(T* work, int64_t n, int32_t seg_rows)
       : cell(reinterpret_cast<PostCell<T>*>(work)),
         hist(work + (16 / sizeof(T)) * n),
         list_ltp(hist + seg_rows * n),
         list_j(reinterpret_cast<int32_t*>(list_ltp + n)),
         count(list_j + n),
-        once(reinterpret_cast<uint8_t*>(list_j + n + 2)) {}
+        once(reinterpret_cast<uint8_t*>(list_j + n + 2)),
+        deferred(reinterpret_cast<int32_t*>(once + ((n + 3) & ~int64_t{3}))) {}
 };
 
 template <typename T>
@@ -1539,8 +1547,9 @@ __device__ __forceinline__ void RenormAll(W* elig, int64_t e, T scale, int64_t g
   for (int64_t k = done + gid; k < e; k += stride) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
 }
 
-// One row's flush (FlushKernel): a synapse's pending LTP terms, then the renormalization's scale.
-template <typename T, typename W>
+// One row's flush (FlushKernel): a synapse's pending LTP terms, then the renormalization's scale; at a
+// window's end (kReward) also the reward, w = clip(fma(coef, e, w)) with e the eligibility as stored.
+template <typename T, typename W, bool kReward>
 struct FlushRow {
   const GpuArgs<T, W>* a;
   const MultiScratch<T>* m;
@@ -1549,6 +1558,10 @@ struct FlushRow {
   unsigned long long rest;
   T scale;
   bool renorm, rstdp;
+  T coef;  // kReward: eta_eff(R) * R
+
+  // plasticity.apply_reward on one synapse (XLA contracts its multiply-add: fma, one rounding, then clip).
+  __device__ __forceinline__ W Reward(W wk, W ek) const { return St<W>(ClipW(*a, Fma(coef, Ld(ek), Ld(wk)))); }
 
   // Post i's pending steps on this row from its summary byte `so` (the full bits only for several spikes).
   __device__ __forceinline__ unsigned long long Pending(int32_t i, uint8_t so) const {
@@ -1577,7 +1590,14 @@ struct FlushRow {
       if (i >= 0) p = Pending(i, m->once[i]);
     }
     W x = syn[k];
-    if (Apply(p, x)) syn[k] = x;
+    if constexpr (kReward) {
+      const W wk = a->w[k];
+      Apply(p, x);  // renorm is set: always stored
+      syn[k] = x;
+      a->w[k] = Reward(wk, x);
+    } else {
+      if (Apply(p, x)) syn[k] = x;
+    }
   }
   // Chunk c (8 synapses) from the 8-aligned slot base: loads, then the summary bytes, then the updates.
   __device__ __forceinline__ void Chunk(W* syn, int64_t base, int32_t c) const {
@@ -1594,6 +1614,15 @@ struct FlushRow {
     uint4* px = reinterpret_cast<uint4*>(syn + k);
 #pragma unroll
     for (int v = 0; v < kV; ++v) x.u[v] = px[v];
+    union {
+      uint4 u[kV];
+      W w[8];
+    } xw;
+    uint4* pw = reinterpret_cast<uint4*>(a->w + k);
+    if constexpr (kReward) {
+#pragma unroll
+      for (int v = 0; v < kV; ++v) xw.u[v] = pw[v];
+    }
     uint32_t so_lo = 0, so_hi = 0;  // the 8 summary bytes, packed
     if (rest) {
       const int4* pi = reinterpret_cast<const int4*>(a->post + k);
@@ -1616,14 +1645,24 @@ struct FlushRow {
 #pragma unroll
       for (int v = 0; v < kV; ++v) px[v] = x.u[v];
     }
+    if constexpr (kReward) {
+#pragma unroll
+      for (int l = 0; l < 8; ++l) xw.w[l] = Reward(xw.w[l], x.w[l]);
+#pragma unroll
+      for (int v = 0; v < kV; ++v) pw[v] = xw.u[v];
+    }
   }
 };
 
 // Before step t's NeuronKernel (0 <= t < T) and after the last step (t = T): at a segment's end, every synapse's
 // pending LTP, then the renormalization if step t has one; at t = 0 only the renormalization (nothing pends
 // at a call's start: the previous call ended with a flush).
-template <typename T, typename W>
-__global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a, int32_t t) {
+// kReward (rstdp, t = T, launched by fumjax_window_reward after a call with defer_final_flush): the window's
+// end in one pass over E -- the pending LTP (where *deferred says the call left some), the eligibility
+// unscaled to e = e_hat * gamma^(n - t0) (dynamics._end_window) and w = clip(w + coef * e), coef read from the
+// device: what the separate XLA pass over w and elig did, without reading elig twice.
+template <typename T, typename W, bool kReward>
+__global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a, int32_t t, const T* coef_ptr) {
   __shared__ T inv_seg[kSegMax];
   __shared__ T hist_w[kMultiWarps][kSegMax];
   const int32_t n = a.n;
@@ -1638,7 +1677,14 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
     renorm = c.renorm;
     scale = Ld(a.gamma_pow[c.scale_idx]);
   }
-  if (t == 0) {
+  T coef = T(0);
+  if constexpr (kReward) {  // t = T >= 1: the origin in effect after the call's last step, then n - t0
+    const int32_t t0_end = ClockAt(s0, t0_init, a.k_max, s - 1).t0;
+    renorm = true;
+    scale = Ld(a.gamma_pow[JnpIndex(static_cast<int64_t>(s) - t0_end, a.k_max + 1)]);
+    coef = *coef_ptr;
+  }
+  if (!kReward && t == 0) {
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     if (renorm) RenormAll<T, W>(a.elig, e, scale, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, stride);
     return;
@@ -1650,6 +1696,7 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
   const unsigned long long seg_mask = len >= 64 ? ~0ull : (1ull << len) - 1ull;
   FillSegInv(a, inv_seg, s0, t0_init, seg_start);
   MultiScratch<T> m(a.work, n, MultiSegRows(a.mode, a.k_max));
+  const bool pending = !kReward || *m.deferred != 0;
   W* syn = rstdp ? a.elig : a.w;
   const int lane = threadIdx.x % FUMJAX_WARP;
   T* hw = hist_w[threadIdx.x / FUMJAX_WARP];
@@ -1658,26 +1705,28 @@ __global__ void __launch_bounds__(kMultiThreads, 4) FlushKernel(GpuArgs<T, W> a,
   // two 16-byte loads, the eligibility (stdp: w) as 16-byte vectors, stored back whole when one changed);
   // the unaligned head and tail (< 8 each) and rows of misaligned arrays go synapse per lane. The next
   // row's header (row_ptr pair, code, spike bits) is loaded while this row runs.
-  const bool vec_ok = ((reinterpret_cast<uintptr_t>(a.post) | reinterpret_cast<uintptr_t>(syn)) & 15u) == 0;
+  const bool vec_ok = ((reinterpret_cast<uintptr_t>(a.post) | reinterpret_cast<uintptr_t>(syn) |
+                        (kReward ? reinterpret_cast<uintptr_t>(a.w) : 0u)) & 15u) == 0;
   int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / FUMJAX_WARP;
   uint32_t h0 = 0, h1 = 0;
   uint8_t hc = 2;
   unsigned long long hb = 0;
   if (j < n) {
-    h0 = __ldg(a.row_ptr + j), h1 = __ldg(a.row_ptr + j + 1), hc = __ldg(a.excitatory + j), hb = m.cell[j].bits;
+    h0 = __ldg(a.row_ptr + j), h1 = __ldg(a.row_ptr + j + 1), hc = __ldg(a.excitatory + j);
+    hb = pending ? m.cell[j].bits : 0ull;
   }
   for (; j < n; j += warps_total) {
     const int64_t k0 = h0, k1 = max(k0, min(static_cast<int64_t>(h1), e));
     // steps whose post spikes still pend on j's synapses: after j's last spike in the segment
-    const unsigned long long rest = hc != 2 ? AfterLast(hb & seg_mask, seg_mask) : 0ull;
+    const unsigned long long rest = hc != 2 && pending ? AfterLast(hb & seg_mask, seg_mask) : 0ull;
     const int64_t jn = j + warps_total;
     if (jn < n) {
       h0 = __ldg(a.row_ptr + jn), h1 = __ldg(a.row_ptr + jn + 1), hc = __ldg(a.excitatory + jn);
-      hb = m.cell[jn].bits;
+      hb = pending ? m.cell[jn].bits : 0ull;
     }
     if (rest == 0 && !renorm) continue;
     if (rest) LoadHist(m.hist, n, static_cast<int32_t>(j), rest, hw, lane);  // warp-uniform
-    const FlushRow<T, W> row{&a, &m, hw, inv_seg, rest, scale, renorm, rstdp};
+    const FlushRow<T, W, kReward> row{&a, &m, hw, inv_seg, rest, scale, renorm, rstdp, coef};
     const int64_t b0 = vec_ok ? min(k1, (k0 + 7) & ~int64_t{7}) : k1;
     const int64_t b1 = vec_ok ? max(b0, k1 & ~int64_t{7}) : k1;
     if (vec_ok) {  // head (lanes 0-7) and tail (lanes 16-23) together
@@ -2148,12 +2197,24 @@ int64_t SynBlocksPerSm() {
 template <typename T, typename W>
 int64_t FlushBlocksPerSm() {
   static int cache[64] = {};
-  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W>), cache);
+  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W, false>), cache);
+}
+template <typename T, typename W>
+int64_t RewardBlocksPerSm() {
+  static int cache[64] = {};
+  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W, true>), cache);
 }
 
 template <typename T, typename W>
-hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int32_t cluster, bool cluster_pull) {
+hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int32_t cluster, bool cluster_pull,
+                  bool defer) {
   const DeviceInfo info = GetDeviceInfo();
+  // defer_final_flush: the deferred flag says whether the multi path left the last segment's LTP pending.
+  MultiScratch<T> m(a.work, a.n, MultiSegRows(a.mode, a.k_max));
+  if (defer) {
+    const hipError_t err = hipMemsetAsync(m.deferred, 0, sizeof(int32_t), stream);
+    if (err != hipSuccess) return err;
+  }
 #if !defined(FUMJAX_USE_HIP)
   // Cluster path: opt-in (gpu_path = cluster) until tests/test_fused_gpu.py has passed on a GPU with the
   // event body (bench/GPU_RUN_STEPS.md); then the default wherever ChooseCluster(need_staged) accepts.
@@ -2187,16 +2248,20 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   const int64_t avg_k = a.n > 0 ? (a.e + a.n - 1) / a.n : 1;
   const int32_t parts = static_cast<int32_t>(
       std::min<int64_t>(16, std::max<int64_t>(1, (avg_k + kMultiU * FUMJAX_WARP - 1) / (kMultiU * FUMJAX_WARP))));
-  MultiScratch<T> m(a.work, a.n, MultiSegRows(a.mode, a.k_max));
   hipError_t err = hipMemsetAsync(m.count, 0, 2 * sizeof(int32_t), stream);
+  if (err == hipSuccess && defer) err = hipMemsetAsync(m.deferred, 1, sizeof(int32_t), stream);
   if (err != hipSuccess) return err;
   for (int32_t t = 0; t < a.t_steps; ++t) {
     // Whether a flush or renormalization is due depends on the device's step and elig_t0: the kernel decides.
-    if (a.mode == 2 || (a.mode == 1 && t > 0)) FlushKernel<T, W><<<grid_flush, kMultiThreads, 0, stream>>>(a, t);
+    if (a.mode == 2 || (a.mode == 1 && t > 0)) {
+      FlushKernel<T, W, false><<<grid_flush, kMultiThreads, 0, stream>>>(a, t, nullptr);
+    }
     NeuronKernel<T, W><<<grid_neuron, kMultiThreads, 0, stream>>>(a, t);
     SynapseKernel<T, W><<<grid_syn, kMultiThreads, 0, stream>>>(a, t, parts);
   }
-  if (a.mode != 0 && a.t_steps > 0) FlushKernel<T, W><<<grid_flush, kMultiThreads, 0, stream>>>(a, a.t_steps);
+  if (a.mode != 0 && a.t_steps > 0 && !defer) {
+    FlushKernel<T, W, false><<<grid_flush, kMultiThreads, 0, stream>>>(a, a.t_steps, nullptr);
+  }
   FinalizeKernel<T, W><<<1, 1, 0, stream>>>(a);
   return hipGetLastError();
 }
@@ -2226,7 +2291,7 @@ U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream
 template <typename T, typename W>
 hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res, void* work,
                     const double* sc, int32_t refractory_steps, int32_t mode, int32_t pre_shift, int32_t path,
-                    int32_t cluster, bool cluster_pull) {
+                    int32_t cluster, bool cluster_pull, bool defer) {
   enum { kV, kRefrac, kX, kY, kRing, kW, kElig, kT0, kWin, kStep, kTau, kVth, kIext, kRowPtr, kBucket, kPost,
          kDelay, kInPtr, kInSyn, kExc, kGamma, kInv };
   hipError_t err = hipSuccess;
@@ -2266,7 +2331,7 @@ hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<f
   a.gamma_pow = static_cast<const W*>(ops[kGamma].untyped_data());
   a.inv_pow = ops[kInv].template typed_data<T>();
   if (err != hipSuccess) return err;
-  return Launch<T, W>(a, stream, path, cluster, cluster_pull);
+  return Launch<T, W>(a, stream, path, cluster, cluster_pull, defer);
 }
 
 ffi::Error RunStepsGpuDispatch(
@@ -2278,6 +2343,7 @@ ffi::Error RunStepsGpuDispatch(
     ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
     double a_plus, double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps,
     int32_t mode, int32_t pre_shift, int32_t gpu_path, int32_t gpu_cluster, int32_t gpu_cluster_body,
+    int32_t defer_final_flush,
     ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
     ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
     ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
@@ -2366,22 +2432,113 @@ ffi::Error RunStepsGpuDispatch(
   const double sc[] = {v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y};
   void* wk = work->untyped_data();
   const bool pull = gpu_cluster_body == 1;
+  if (defer_final_flush != 0 && mode != 2) {
+    return ffi::Error::InvalidArgument("fumjax_run_steps: defer_final_flush needs mode 2 (rstdp)");
+  }
+  const bool defer = defer_final_flush != 0;
   hipError_t err;
   if (dt_f == ffi::DataType::F64) {
     err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                   gpu_cluster, pull);
+                                   gpu_cluster, pull, defer);
   } else if (dt_w == ffi::DataType::F32) {
     err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                 gpu_cluster, pull);
+                                 gpu_cluster, pull, defer);
   } else if (dt_w == ffi::DataType::F16) {
     err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                gpu_cluster, pull);
+                                gpu_cluster, pull, defer);
   } else {
     err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                    gpu_cluster, pull);
+                                    gpu_cluster, pull, defer);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
+  }
+  return ffi::Error::Success();
+}
+
+// fumjax_window_reward: the end of an rstdp window after a run_steps call with defer_final_flush (the call's
+// pending LTP, the eligibility unscaled, w += coef * e, clipped) in one pass over E (FlushKernel<kReward>).
+template <typename T, typename W>
+hipError_t WindowRewardTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res,
+                             double w_clip, int32_t t_steps) {
+  enum { kW, kElig, kStep0, kT00, kRowPtr, kPost, kExc, kGamma, kInv, kWork, kCoef };
+  hipError_t err = hipSuccess;
+  GpuArgs<T, W> a{};
+  a.n = static_cast<int32_t>(ops[kExc].dimensions()[0]);
+  a.e = static_cast<int64_t>(ops[kW].dimensions()[0]);
+  a.t_steps = t_steps;
+  a.k_max = static_cast<int32_t>(ops[kGamma].element_count()) - 1;
+  a.mode = 2;
+  a.w_clip = static_cast<T>(w_clip);
+  a.w = InPlace<W>(ops[kW], res[0], stream, &err);
+  a.elig = InPlace<W>(ops[kElig], res[1], stream, &err);
+  // Read only by the kernel: the step and origin the run_steps call started from.
+  a.step = const_cast<int32_t*>(ops[kStep0].template typed_data<int32_t>());
+  a.elig_t0 = const_cast<int32_t*>(ops[kT00].template typed_data<int32_t>());
+  a.work = const_cast<T*>(ops[kWork].template typed_data<T>());
+  a.row_ptr = ops[kRowPtr].template typed_data<uint32_t>();
+  a.post = ops[kPost].template typed_data<int32_t>();
+  a.excitatory = ops[kExc].template typed_data<uint8_t>();
+  a.gamma_pow = static_cast<const W*>(ops[kGamma].untyped_data());
+  a.inv_pow = ops[kInv].template typed_data<T>();
+  if (err != hipSuccess) return err;
+  const DeviceInfo info = GetDeviceInfo();
+  const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(sm * RewardBlocksPerSm<T, W>(), 65535));
+  FlushKernel<T, W, true><<<grid, kMultiThreads, 0, stream>>>(a, t_steps, ops[kCoef].template typed_data<T>());
+  return hipGetLastError();
+}
+
+ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer step0,
+                                   ffi::AnyBuffer elig_t00, ffi::AnyBuffer row_ptr, ffi::AnyBuffer post,
+                                   ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow,
+                                   ffi::AnyBuffer work, ffi::AnyBuffer coef, double w_clip, int32_t t_steps,
+                                   ffi::Result<ffi::AnyBuffer> w_out, ffi::Result<ffi::AnyBuffer> elig_out) {
+  const ffi::DataType dt_f = coef.element_type();
+  const ffi::DataType dt_w = w.element_type();
+  const int64_t n = excitatory.dimensions().size() == 1 ? excitatory.dimensions()[0] : -1;
+  const int64_t e = w.dimensions().size() == 1 ? w.dimensions()[0] : -1;
+  const int64_t k1 = static_cast<int64_t>(gamma_pow.element_count());
+  if (n < 0 || n >= INT32_MAX || e < 0 || e > static_cast<int64_t>(UINT32_MAX) || k1 < 1 || t_steps < 1) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_window_reward: need excitatory (N,) with N below 2^31, w (E,) with E below 2^32, a non-empty "
+        "eligibility table and t_steps >= 1");
+  }
+  const bool types_ok =
+      (dt_f == ffi::DataType::F32 || dt_f == ffi::DataType::F64) && inv_pow.element_type() == dt_f &&
+      work.element_type() == dt_f && elig.element_type() == dt_w && gamma_pow.element_type() == dt_w &&
+      (dt_w == dt_f || (dt_f == ffi::DataType::F32 && (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16))) &&
+      step0.element_type() == ffi::DataType::S32 && elig_t00.element_type() == ffi::DataType::S32 &&
+      post.element_type() == ffi::DataType::S32 && row_ptr.element_type() == ffi::DataType::U32 &&
+      excitatory.element_type() == ffi::DataType::U8;
+  if (!types_ok) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_window_reward: coef, inv_pow and work in the state's float dtype; w, elig and gamma_pow in the "
+        "synapse dtype (the state's, or float16/bfloat16 with float32 state); step, elig_t0, post int32; "
+        "row_ptr uint32; excitatory uint8");
+  }
+  const bool shapes_ok = Dims(elig, {e}) && Dims(step0, {}) && Dims(elig_t00, {}) && Dims(row_ptr, {n + 1}) &&
+                         Dims(post, {e}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(coef, {}) &&
+                         Dims(work, {(dt_f == ffi::DataType::F64 ? 2 : 4) + MultiSegRows(2, static_cast<int32_t>(k1 - 1)) + 3, n + 2});
+  if (!shapes_ok) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_window_reward: shapes must be w, elig, post (E,); row_ptr (N+1,); step, elig_t0, coef (); "
+        "gamma_pow, inv_pow (K+1,); work as run_steps' scratch (16 / itemsize + L + 3, N + 2)");
+  }
+  const ffi::AnyBuffer ops[] = {w, elig, step0, elig_t00, row_ptr, post, excitatory, gamma_pow, inv_pow, work, coef};
+  ffi::Result<ffi::AnyBuffer> res[] = {w_out, elig_out};
+  hipError_t err;
+  if (dt_f == ffi::DataType::F64) {
+    err = WindowRewardTyped<double, double>(stream, ops, res, w_clip, t_steps);
+  } else if (dt_w == ffi::DataType::F32) {
+    err = WindowRewardTyped<float, float>(stream, ops, res, w_clip, t_steps);
+  } else if (dt_w == ffi::DataType::F16) {
+    err = WindowRewardTyped<float, Half>(stream, ops, res, w_clip, t_steps);
+  } else {
+    err = WindowRewardTyped<float, BFloat16>(stream, ops, res, w_clip, t_steps);
+  }
+  if (err != hipSuccess) {
+    return ffi::Error::Internal(std::string("fumjax_window_reward (GPU): launch failed: ") + hipGetErrorString(err));
   }
   return ffi::Error::Success();
 }
@@ -2429,6 +2586,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster
                                   .Attr<int32_t>("gpu_cluster")        // CTAs per cluster, 0 = default (8)
                                   .Attr<int32_t>("gpu_cluster_body")   // 0 auto, 1 pull
+                                  .Attr<int32_t>("defer_final_flush")  // 1: fumjax_window_reward ends the window
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
                                   .Ret<ffi::AnyBuffer>()   // x_pre
@@ -2441,4 +2599,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Ret<ffi::AnyBuffer>()   // step
                                   .Ret<ffi::AnyBuffer>()   // spikes (T, N)
                                   .Ret<ffi::AnyBuffer>(),  // work (16 / itemsize + L + 3, N + 2): multi scratch
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxWindowRewardGpu, fumjax::WindowRewardGpuDispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<hipStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // w               (aliased to result 0)
+                                  .Arg<ffi::AnyBuffer>()  // elig            (1)
+                                  .Arg<ffi::AnyBuffer>()  // step before the run_steps call
+                                  .Arg<ffi::AnyBuffer>()  // elig_t0 before the run_steps call
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (uint32)
+                                  .Arg<ffi::AnyBuffer>()  // post
+                                  .Arg<ffi::AnyBuffer>()  // excitatory (uint8)
+                                  .Arg<ffi::AnyBuffer>()  // gamma_pow
+                                  .Arg<ffi::AnyBuffer>()  // inv_pow
+                                  .Arg<ffi::AnyBuffer>()  // work: run_steps' scratch
+                                  .Arg<ffi::AnyBuffer>()  // coef = eta_eff(R) * R, state dtype ()
+                                  .Attr<double>("w_clip")
+                                  .Attr<int32_t>("t_steps")
+                                  .Ret<ffi::AnyBuffer>()   // w
+                                  .Ret<ffi::AnyBuffer>(),  // elig
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -4,6 +4,8 @@
 `run_steps`: T whole steps of `fumjax.dynamics._simulate` (LIF, delayed transmission, STDP/eligibility) in
 one call, on the CPU bit-identical to the jitted reference backend (on the GPU identical rasters, float state
 within a few ulp); it takes a `Network` or a `fumjax.compact.CompactNetwork`.
+`run_window_gpu`: an rstdp window on the GPU whose end (deferred LTP, eligibility unscaled, reward) runs in
+the kernel's last pass over the synapses (`dynamics.run_driven` uses it).
 The native handlers live in the compiled extensions ``fumjax._core`` (CPU) and, when built
 with a GPU toolkit, ``fumjax._core_gpu`` (CUDA or ROCm). Targets are registered lazily,
 once per process, on first use.
@@ -37,6 +39,7 @@ __all__ = [
     "lif_step",
     "run_steps",
     "run_steps_supported",
+    "run_window_gpu",
     "synapse_step",
     "spike_message",
     "spike_message_bytes",
@@ -52,6 +55,7 @@ TARGET = "fumjax_lif_step"
 RUN_STEPS_TARGET = "fumjax_run_steps"
 SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
 SPIKE_MESSAGE_TARGET = "fumjax_spike_message"
+WINDOW_REWARD_TARGET = "fumjax_window_reward"  # GPU only (hip/run_steps.hip)
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
 OPS = ("lif_step", "run_steps", "synapse_step")
 
@@ -392,16 +396,9 @@ def gpu_scratch_shape(n_neurons: int, k_max: int, mode: str, dtype) -> tuple[int
     return (16 // jnp.dtype(dtype).itemsize + seg + 3, int(n_neurons) + 2)
 
 
-def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None = None):
-    """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
-
-    Bit-identical to the jitted reference backend (see cpp/run_steps_compute.h for the FMA placements).
-    i_ext_mV: (T, N). cfg and mode are static. Works under jit, lax.scan and vmap (sequential); the state
-    arrays are updated in place (input_output_aliases), so inside a scan or with donated buffers no
-    E-sized copy is made. Needs run_steps_supported(state, net).
-    threads: CPU kernel threads (None: cfg.run.threads; 0: automatic); any count gives identical results.
-    The GPU handler takes no thread count.
-    """
+def _run_steps_call(state, net, i_ext_mV: Array, cfg, mode: str):
+    """Checked operands of a run_steps call: (operands, result types without the GPU scratch, attributes,
+    the GPU scratch's type)."""
     if int(net.n_synapses) >= MAX_SYNAPSES:
         raise ValueError(
             f"fused.run_steps: the network has {int(net.n_synapses)} synapses; the kernels index synapses "
@@ -415,7 +412,6 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         )
     if mode not in _MODE_IDS:
         raise ValueError(f"fused.run_steps: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
-    n_threads = resolve_threads(threads, cfg)
     dtype = state.v_mV.dtype
     n = net.n_neurons
     i_ext = jnp.asarray(i_ext_mV).astype(dtype)
@@ -436,17 +432,6 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_STATE_FIELDS)]) + (
         jax.ShapeDtypeStruct((t_steps, n), jnp.uint8),
     )
-    aliases = {k: k for k in range(len(_STATE_FIELDS))}
-    call = jax.ffi.ffi_call(
-        RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=aliases
-    )
-    # The GPU handler also returns the multi path's scratch (no allocation inside the handler).
-    call_gpu = jax.ffi.ffi_call(
-        RUN_STEPS_TARGET,
-        out_types + (jax.ShapeDtypeStruct(gpu_scratch_shape(n, len(gamma_pow) - 1, mode, dtype), dtype),),
-        vmap_method="sequential",
-        input_output_aliases=aliases,
-    )
     attrs = dict(
         v_rest_mV=np.float64(nc.v_rest_mV),
         v_reset_mV=np.float64(nc.v_reset_mV),
@@ -454,14 +439,86 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
         **_synapse_attrs(net, cfg, mode),
         refractory_steps=np.int32(nc.refractory_steps),
     )
+    scratch = jax.ShapeDtypeStruct(gpu_scratch_shape(n, len(gamma_pow) - 1, mode, dtype), dtype)
+    return operands, out_types, attrs, scratch
+
+
+_ALIASES = {k: k for k in range(len(_STATE_FIELDS))}
+
+
+def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None = None):
+    """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
+
+    Bit-identical to the jitted reference backend (see cpp/run_steps_compute.h for the FMA placements).
+    i_ext_mV: (T, N). cfg and mode are static. Works under jit, lax.scan and vmap (sequential); the state
+    arrays are updated in place (input_output_aliases), so inside a scan or with donated buffers no
+    E-sized copy is made. Needs run_steps_supported(state, net).
+    threads: CPU kernel threads (None: cfg.run.threads; 0: automatic); any count gives identical results.
+    The GPU handler takes no thread count.
+    """
+    operands, out_types, attrs, scratch = _run_steps_call(state, net, i_ext_mV, cfg, mode)
+    n_threads = resolve_threads(threads, cfg)
+    call = jax.ffi.ffi_call(
+        RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=_ALIASES
+    )
+    # The GPU handler also returns the multi path's scratch (no allocation inside the handler).
+    call_gpu = jax.ffi.ffi_call(
+        RUN_STEPS_TARGET, out_types + (scratch,), vmap_method="sequential", input_output_aliases=_ALIASES
+    )
     # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) its path instead.
+    gpu_attrs = dict(**gpu_path_attrs(cfg), defer_final_flush=np.int32(0))
     results = jax.lax.platform_dependent(
         *operands,
         cpu=lambda *ops: tuple(call(*ops, **attrs, threads=np.int32(n_threads))),
-        default=lambda *ops: tuple(call_gpu(*ops, **attrs, **gpu_path_attrs(cfg)))[:-1],
+        default=lambda *ops: tuple(call_gpu(*ops, **attrs, **gpu_attrs))[:-1],
     )
     new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     return new, results[-1]
+
+
+def run_window_gpu(state, net, i_ext_mV: Array, cfg, reward_of):
+    """An rstdp window on the GPU in two FFI calls: run_steps without its final flush, then
+    fumjax_window_reward, which applies the pending LTP, unscales the eligibility (e = e_hat *
+    gamma^(n - t0)) and applies the reward w = clip(w + coef * e) in one pass over E (instead of the flush's
+    pass and XLA's second pass over w and elig).
+
+    reward_of(state) -> (reward, coef) with coef = eta_eff(R) * R in the state dtype; it is called on the
+    state after the steps, whose eligibility still lacks the deferred LTP: it may read neuron state only.
+    Returns (state with w and elig updated (elig_t0 not: the caller's end of window sets it), spikes (T, N)
+    uint8, reward). GPU only (lower it under a platform_dependent branch for GPUs)."""
+    operands, out_types, attrs, scratch = _run_steps_call(state, net, i_ext_mV, cfg, "rstdp")
+    t_steps = int(out_types[-1].shape[0])
+    if t_steps < 1:
+        raise ValueError("fused.run_window_gpu: i_ext_mV has 0 steps; a window needs at least one")
+    call = jax.ffi.ffi_call(
+        RUN_STEPS_TARGET, out_types + (scratch,), vmap_method="sequential", input_output_aliases=_ALIASES
+    )
+    results = call(*operands, **attrs, **gpu_path_attrs(cfg), defer_final_flush=np.int32(1))
+    after = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
+    reward, coef = reward_of(after)
+    row_ptr, _, post, _, _, _, codes, gamma, inv = operands[len(_STATE_FIELDS) + 3 :]
+    reward_call = jax.ffi.ffi_call(
+        WINDOW_REWARD_TARGET,
+        tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (state.w, state.elig)),
+        vmap_method="sequential",
+        input_output_aliases={0: 0, 1: 1},
+    )
+    w, elig = reward_call(
+        after.w,
+        after.elig,
+        state.step,
+        state.elig_t0,
+        row_ptr,
+        post,
+        codes,
+        gamma,
+        inv,
+        results[-1],
+        jnp.asarray(coef, state.v_mV.dtype),
+        w_clip=np.float64(cfg.connectivity.w_clip),
+        t_steps=np.int32(t_steps),
+    )
+    return after.replace(w=w, elig=elig), results[-2], reward
 
 
 def _synapse_attrs(net, cfg, mode: str) -> dict:
