@@ -6,7 +6,8 @@ of the segment}, a summary byte and its row of the deferred-LTP history), the dr
 spiking presynaptic neuron (transmission, LTD and the LTP its synapses deferred: the history values of the
 pending steps), the flush that ends each segment of L = min(K, 64) steps (every synapse's post, the summary
 byte of that post, the eligibility or weight of the row, written back where LTP pends) and the once-per-window
-eligibility/reward and intrinsic pass, amortized over the window's steps. Synapses are in the compact layout
+reward (in rstdp, in the window's last flush: w read and written, every eligibility value written back) and
+intrinsic pass, amortized over the window's steps. Synapses are in the compact layout
 (uint32/int32 indices, no per-synapse pre or delay). Two counts: `bytes`, each element once, and
 `sector_bytes`, where memory moves in 32-byte sectors: a contiguous run of L bytes of b-byte elements at a
 random b-aligned offset touches 1 + (L - b) / 32 sectors on average, a random element one sector (two for a
@@ -143,13 +144,20 @@ def step_traffic(
     else:
         b["flush"] = sb["flush"] = 0.0
 
-    # Once per window: rstdp reads and writes w and elig of every synapse (eligibility rescale + reward),
-    # plus a dense elig rescale every k_max steps inside a long window; intrinsic plasticity reads and writes
-    # tau, v_th, rate (state dtype) and window_spikes (int32) of every neuron.
+    # Once per window: rstdp's eligibility rescale and reward run in the window's last flush
+    # (fumjax_window_reward), which reads and writes w and writes back every eligibility value, the flush
+    # above having counted those where LTP pended; plus a dense elig rescale every k_max steps inside a long
+    # window. Intrinsic plasticity reads and writes tau, v_th, rate (state dtype) and window_spikes (int32) of
+    # every neuron.
     k_max = _renorm_interval(cfg)
-    syn_window = e * (4 * wb + (math.ceil(t_win / k_max) - 1) * 2 * wb) if mode == "rstdp" else 0
+    syn_window = syn_window_sec = 0.0
+    if mode == "rstdp":
+        dense = (math.ceil(t_win / k_max) - 1) * 2 * wb
+        syn_window = e * (2 * wb + (1.0 - f) * wb + dense)
+        syn_window_sec = e * (2 * wb + dense) + (e / per_wb) * (1.0 - f) ** per_wb * sec
     neuron_window = n * 2 * (3 * s + 4) if cfg.intrinsic.enabled else 0
-    b["window_pass"] = sb["window_pass"] = (syn_window + neuron_window) / t_win
+    b["window_pass"] = (syn_window + neuron_window) / t_win
+    sb["window_pass"] = (syn_window_sec + neuron_window) / t_win
     return StepTraffic(bytes=b, sector_bytes=sb, spikes_per_step=spikes, n_synapses=e)
 
 
