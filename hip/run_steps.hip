@@ -1384,8 +1384,8 @@ __global__ void __launch_bounds__(kClusterThreads, 1)
 // by XLA in between) in that pass: E is streamed once at a window's end instead of twice. Per synapse
 // the operations and their order are those of the reference, so w and elig are bit-identical to it; the
 // in-list (in_ptr, in_syn) is not read by this path. Measured on the H200 at 7M x 500 (bench/GPU_RUN_STEPS.md):
-// run_driven windows at 0.957 ms per step at 4.65 Hz, 1.29 at 9.4 Hz, 0.751 at 1.1 Hz, 0.971 at 5.94 Hz (the
-// eager in-list: 2.07 at 5.9 Hz, 3.07, 0.665).
+// run_driven windows at 0.922 ms per step at 4.65 Hz (0.957 before the branch-free single term below; 1.29 at
+// 9.4 Hz, 0.751 at 1.1 Hz, 0.971 at 5.94 Hz measured then); the eager in-list took 2.07 at 5.9 Hz, 3.07, 0.665.
 // The list order varies between runs; nothing depends on it (each synapse has one writer, and the ring
 // sums are order-free atomics already). Per step only spiking neurons' rows are touched, plus one pass over
 // all rows per segment: O(N + spikes x K + E / L); the handler allocates nothing (the scratch is an extra
@@ -1563,20 +1563,29 @@ struct FlushRow {
   // plasticity.apply_reward on one synapse (XLA contracts its multiply-add: fma, one rounding, then clip).
   __device__ __forceinline__ W Reward(W wk, W ek) const { return St<W>(ClipW(*a, Fma(coef, Ld(ek), Ld(wk)))); }
 
-  // Post i's pending steps on this row from its summary byte `so` (the full bits only for several spikes).
-  __device__ __forceinline__ unsigned long long Pending(int32_t i, uint8_t so) const {
-    if (so == 0) return 0ull;
-    return rest & (so == 255 ? m->cell[i].bits : 1ull << (so - 1));
-  }
-  // x (elig in rstdp, w in stdp) after the pending terms in ascending step order and the scale; whether it
-  // changed (else x is left alone and need not be stored).
-  __device__ __forceinline__ bool Apply(unsigned long long p, W& x) const {
-    if (p == 0 && !renorm) return false;
+  // x (elig in rstdp, w in stdp) after post i's pending LTP terms on this row in ascending step order, then
+  // the scale; whether it changed (else x is left alone and need not be stored). so: i's summary byte (0 when
+  // nothing can pend). One spike of i in the segment, the common case, is at most one term, taken without a
+  // branch (a warp's lanes hold different synapses: a branch per term ran both sides for most of them); only
+  // several spikes (255) walk i's full bits. hw is read only when rest != 0, i.e. in rows that end with a
+  // __syncwarp before the next row's LoadHist writes it.
+  __device__ __forceinline__ bool Update(uint8_t so, int32_t i, W& x) const {
     T v = Ld(x);
-    for (; p != 0; p &= p - 1ull) {
-      const int q = __ffsll(static_cast<long long>(p)) - 1;
-      v = LtpTerm(*a, rstdp, v, hw[q], inv_seg[q]);
+    bool changed = renorm;
+    if (so == 255) {
+      for (unsigned long long p = rest & m->cell[i].bits; p != 0; p &= p - 1ull) {
+        const int q = __ffsll(static_cast<long long>(p)) - 1;
+        v = LtpTerm(*a, rstdp, v, hw[q], inv_seg[q]);
+        changed = true;
+      }
+    } else if (rest != 0) {
+      const int q = (so - 1) & (kSegMax - 1);
+      const bool on = so != 0 && ((rest >> q) & 1ull) != 0;
+      const T term = LtpTerm(*a, rstdp, v, hw[q], inv_seg[q]);
+      v = on ? term : v;
+      changed |= on;
     }
+    if (!changed) return false;
     x = renorm ? St<W>(Mul(v, scale)) : St<W>(v);
     return true;
   }
@@ -1584,19 +1593,20 @@ struct FlushRow {
     return static_cast<uint32_t>(i) < static_cast<uint32_t>(a->n) ? i : -1;
   }
   __device__ __forceinline__ void Scalar(W* syn, int64_t k) const {
-    unsigned long long p = 0;
+    int32_t i = -1;
+    uint8_t so = 0;
     if (rest) {
-      const int32_t i = Post(__ldg(a->post + k));
-      if (i >= 0) p = Pending(i, m->once[i]);
+      i = Post(__ldg(a->post + k));
+      if (i >= 0) so = m->once[i];
     }
     W x = syn[k];
     if constexpr (kReward) {
       const W wk = a->w[k];
-      Apply(p, x);  // renorm is set: always stored
+      Update(so, i, x);  // renorm is set: always stored
       syn[k] = x;
       a->w[k] = Reward(wk, x);
     } else {
-      if (Apply(p, x)) syn[k] = x;
+      if (Update(so, i, x)) syn[k] = x;
     }
   }
   // Chunk c (8 synapses) from the 8-aligned slot base: loads, then the summary bytes, then the updates.
@@ -1639,7 +1649,7 @@ struct FlushRow {
 #pragma unroll
     for (int l = 0; l < 8; ++l) {
       const uint8_t so = static_cast<uint8_t>((l < 4 ? so_lo : so_hi) >> (8 * (l & 3)));
-      dirty |= Apply(so ? Pending(ii.i[l], so) : 0ull, x.w[l]);
+      dirty |= Update(so, ii.i[l], x.w[l]);
     }
     if (dirty) {
 #pragma unroll
