@@ -25,21 +25,22 @@ Steps, each printed as it finishes (flush) and all figures in a final JSON line 
    penalty: a gathered 4-byte value costs a 32-byte sector).
 
 Nsight Compute on the GPU. The fused GPU path for large N (hip/run_steps.hip, "multi") launches FlushKernel
-(a no-op except at a segment's end), NeuronKernel and SynapseKernel once per step and a last FlushKernel and
-FinalizeKernel once per window; the window pass (eligibility + reward
-over all E synapses, 8 B x E per window) and the drive are XLA fusions. `--profile` runs the build, one
-warm-up window (compile) and ONE more window, no copy test and no calibration (drive: --drives, else 15 Hz):
+(a no-op except at a segment's end), NeuronKernel and SynapseKernel once per step and FinalizeKernel once per
+window; in rstdp the window ends in FlushKernel<..., 1> (fumjax_window_reward: the last segment's LTP, the
+eligibility rescale and the reward over all E synapses in one pass); the reward and the drive are XLA
+fusions. `--profile` runs the build, one warm-up window (compile) and ONE more window, no copy test and no
+calibration (drive: --drives, else 15 Hz):
     python bench/bench_scale.py --neurons 7000000 --k 500 --dtype bfloat16 --rates 5 --profile
-    ncu --clock-control none -k regex:'NeuronKernel|SynapseKernel|FlushKernel' --launch-skip 150 -c 6 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-        python bench/bench_scale.py <same args> --profile        # 2 steps of the second window
-    ncu --clock-control none -k regex:'fusion|Finalize' --launch-skip 0 -c 12 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        python bench/bench_scale.py <same args> --profile        # the window-end kernels
-(--launch-skip 150 skips the first window's 3 x 50 per-step launches; the second line also catches build
-fusions first: raise --launch-skip if the names show build kernels.) Read Duration, DRAM Throughput, L2 Hit
-Rate and the bytes read/written per kernel. Where nsys is missing (the lent machines), `--trace DIR` lists
-every kernel's device time per window (the FFI kernels and the XLA fusions) from a jax.profiler trace:
+    ncu --clock-control none --kernel-name-base demangled -k regex:'NeuronKernel|SynapseKernel' \
+        --launch-skip 120 -c 2 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+        python bench/bench_scale.py <same args> --profile        # step 10 of the second window
+    ncu --clock-control none --kernel-name-base demangled -k regex:'FlushKernel<.*bool.1>' \
+        --launch-skip 1 -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        python bench/bench_scale.py <same args> --profile        # the second window's end
+(--launch-skip 120 skips the first window's 2 x 50 per-step launches and 10 steps of the second.) Read
+Duration, DRAM Throughput, L2 Hit Rate and the bytes read/written per kernel. Where nsys is missing (the
+lent machines), `--trace DIR` lists every kernel's device time per window (the FFI kernels and the XLA
+fusions) from a jax.profiler trace:
     python bench/bench_scale.py --neurons 7000000 --k 500 --rates 5 --drives 16.8 --trace /tmp/tr
 """
 

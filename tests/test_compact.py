@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -298,3 +299,30 @@ def test_default_pre_shift():
     assert default_pre_shift(100, "gpu") == 10
     assert default_pre_shift(50, "gpu") == PRE_SHIFT
     assert default_pre_shift(500, "cpu") == PRE_SHIFT
+
+
+@needs_fused
+def test_run_driven_traces_the_gpu_window_branch_on_cpu(monkeypatch):
+    """run_driven's rstdp windows take fumjax_window_reward on a GPU through lax.platform_dependent. With the
+    GPU extension claimed present, the GPU branch (fused.run_window_gpu) is traced beside the CPU one but
+    lowered only for GPUs: on the CPU the results stay those of the plain path, exactly."""
+    n, k = 500, 20
+    cfg = FumConfig().replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
+    net = build_compact(n, k, cfg=cfg)
+    state = init_state(net, cfg)
+    plain = run_driven(state, net, 2, config=cfg, backend="fused", record_spikes=True)
+    traced = []
+    run_window_gpu = fused.run_window_gpu
+
+    def spy(*args, **kwargs):
+        traced.append(1)
+        return run_window_gpu(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "gpu_available", lambda: True)
+    monkeypatch.setattr(fused, "run_window_gpu", spy)
+    jax.clear_caches()
+    both = run_driven(state, net, 2, config=cfg, backend="fused", record_spikes=True)
+    assert traced, "the GPU branch was not traced"
+    assert int(np.asarray(plain[1]).sum()) > 0
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(both), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
