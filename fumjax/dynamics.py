@@ -213,23 +213,26 @@ def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConf
     window's end on the synapses runs in the kernel's last pass over E (fused.run_window_gpu), with the
     same arithmetic as _reward_synapses."""
 
+    def reward_of(s):
+        return _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
+
     def generic(s):
         s, spikes = _simulate(s, net, i_ext_mV, cfg, mode, backend)
-        reward = _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
+        reward = reward_of(s)
         return (_reward_synapses(s, reward, cfg) if mode == "rstdp" else s), spikes, reward
 
-    fused_window = backend == "fused" and mode == "rstdp" and "run_steps" in fused_ops()
-    if fused_window:
+    fused = None
+    if backend == "fused" and mode == "rstdp" and "run_steps" in fused_ops():
         from fumjax.kernels import fused
 
-        fused_window = fused.gpu_available() and fused.run_steps_supported(state, net)
-    if not fused_window:
+        if not (fused.gpu_available() and fused.run_steps_supported(state, net)):
+            fused = None
+    if fused is None:
         s, spikes, reward = generic(state)
     else:
-        from fumjax.kernels import fused
 
         def reward_and_coef(s):
-            reward = _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
+            reward = reward_of(s)
             return reward, plasticity.reward_coefficient(reward, s.w.dtype, cfg)
 
         s, spikes, reward = jax.lax.platform_dependent(

@@ -2204,15 +2204,14 @@ int64_t SynBlocksPerSm() {
   static int cache[64] = {};
   return ResidentBlocksPerSm(reinterpret_cast<const void*>(&SynapseKernel<T, W>), cache);
 }
-template <typename T, typename W>
-int64_t FlushBlocksPerSm() {
+// Flush grid: the resident blocks (4 per SM: launch bounds hold it at 64 registers; a second wave would idle the
+// first's SMs at the end), a row per warp at a time.
+template <typename T, typename W, bool kReward>
+unsigned FlushGrid(const DeviceInfo& info) {
   static int cache[64] = {};
-  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W, false>), cache);
-}
-template <typename T, typename W>
-int64_t RewardBlocksPerSm() {
-  static int cache[64] = {};
-  return ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W, true>), cache);
+  const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
+  const int64_t per_sm = ResidentBlocksPerSm(reinterpret_cast<const void*>(&FlushKernel<T, W, kReward>), cache);
+  return static_cast<unsigned>(std::min<int64_t>(sm * per_sm, 65535));
 }
 
 template <typename T, typename W>
@@ -2248,9 +2247,7 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
   const int64_t grid_n = (static_cast<int64_t>(a.n) + kMultiThreads - 1) / kMultiThreads;
   const unsigned grid_neuron = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(grid_n, 65535)));
-  // Flush: the resident blocks (4 per SM: launch bounds hold it at 64 registers; a second wave would idle the
-  // first's SMs at the end), a row per warp at a time; returns at once when not due.
-  const unsigned grid_flush = static_cast<unsigned>(std::min<int64_t>(sm * FlushBlocksPerSm<T, W>(), 65535));
+  const unsigned grid_flush = FlushGrid<T, W, false>(info);  // returns at once when not due
   // Synapse kernel: a full GPU of resident warps looping over the step's tasks -- as many blocks as are
   // resident at once (registers bound it: 4 of 256 threads per SM at 64 registers), so that no block waits
   // for a second wave with its share of the tasks (8 per SM was 4% slower at 4M x 500).
@@ -2492,10 +2489,8 @@ hipError_t WindowRewardTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi:
   a.gamma_pow = static_cast<const W*>(ops[kGamma].untyped_data());
   a.inv_pow = ops[kInv].template typed_data<T>();
   if (err != hipSuccess) return err;
-  const DeviceInfo info = GetDeviceInfo();
-  const int64_t sm = info.sm_count > 0 ? info.sm_count : 1;
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(sm * RewardBlocksPerSm<T, W>(), 65535));
-  FlushKernel<T, W, true><<<grid, kMultiThreads, 0, stream>>>(a, t_steps, ops[kCoef].template typed_data<T>());
+  const T* coef = ops[kCoef].template typed_data<T>();
+  FlushKernel<T, W, true><<<FlushGrid<T, W, true>(GetDeviceInfo()), kMultiThreads, 0, stream>>>(a, t_steps, coef);
   return hipGetLastError();
 }
 
@@ -2529,7 +2524,8 @@ ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::An
   }
   const bool shapes_ok = Dims(elig, {e}) && Dims(step0, {}) && Dims(elig_t00, {}) && Dims(row_ptr, {n + 1}) &&
                          Dims(post, {e}) && Dims(gamma_pow, {k1}) && Dims(inv_pow, {k1}) && Dims(coef, {}) &&
-                         Dims(work, {(dt_f == ffi::DataType::F64 ? 2 : 4) + MultiSegRows(2, static_cast<int32_t>(k1 - 1)) + 3, n + 2});
+                         Dims(work, {(dt_f == ffi::DataType::F64 ? 2 : 4) +
+                                         MultiSegRows(2, static_cast<int32_t>(k1 - 1)) + 3, n + 2});
   if (!shapes_ok) {
     return ffi::Error::InvalidArgument(
         "fumjax_window_reward: shapes must be w, elig, post (E,); row_ptr (N+1,); step, elig_t0, coef (); "

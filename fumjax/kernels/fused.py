@@ -446,6 +446,14 @@ def _run_steps_call(state, net, i_ext_mV: Array, cfg, mode: str):
 _ALIASES = {k: k for k in range(len(_STATE_FIELDS))}
 
 
+def _gpu_run_steps(out_types, scratch):
+    """The GPU handler's run_steps call: the state, the spikes and the multi path's scratch (an extra result:
+    no allocation inside the handler)."""
+    return jax.ffi.ffi_call(
+        RUN_STEPS_TARGET, out_types + (scratch,), vmap_method="sequential", input_output_aliases=_ALIASES
+    )
+
+
 def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None = None):
     """T steps of `dynamics._simulate` as one FFI call: returns (state, spikes (T, N) uint8).
 
@@ -461,10 +469,7 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     call = jax.ffi.ffi_call(
         RUN_STEPS_TARGET, out_types, vmap_method="sequential", input_output_aliases=_ALIASES
     )
-    # The GPU handler also returns the multi path's scratch (no allocation inside the handler).
-    call_gpu = jax.ffi.ffi_call(
-        RUN_STEPS_TARGET, out_types + (scratch,), vmap_method="sequential", input_output_aliases=_ALIASES
-    )
+    call_gpu = _gpu_run_steps(out_types, scratch)
     # The CPU handler also takes a thread count; the GPU handler (hip/run_steps.hip) its path instead.
     gpu_attrs = dict(**gpu_path_attrs(cfg), defer_final_flush=np.int32(0))
     results = jax.lax.platform_dependent(
@@ -490,9 +495,7 @@ def run_window_gpu(state, net, i_ext_mV: Array, cfg, reward_of):
     t_steps = int(out_types[-1].shape[0])
     if t_steps < 1:
         raise ValueError("fused.run_window_gpu: i_ext_mV has 0 steps; a window needs at least one")
-    call = jax.ffi.ffi_call(
-        RUN_STEPS_TARGET, out_types + (scratch,), vmap_method="sequential", input_output_aliases=_ALIASES
-    )
+    call = _gpu_run_steps(out_types, scratch)
     results = call(*operands, **attrs, **gpu_path_attrs(cfg), defer_final_flush=np.int32(1))
     after = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     reward, coef = reward_of(after)
