@@ -220,8 +220,8 @@ __device__ __forceinline__ T ClipW(const GpuArgs<T, W>& a, T x) {
 
 // One synapse's update by dw, its current values loaded (wk = w[k], ek = elig[k], in T): eligibility =
 // fma(dw, inv, ek) (rstdp) or w = clip(wk + dw) (stdp).
-template <typename T, typename W>
-__device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, int64_t k, T dw, bool rstdp, T inv, T wk, T ek) {
+template <typename T, typename W, typename I>
+__device__ __forceinline__ void StoreDw(const GpuArgs<T, W>& a, I k, T dw, bool rstdp, T inv, T wk, T ek) {
   if (rstdp) {
     a.elig[k] = St<W>(Fma(dw, inv, ek));
   } else {
@@ -287,12 +287,13 @@ __device__ __forceinline__ void RenormBlock(W* elig, int64_t e, T scale) {
   for (int64_t k = nv * kV + tid; k < e; k += kThreads) elig[k] = St<W>(Mul(Ld(elig[k]), scale));
 }
 
-// PreOfSlot over the block path's staged row_ptr and pre table (shared memory).
+// PreOfSlot over the block path's staged row_ptr and pre table (shared memory); 32-bit slots (the block path
+// takes E < 2^31).
 __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const uint32_t* rp, int32_t ts, int32_t n,
-                                                   int64_t s) {
+                                                   uint32_t s) {
   int32_t i = ptab[s >> ts];
   i = i < 0 ? 0 : (i >= n ? n - 1 : i);
-  while (i + 1 < n && static_cast<int64_t>(rp[i + 1]) <= s) ++i;
+  while (i + 1 < n && rp[i + 1] <= s) ++i;
   return i;
 }
 
@@ -318,6 +319,7 @@ struct BlockPlan {
 // Layout for (N, E, D); false when it does not fit `max_bytes` even without in_syn and with a coarse table.
 template <typename T>
 bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* out) {
+  if (e >= (int64_t{1} << 31)) return false;  // 32-bit synapse indices in the kernel
   auto layout = [&](int32_t ts, bool stage_in, BlockPlan* p) {
     const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
     int64_t o = 0;
@@ -359,6 +361,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
   extern __shared__ __align__(16) unsigned char smem[];
   const int32_t n = a.n, d = a.d;
   const int64_t e = a.e;
+  const uint32_t e32 = static_cast<uint32_t>(e);  // PlanBlock: E < 2^31
   T* x_sh = reinterpret_cast<T*>(smem);
   T* y_sh = reinterpret_cast<T*>(smem + p.off_y);
   T* ring_sh = reinterpret_cast<T*>(smem + p.off_ring);
@@ -393,7 +396,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     rp_sh[i] = __ldg(a.row_ptr + i);
     ip_sh[i] = __ldg(a.in_ptr + i);
   }
-  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kThreads) ring_sh[q] = a.ring[q];
+  for (int32_t q = tid; q < d * n; q += kThreads) ring_sh[q] = a.ring[q];
   for (int64_t b = tid; b < nb; b += kThreads) ptab[b] = 0;
   if (stage_in) {  // E < 0xFFFF: an out-of-range entry becomes 0xFFFF >= E (skipped like on the global path)
     auto narrow = [e](uint32_t k) { return static_cast<uint16_t>(k < static_cast<uint64_t>(e) ? k : 0xFFFFu); };
@@ -467,7 +470,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
   for (int32_t t = 0; t < a.t_steps; ++t) {
     const int32_t s = s0 + t;
     const int par = t & 1;
-    T* ring_now = ring_sh + static_cast<int64_t>(slot) * n;
+    T* ring_now = ring_sh + slot * n;
     const T inv = inv_next;
     if (rstdp && s == next_r) {  // uniform: the dense renormalization before this step's additions
       const int32_t since = s == r1 ? s - t0_init : kc;
@@ -541,13 +544,12 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     for (int32_t u = warp; u < n_tasks; u += kWarpsB) {
       if (u < ns) {
         const int32_t j = list[u];
-        const int64_t k0 = rp_sh[j], k1 = rp_sh[j + 1];
-        if (k1 > e) continue;
+        const int32_t k0 = static_cast<int32_t>(rp_sh[j]), k1 = static_cast<int32_t>(rp_sh[j + 1]);
+        if (static_cast<uint32_t>(k0) > e32 || static_cast<uint32_t>(k1) > e32) continue;
         const T xj = x_sh[j];
         const uint8_t pos = code_sh[j];
-        for (int64_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
-          int32_t ii[2], rr[2];
+        for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int32_t kk[2], ii[2], rr[2];
           T ww[2], ee[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -573,7 +575,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
               rs = slot + dk;
               if (rs >= d) rs -= d;
             }
-            atomicAdd(ring_sh + static_cast<int64_t>(rs) * n + i, Mul(a.g_syn, ww[h]));
+            atomicAdd(ring_sh + rs * n + i, Mul(a.g_syn, ww[h]));
             if (plastic && pos != 2) {
               const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
               StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
@@ -582,24 +584,24 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
         }
       } else {
         const int32_t i = list[u - ns];  // as a post neuron
-        const int64_t p0 = ip_sh[i], p1 = ip_sh[i + 1];
-        if (p1 > e) continue;
+        const int32_t p0 = static_cast<int32_t>(ip_sh[i]), p1 = static_cast<int32_t>(ip_sh[i + 1]);
+        if (static_cast<uint32_t>(p0) > e32 || static_cast<uint32_t>(p1) > e32) continue;
         const T yi = y_sh[i];
-        for (int64_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-          int64_t kk[2];
+        for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+          uint32_t kk[2];
           T old[2];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int64_t q = pb + h * FUMJAX_WARP + lane;
-            kk[h] = q < p1 ? static_cast<int64_t>(stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e;
+            const int32_t q = pb + h * FUMJAX_WARP + lane;
+            kk[h] = q < p1 ? (stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e32;
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
-            old[h] = kk[h] < e ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
+            old[h] = kk[h] < e32 ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            if (kk[h] >= e) continue;
+            if (kk[h] >= e32) continue;
             const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
             const uint8_t cj = code_sh[j];
             if (spk_sh[j] || cj == 2) continue;
@@ -634,7 +636,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     a.x[i] = x_sh[i];
     a.y[i] = y_sh[i];
   }
-  for (int64_t q = tid; q < static_cast<int64_t>(d) * n; q += kThreads) a.ring[q] = ring_sh[q];
+  for (int32_t q = tid; q < d * n; q += kThreads) a.ring[q] = ring_sh[q];
   if (tid == 0) {
     *a.step = s0 + a.t_steps;
     if (rstdp && a.t_steps > 0) *a.elig_t0 = t0;
@@ -2174,11 +2176,19 @@ bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream
   }
 }
 
-// 512 threads (R = 1, 2, 4, 8 neurons each: N <= 4096), else 1024 (N <= 8192; double: 4096). Measured on FUM-1k
-// (bench/GPU_RUN_STEPS.md): 512 threads beat 1024 (fewer warps issuing the per-step neuron pass and meeting at
-// the barriers, ~16 spike tasks still run side by side) and 256 (tasks queue two or three deep per warp).
+// 768 threads with R = 2 up to N = 1536: 24 warps, so that FUM-1k's ~2 x 9 spike tasks of a step rarely queue
+// two deep on a warp (at 512 threads two warps ran two tasks each step and the rest waited for them at the
+// barrier), with the neuron pass still on 16 warps; the launch bound of 768 leaves 80 registers a thread, which
+// the kernel fits in float without spilling (1024 threads leave 64 and spill). Then 512 threads (R = 4, 8:
+// N <= 4096) and 1024 (N <= 8192; double: 4096). Measured on FUM-1k (bench/GPU_RUN_STEPS.md).
 template <typename T, typename W>
 bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream, hipError_t* err) {
+  if constexpr (sizeof(T) == 4) {  // double would spill at 80 registers
+    if (a.n <= 2 * 768) {
+      *err = LaunchBlockPlan<T, W, 2, 768>(a, p, stream);
+      return true;
+    }
+  }
   if (BlockRT<T, 512>(a.n) > 0) return LaunchBlockR<T, W, 512>(a, p, stream, err);
   return LaunchBlockR<T, W, 1024>(a, p, stream, err);
 }
