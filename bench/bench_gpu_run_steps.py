@@ -6,7 +6,8 @@ dispatch per call; Nsight Compute's gpu__time_duration gives the kernel alone).
 Paths: FUMJAX_GPU_RUN_PATH=cluster|block|multi, FUMJAX_GPU_CLUSTER=C (CTAs of the cluster path).
 fum1k also times a 0-step call (the fixed cost of a call) and a jit of `v + 1` (dispatch floor), and full
 learning over 10,000 steps (200 windows); BENCH_QUICK=1 keeps those two and the kernel alone (off, rstdp),
-BENCH_PATHS picks the paths (default cluster,block), BENCH_REFERENCE=0 skips the reference backend.
+BENCH_PATHS picks the paths (default cluster,block), BENCH_REFERENCE=0 skips the reference backend,
+BENCH_WINDOW_END=xla ends each learning window with XLA ops instead of the fumjax_window_reward kernel.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import fumjax
-from fumjax import FumConfig, sie
-from fumjax.dynamics import _end_window, _simulate, background_current, running_rate_hz
+from fumjax import FumConfig
+from fumjax.dynamics import _end_window, _self_benefit_reward, _simulate_rewarded, background_current
 from fumjax.kernels import fused
 from fumjax.network import Network
 
@@ -75,11 +76,17 @@ def fum1k(
             f"(min {mn * 1e3 * 1000 / i_ext.shape[0]:.3f}), rate {rate:.1f} Hz"
         )
 
+    window_end = os.environ.get("BENCH_WINDOW_END", "kernel")
+    print(f"window end: {window_end}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+
     def window(s, i_win):
-        s, spk = fused.run_steps(s, net, i_win, cfg, "rstdp")
-        rates = running_rate_hz(s, cfg)
-        reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
-        return _end_window(s, reward, cfg, "rstdp"), spk
+        if window_end == "xla":  # the window's end on the synapses as XLA ops (the CPU's path)
+            s, spk = fused.run_steps(s, net, i_win, cfg, "rstdp")
+            return _end_window(s, _self_benefit_reward(s, cfg), cfg, "rstdp"), spk
+        # run_driven's window (the product path): on the GPU the window's end on the synapses runs in the
+        # fumjax_window_reward kernel (fused.run_window_gpu), the rest (rates, intrinsic plasticity) in XLA.
+        s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "fused")
+        return s, spk
 
     def learning(label):
         def learn_unrolled(s, i_ext):
@@ -161,10 +168,8 @@ def fum1k(
     @jax.jit
     def learn_ref(s, i_ext):
         def win(s, i_win):
-            s, spk = _simulate(s, net, i_win, cfg, "rstdp", "reference")
-            rates = running_rate_hz(s, cfg)
-            reward = cfg.sie.w_self_benefit * sie.self_benefit(rates, target_var=cfg.sie.target_rate_var)
-            return _end_window(s, reward, cfg, "rstdp"), spk
+            s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "reference")
+            return s, spk
 
         return jax.lax.scan(win, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
 
