@@ -306,9 +306,10 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 // in_ptr -> in_syn -> pre_bucket -> row_ptr walk -> eligibility). The spike list is appended by one
 // shared-memory atomic per warp with spikes (its order does not matter: each synapse has one writer, and the
 // ring's atomic sums have no fixed order anyway), so a step has two barriers: spikes listed, synapses done.
-// Measured on the H200 (bench/GPU_RUN_STEPS.md): 5,455 cycles per FUM-1k step at 512 threads (8,776 before);
-// what is left is chains of dependent instructions (a spike task ~250, the shared float atomicAdd a CAS loop),
-// not L2 latency.
+// Measured on the H200 (bench/GPU_RUN_STEPS.md): 5,195 cycles per FUM-1k step at 768 threads (5,455 at 512,
+// 8,776 before this staging); what is left is each warp's chain of ~460 dependent instructions per step, not L2
+// latency, not the task queue and not the CAS loop of the shared float atomicAdd (private copies of the ring
+// without it were slower).
 struct BlockPlan {
   int32_t ts = 5;        // log2 of the slots per ptab entry
   int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
