@@ -7,7 +7,7 @@ Paths: FUMJAX_GPU_RUN_PATH=cluster|block|multi, FUMJAX_GPU_CLUSTER=C (CTAs of th
 fum1k also times a 0-step call (the fixed cost of a call) and a jit of `v + 1` (dispatch floor), and full
 learning over 10,000 steps (200 windows); BENCH_QUICK=1 keeps those two and the kernel alone (off, rstdp),
 BENCH_PATHS picks the paths (default cluster,block), BENCH_REFERENCE=0 skips the reference backend,
-BENCH_WINDOW_END=xla ends each learning window with XLA ops instead of the fumjax_window_reward kernel.
+BENCH_WINDOW_END=xla ends each learning window with XLA ops whatever the path (default: as run_driven).
 """
 
 from __future__ import annotations
@@ -76,15 +76,15 @@ def fum1k(
             f"(min {mn * 1e3 * 1000 / i_ext.shape[0]:.3f}), rate {rate:.1f} Hz"
         )
 
-    window_end = os.environ.get("BENCH_WINDOW_END", "kernel")
+    window_end = os.environ.get("BENCH_WINDOW_END", "run_driven")
     print(f"window end: {window_end}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
     def window(s, i_win):
         if window_end == "xla":  # the window's end on the synapses as XLA ops (the CPU's path)
             s, spk = fused.run_steps(s, net, i_win, cfg, "rstdp")
             return _end_window(s, _self_benefit_reward(s, cfg), cfg, "rstdp"), spk
-        # run_driven's window (the product path): on the GPU the window's end on the synapses runs in the
-        # fumjax_window_reward kernel (fused.run_window_gpu), the rest (rates, intrinsic plasticity) in XLA.
+        # run_driven's window (the product path): the window's end on the synapses in the fumjax_window_reward
+        # kernel where the multi path leaves LTP pending (fused.window_end_in_kernel), else in XLA.
         s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "fused")
         return s, spk
 

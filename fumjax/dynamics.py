@@ -209,9 +209,9 @@ def _self_benefit_reward(state: State, cfg: FumConfig) -> Array:
 
 def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str):
     """One window of run_driven: T steps, the self-benefit reward of the state after them, the window's end.
-    Returns (state, spikes (T, N) uint8, reward ()). On a GPU with the fused backend in mode rstdp, the
-    window's end on the synapses runs in the kernel's last pass over E (fused.run_window_gpu), with the
-    same arithmetic as _reward_synapses."""
+    Returns (state, spikes (T, N) uint8, reward ()). On a GPU with the fused backend in mode rstdp, where
+    run_steps takes the multi path (fused.window_end_in_kernel), the window's end on the synapses runs in the
+    kernel's last pass over E (fused.run_window_gpu), with the same arithmetic as _reward_synapses."""
 
     def reward_of(s):
         return _self_benefit_reward(s, cfg).astype(s.v_mV.dtype)
@@ -225,7 +225,8 @@ def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConf
     if backend == "fused" and mode == "rstdp" and "run_steps" in fused_ops():
         from fumjax.kernels import fused
 
-        if not (fused.gpu_available() and fused.run_steps_supported(state, net)):
+        gpu = fused.gpu_available() and fused.run_steps_supported(state, net)
+        if not (gpu and fused.window_end_in_kernel(state, net, cfg)):
             fused = None
     if fused is None:
         s, spikes, reward = generic(state)

@@ -2561,6 +2561,17 @@ ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::An
 }
 
 }  // namespace
+
+// Whether run_steps (gpu_path auto or block) runs an (N, E, D) network on the current device as one persistent
+// block, for a state float of `float_bytes` bytes (4: float32 state, whatever the synapse storage; 8: double).
+// fused.py asks when it picks where an rstdp window ends: the block path leaves no LTP pending at the end of a
+// call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost.
+bool BlockPathFits(int64_t n, int64_t e, int64_t d, int32_t float_bytes) {
+  const DeviceInfo info = GetDeviceInfo();
+  BlockPlan p;
+  if (float_bytes == 8) return BlockRT<double, 1024>(n) > 0 && PlanBlock<double>(n, e, d, info.max_shared_optin, &p);
+  return BlockRT<float, 1024>(n) > 0 && PlanBlock<float>(n, e, d, info.max_shared_optin, &p);
+}
 }  // namespace fumjax
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,

@@ -303,9 +303,10 @@ def test_default_pre_shift():
 
 @needs_fused
 def test_run_driven_traces_the_gpu_window_branch_on_cpu(monkeypatch):
-    """run_driven's rstdp windows take fumjax_window_reward on a GPU through lax.platform_dependent. With the
-    GPU extension claimed present, the GPU branch (fused.run_window_gpu) is traced beside the CPU one but
-    lowered only for GPUs: on the CPU the results stay those of the plain path, exactly."""
+    """run_driven's rstdp windows take fumjax_window_reward on a GPU through lax.platform_dependent (where
+    the multi path runs). With the GPU extension claimed present and the multi path claimed, the GPU branch
+    (fused.run_window_gpu) is traced beside the CPU one but lowered only for GPUs: on the CPU the results
+    stay those of the plain path, exactly."""
     n, k = 500, 20
     cfg = FumConfig().replace(neuron={"n_neurons": n}, connectivity={"k_per_neuron": k})
     net = build_compact(n, k, cfg=cfg)
@@ -319,6 +320,7 @@ def test_run_driven_traces_the_gpu_window_branch_on_cpu(monkeypatch):
         return run_window_gpu(*args, **kwargs)
 
     monkeypatch.setattr(fused, "gpu_available", lambda: True)
+    monkeypatch.setattr(fused, "window_end_in_kernel", lambda *a: True)
     monkeypatch.setattr(fused, "run_window_gpu", spy)
     jax.clear_caches()
     both = run_driven(state, net, 2, config=cfg, backend="fused", record_spikes=True)

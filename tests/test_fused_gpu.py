@@ -343,12 +343,14 @@ def _windows_unfused(state, net, cfg, rewards):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("gpu_path", ["block", "multi"])
 def test_window_reward_in_kernel(gpu_path, dtype, gamma, monkeypatch):
-    """run_driven on the GPU (rstdp) ends each window in fumjax_window_reward: the deferred LTP, the
-    eligibility unscaled and w += eta_eff(R) R e in one pass over E. gamma 0.5 makes K = 13 < T = 50, so
-    renormalizations fall inside the call and the window's end unscales from the last of them. Against the
-    same windows with XLA's end of window on the GPU and the same rewards (same kernels otherwise): identical
-    rasters and eligibility, rewards within 1e-6, w within one rounding (see below). Against the CPU reference
-    backend: identical first window, w and elig within the golden tolerances while the rasters agree."""
+    """run_driven on the GPU (rstdp) ends each window, on the multi path, in fumjax_window_reward: the
+    deferred LTP, the eligibility unscaled and w += eta_eff(R) R e in one pass over E; on the block path
+    (nothing pending) with XLA's window end (fused.window_end_in_kernel, asked of the handler's planner).
+    gamma 0.5 makes K = 13 < T = 50, so renormalizations fall inside the call and the window's end unscales
+    from the last of them. Against the same windows with XLA's end of window on the GPU and the same rewards
+    (same kernels otherwise): identical rasters and eligibility, rewards within 1e-6, w within one rounding
+    (see below). Against the CPU reference backend: identical first window, w and elig within the golden
+    tolerances while the rasters agree."""
     from fumjax.compact import build_compact
 
     _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH=gpu_path)
@@ -362,6 +364,9 @@ def test_window_reward_in_kernel(gpu_path, dtype, gamma, monkeypatch):
     )
     net = build_compact(n, k, cfg=cfg)
     state = fumjax.init_state(net, cfg)
+    assert fused.window_end_in_kernel(state, net, cfg) == (gpu_path == "multi")
+    fits = fused._load("_core_gpu").block_path_fits
+    assert fits(n, n * k, 1, 4) and not fits(100_000, 10_000_000, 1, 4) and not fits(10_000, 10_000, 1, 4)
     if gamma == 0.5:
         assert len(fumjax.state.elig_tables(cfg)[0]) - 1 == 13
     s_f, sp_f, r_f = fumjax.run_driven(state, net, n_windows, config=cfg, backend="fused", record_spikes=True)

@@ -5,7 +5,8 @@
 one call, on the CPU bit-identical to the jitted reference backend (on the GPU identical rasters, float state
 within a few ulp); it takes a `Network` or a `fumjax.compact.CompactNetwork`.
 `run_window_gpu`: an rstdp window on the GPU whose end (deferred LTP, eligibility unscaled, reward) runs in
-the kernel's last pass over the synapses (`dynamics.run_driven` uses it).
+the kernel's last pass over the synapses (`dynamics.run_driven` uses it where `window_end_in_kernel` says the
+multi path leaves LTP pending).
 The native handlers live in the compiled extensions ``fumjax._core`` (CPU) and, when built
 with a GPU toolkit, ``fumjax._core_gpu`` (CUDA or ROCm). Targets are registered lazily,
 once per process, on first use.
@@ -40,6 +41,7 @@ __all__ = [
     "run_steps",
     "run_steps_supported",
     "run_window_gpu",
+    "window_end_in_kernel",
     "synapse_step",
     "spike_message",
     "spike_message_bytes",
@@ -479,6 +481,21 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     )
     new = state.replace(**dict(zip(_STATE_FIELDS, results[: len(_STATE_FIELDS)], strict=True)))
     return new, results[-1]
+
+
+def window_end_in_kernel(state, net, cfg) -> bool:
+    """Whether an rstdp window on the GPU ends in fumjax_window_reward (run_window_gpu): where run_steps
+    takes the multi path, whose last segment's LTP is still pending at the window's end and is applied in
+    the same pass over E. Where the network runs as one block (gpu_path auto, block or cluster, and it fits:
+    asked of the handler's own planner, `_core_gpu.block_path_fits`) nothing is pending, and XLA's window
+    fusion moves the same bytes without the kernel's fixed cost (FUM-1k on an H200: 3.05 against 3.23-3.29
+    ms per 1000 steps, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
+    if int(gpu_path_attrs(cfg)["gpu_path"]) == _GPU_PATHS["multi"]:
+        return True
+    fits = _load("_core_gpu").block_path_fits
+    return not fits(
+        int(net.n_neurons), int(net.n_synapses), int(state.ring_mV.shape[0]), state.v_mV.dtype.itemsize
+    )
 
 
 def run_window_gpu(state, net, i_ext_mV: Array, cfg, reward_of):
