@@ -302,6 +302,20 @@ def test_default_pre_shift():
 
 
 @needs_fused
+def test_window_end_in_kernel_needs_the_multi_path_or_the_gpu_planner(monkeypatch):
+    """The window kernel is chosen for the multi path without asking the GPU extension; any other path asks
+    the handler's planner, and without the GPU extension that is a clear error, not an AttributeError."""
+    cfg = FumConfig().replace(neuron={"n_neurons": 200}, connectivity={"k_per_neuron": 10})
+    net = build_compact(200, 10, cfg=cfg)
+    state = init_state(net, cfg)
+    monkeypatch.setenv("FUMJAX_GPU_RUN_PATH", "multi")
+    assert fused.window_end_in_kernel(state, net, cfg) is True
+    monkeypatch.setenv("FUMJAX_GPU_RUN_PATH", "auto")
+    if fused._load("_core_gpu") is None:
+        with pytest.raises(RuntimeError, match="_core_gpu is not built"):
+            fused.window_end_in_kernel(state, net, cfg)
+
+
 def test_run_driven_traces_the_gpu_window_branch_on_cpu(monkeypatch):
     """run_driven's rstdp windows take fumjax_window_reward on a GPU through lax.platform_dependent (where
     the multi path runs). With the GPU extension claimed present and the multi path claimed, the GPU branch

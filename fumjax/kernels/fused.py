@@ -492,10 +492,15 @@ def window_end_in_kernel(state, net, cfg) -> bool:
     ms per 1000 steps, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
     if int(gpu_path_attrs(cfg)["gpu_path"]) == _GPU_PATHS["multi"]:
         return True
-    fits = _load("_core_gpu").block_path_fits
-    return not fits(
-        int(net.n_neurons), int(net.n_synapses), int(state.ring_mV.shape[0]), state.v_mV.dtype.itemsize
-    )
+    _register()
+    gpu = _modules.get("_core_gpu")
+    if gpu is None:
+        raise RuntimeError(
+            "fused.window_end_in_kernel: the GPU extension fumjax._core_gpu is not built "
+            f"({_errors.get('_core_gpu', 'not found')})"
+        )
+    n, e, d = int(net.n_neurons), int(net.n_synapses), int(state.ring_mV.shape[0])
+    return not gpu.block_path_fits(n, e, d, state.v_mV.dtype.itemsize)
 
 
 def run_window_gpu(state, net, i_ext_mV: Array, cfg, reward_of):
