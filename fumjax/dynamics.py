@@ -221,14 +221,16 @@ def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConf
         reward = reward_of(s)
         return (_reward_synapses(s, reward, cfg) if mode == "rstdp" else s), spikes, reward
 
-    fused = None
+    in_kernel = False
     if backend == "fused" and mode == "rstdp" and "run_steps" in fused_ops():
         from fumjax.kernels import fused
 
-        gpu = fused.gpu_available() and fused.run_steps_supported(state, net)
-        if not (gpu and fused.window_end_in_kernel(state, net, cfg)):
-            fused = None
-    if fused is None:
+        in_kernel = (
+            fused.gpu_available()
+            and fused.run_steps_supported(state, net)
+            and fused.window_end_in_kernel(state, net, cfg)
+        )
+    if not in_kernel:
         s, spikes, reward = generic(state)
     else:
 

@@ -2177,6 +2177,13 @@ bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream
   }
 }
 
+// Whether the block path takes an (N, E, D) network: some thread count holds N (BlockRT at 1024 threads, the
+// most) and the layout fits `max_shared` (bp: that layout). Launch and BlockPathFits (fused.py) both ask this.
+template <typename T>
+bool BlockPathTakes(int64_t n, int64_t e, int64_t d, int64_t max_shared, BlockPlan* bp) {
+  return BlockRT<T, 1024>(n) > 0 && PlanBlock<T>(n, e, d, max_shared, bp);
+}
+
 // 768 threads with R = 2 up to N = 1536: 24 warps, so that FUM-1k's ~2 x 9 spike tasks of a step rarely queue
 // two deep on a warp (at 512 threads two warps ran two tasks each step and the rest waited for them at the
 // barrier), with the neuron pass still on 16 warps; the launch bound of 768 leaves 80 registers a thread, which
@@ -2251,7 +2258,8 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   if (path != kPathMulti) {
     BlockPlan bp;
     hipError_t err = hipSuccess;
-    if (PlanBlock<T>(a.n, a.e, a.d, info.max_shared_optin, &bp) && LaunchBlockThreads<T, W>(a, bp, stream, &err)) {
+    if (BlockPathTakes<T>(a.n, a.e, a.d, info.max_shared_optin, &bp) &&
+        LaunchBlockThreads<T, W>(a, bp, stream, &err)) {
       return err;
     }
   }
@@ -2567,10 +2575,10 @@ ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::An
 // fused.py asks when it picks where an rstdp window ends: the block path leaves no LTP pending at the end of a
 // call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost.
 bool BlockPathFits(int64_t n, int64_t e, int64_t d, int32_t float_bytes) {
-  const DeviceInfo info = GetDeviceInfo();
+  const int64_t max_shared = GetDeviceInfo().max_shared_optin;
   BlockPlan p;
-  if (float_bytes == 8) return BlockRT<double, 1024>(n) > 0 && PlanBlock<double>(n, e, d, info.max_shared_optin, &p);
-  return BlockRT<float, 1024>(n) > 0 && PlanBlock<float>(n, e, d, info.max_shared_optin, &p);
+  return float_bytes == 8 ? BlockPathTakes<double>(n, e, d, max_shared, &p)
+                          : BlockPathTakes<float>(n, e, d, max_shared, &p);
 }
 }  // namespace fumjax
 

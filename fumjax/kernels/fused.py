@@ -492,8 +492,7 @@ def window_end_in_kernel(state, net, cfg) -> bool:
     ms per 1000 steps, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
     if int(gpu_path_attrs(cfg)["gpu_path"]) == _GPU_PATHS["multi"]:
         return True
-    _register()
-    gpu = _modules.get("_core_gpu")
+    gpu = _load("_core_gpu")
     if gpu is None:
         raise RuntimeError(
             "fused.window_end_in_kernel: the GPU extension fumjax._core_gpu is not built "
