@@ -15,15 +15,16 @@
 // * cluster (CUDA, compute capability >= 9.0): a thread-block cluster, synapses staged in shared memory by post,
 //   spike flags exchanged through distributed shared memory, one cluster barrier per step, inputs summed in
 //   the reference's order (bit-exact by construction).
-// * block: ONE persistent thread block (512 threads up to N = 4096, else 1024) runs all T steps. Each thread
-//   owns R consecutive neurons (v, dt/tau, v_th, refrac, window count in registers); traces, the input ring,
-//   spike flags, the spike list and, staged once per call, row_ptr, in_ptr, the pre codes, a fine pre-of-slot
-//   table and (E < 2^16) in_syn live in shared memory. Per step: (A) input + LIF + pending trace update of the
-//   previous step, the spike list appended by one shared atomic per warp with spikes; barrier; (C) warp tasks:
-//   the outgoing row of each spiking neuron (transmission by shared-memory atomicAdd into the ring, then STDP
-//   on the same synapse with the weight read before it) and its incoming list (STDP of synapses whose pre did
-//   not spike), every global load of a lane's synapses issued before the first use; barrier. Each synapse is
-//   updated by exactly one thread. 2 __syncthreads per step; no launches, no host round trips.
+// * block: ONE persistent thread block (768 threads up to N = 1536 in float, 512 up to 4096, else 1024) runs
+//   all T steps. Each thread owns R consecutive neurons (v, dt/tau, v_th, refrac, window count in registers);
+//   traces, spike flags, the spike list and, staged once per call, row_ptr, in_ptr, the pre codes, a fine
+//   pre-of-slot table and (E < 2^16) in_syn live in shared memory; the input ring stays in global memory (L2).
+//   Per step: (A) input + LIF + pending trace update of the previous step, the spike list appended by one
+//   shared atomic per warp with spikes; barrier; (C) warp tasks: the outgoing row of each spiking neuron
+//   (transmission by global atomicAdd into the ring, then STDP on the same synapse with the weight read before
+//   it) and its incoming list (STDP of synapses whose pre did not spike), every global load of a lane's
+//   synapses issued before the first use; barrier. Each synapse is updated by exactly one thread.
+//   2 __syncthreads per step; no launches, no host round trips.
 // * multi: for large networks (7M x 500), per step a flush kernel (returns at once unless a segment of deferred
 //   LTP ends or the eligibility is renormalized: then one pass over every row), a neuron kernel (grid over N;
 //   a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks: parts of each spike's
@@ -306,15 +307,18 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 // in_ptr -> in_syn -> pre_bucket -> row_ptr walk -> eligibility). The spike list is appended by one
 // shared-memory atomic per warp with spikes (its order does not matter: each synapse has one writer, and the
 // ring's atomic sums have no fixed order anyway), so a step has two barriers: spikes listed, synapses done.
-// Measured on the H200 (bench/GPU_RUN_STEPS.md): 5,195 cycles per FUM-1k step at 768 threads (5,455 at 512,
-// 8,776 before this staging); what is left is each warp's chain of ~460 dependent instructions per step, not L2
-// latency, not the task queue and not the CAS loop of the shared float atomicAdd (private copies of the ring
-// without it were slower).
+// The ring is the one thing a step writes at random that is not staged: a float atomicAdd on shared memory is
+// a compare-and-swap loop (ATOMS.CAST.SPIN) that goes round again for every bank conflict among the lanes, 4.5
+// passes per warp-level add at FUM-1k, ~900 cycles of each outgoing-row task; in global memory it is one RED,
+// done in L2 without waiting, and the neuron pass pays one L2 read (ld.cg, issued first) instead.
+// Measured on the H200 (bench/GPU_RUN_STEPS.md): 4,842 cycles per FUM-1k step at 768 threads (5,171 with the
+// ring in shared memory, 5,455 at 512 threads, 8,776 before this staging); what is left is each warp's chain
+// of dependent instructions per step, not the task queue.
 struct BlockPlan {
   int32_t ts = 5;        // log2 of the slots per ptab entry
   int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
   uint32_t off_y = 0, off_ring = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0,
-           off_code = 0, off_spk = 0, bytes = 0;
+           off_code = 0, off_spk = 0, bytes = 0;  // off_ring: still reserved, unused (the ring is in global memory)
 };
 
 // Layout for (N, E, D); false when it does not fit `max_bytes` even without in_syn and with a coarse table.
@@ -365,7 +369,6 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
   const uint32_t e32 = static_cast<uint32_t>(e);  // PlanBlock: E < 2^31
   T* x_sh = reinterpret_cast<T*>(smem);
   T* y_sh = reinterpret_cast<T*>(smem + p.off_y);
-  T* ring_sh = reinterpret_cast<T*>(smem + p.off_ring);
   uint32_t* rp_sh = reinterpret_cast<uint32_t*>(smem + p.off_rp);
   uint32_t* ip_sh = reinterpret_cast<uint32_t*>(smem + p.off_ip);
   int32_t* list = reinterpret_cast<int32_t*>(smem + p.off_list);
@@ -397,7 +400,6 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     rp_sh[i] = __ldg(a.row_ptr + i);
     ip_sh[i] = __ldg(a.in_ptr + i);
   }
-  for (int32_t q = tid; q < d * n; q += kThreads) ring_sh[q] = a.ring[q];
   for (int64_t b = tid; b < nb; b += kThreads) ptab[b] = 0;
   if (stage_in) {  // E < 0xFFFF: an out-of-range entry becomes 0xFFFF >= E (skipped like on the global path)
     auto narrow = [e](uint32_t k) { return static_cast<uint16_t>(k < static_cast<uint64_t>(e) ? k : 0xFFFFu); };
@@ -471,7 +473,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
   for (int32_t t = 0; t < a.t_steps; ++t) {
     const int32_t s = s0 + t;
     const int par = t & 1;
-    T* ring_now = ring_sh + slot * n;
+    T* ring_now = a.ring + slot * n;
     const T inv = inv_next;
     if (rstdp && s == next_r) {  // uniform: the dense renormalization before this step's additions
       const int32_t since = s == r1 ? s - t0_init : kc;
@@ -483,9 +485,12 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     if (rstdp && t + 1 < a.t_steps) inv_next = a.inv_pow[inv_index(s + 1)];
 
     // (A) pending trace update of step t-1, input, LIF, spike flags and raster.
-    T cur[R];
+    T cur[R], ring_in[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) cur[r] = cur_next[r];
+    for (int r = 0; r < R; ++r) {
+      cur[r] = cur_next[r];
+      ring_in[r] = base + r < n ? __ldcg(ring_now + base + r) : T(0);  // L2: this step's adds came as REDs
+    }
     uint32_t bits = 0;
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -496,8 +501,8 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
           x_sh[i] = Fma(x_sh[i], a.decay_x, sp);
           y_sh[i] = Fma(y_sh[i], a.decay_y, sp);
         }
-        const T in = Add(ring_now[i], cur[r]);
-        ring_now[i] = T(0);
+        const T in = Add(ring_in[r], cur[r]);
+        __stcg(ring_now + i, T(0));
         const bool spiked = Lif(a, v[r], rf[r], ratio[r], vth[r], in);
         spk_sh[i] = static_cast<uint8_t>(spiked);
         spk_out[i] = static_cast<uint8_t>(spiked);
@@ -576,7 +581,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
               rs = slot + dk;
               if (rs >= d) rs -= d;
             }
-            atomicAdd(ring_sh + rs * n + i, Mul(a.g_syn, ww[h]));
+            atomicAdd(a.ring + rs * n + i, Mul(a.g_syn, ww[h]));  // RED in L2, as the multi path
             if (plastic && pos != 2) {
               const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
               StoreDw(a, kk[h], dw, rstdp, inv, ww[h], ee[h]);
@@ -637,7 +642,6 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     a.x[i] = x_sh[i];
     a.y[i] = y_sh[i];
   }
-  for (int32_t q = tid; q < d * n; q += kThreads) a.ring[q] = ring_sh[q];
   if (tid == 0) {
     *a.step = s0 + a.t_steps;
     if (rstdp && a.t_steps > 0) *a.elig_t0 = t0;
