@@ -317,13 +317,14 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 struct BlockPlan {
   int32_t ts = 5;        // log2 of the slots per ptab entry
   int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
-  uint32_t off_y = 0, off_ring = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0,
-           off_code = 0, off_spk = 0, bytes = 0;  // off_ring: still reserved, unused (the ring is in global memory)
+  uint32_t off_y = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0, off_code = 0, off_spk = 0,
+           bytes = 0;
 };
 
-// Layout for (N, E, D); false when it does not fit `max_bytes` even without in_syn and with a coarse table.
+// Layout for (N, E) (the ring, D x N, is not in it); false when it does not fit `max_bytes` even without in_syn
+// and with a coarse table.
 template <typename T>
-bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* out) {
+bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out) {
   if (e >= (int64_t{1} << 31)) return false;  // 32-bit synapse indices in the kernel
   auto layout = [&](int32_t ts, bool stage_in, BlockPlan* p) {
     const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
@@ -336,7 +337,6 @@ bool PlanBlock(int64_t n, int64_t e, int64_t d, int64_t max_bytes, BlockPlan* ou
     };
     take(n * static_cast<int64_t>(sizeof(T)), 16);  // x
     p->off_y = take(n * static_cast<int64_t>(sizeof(T)), 16);
-    p->off_ring = take(d * n * static_cast<int64_t>(sizeof(T)), 16);
     p->off_rp = take((n + 1) * 4, 16);
     p->off_ip = take((n + 1) * 4, 16);
     p->off_list = take(n * 4, 16);
@@ -2181,11 +2181,11 @@ bool LaunchBlockR(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream
   }
 }
 
-// Whether the block path takes an (N, E, D) network: some thread count holds N (BlockRT at 1024 threads, the
-// most) and the layout fits `max_shared` (bp: that layout). Launch and BlockPathFits (fused.py) both ask this.
+// Whether the block path takes an (N, E) network, any D: some thread count holds N (BlockRT at 1024 threads,
+// the most) and the layout fits `max_shared` (bp: that layout). Launch and BlockPathFits (fused.py) both ask.
 template <typename T>
-bool BlockPathTakes(int64_t n, int64_t e, int64_t d, int64_t max_shared, BlockPlan* bp) {
-  return BlockRT<T, 1024>(n) > 0 && PlanBlock<T>(n, e, d, max_shared, bp);
+bool BlockPathTakes(int64_t n, int64_t e, int64_t max_shared, BlockPlan* bp) {
+  return BlockRT<T, 1024>(n) > 0 && PlanBlock<T>(n, e, max_shared, bp);
 }
 
 // 768 threads with R = 2 up to N = 1536: 24 warps, so that FUM-1k's ~2 x 9 spike tasks of a step rarely queue
@@ -2262,7 +2262,7 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   if (path != kPathMulti) {
     BlockPlan bp;
     hipError_t err = hipSuccess;
-    if (BlockPathTakes<T>(a.n, a.e, a.d, info.max_shared_optin, &bp) &&
+    if (BlockPathTakes<T>(a.n, a.e, info.max_shared_optin, &bp) &&
         LaunchBlockThreads<T, W>(a, bp, stream, &err)) {
       return err;
     }
@@ -2577,12 +2577,14 @@ ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::An
 // Whether run_steps (gpu_path auto or block) runs an (N, E, D) network on the current device as one persistent
 // block, for a state float of `float_bytes` bytes (4: float32 state, whatever the synapse storage; 8: double).
 // fused.py asks when it picks where an rstdp window ends: the block path leaves no LTP pending at the end of a
-// call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost.
+// call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost. D is part
+// of the question but not of today's answer: the block path keeps the ring in global memory.
 bool BlockPathFits(int64_t n, int64_t e, int64_t d, int32_t float_bytes) {
+  (void)d;
   const int64_t max_shared = GetDeviceInfo().max_shared_optin;
   BlockPlan p;
-  return float_bytes == 8 ? BlockPathTakes<double>(n, e, d, max_shared, &p)
-                          : BlockPathTakes<float>(n, e, d, max_shared, &p);
+  return float_bytes == 8 ? BlockPathTakes<double>(n, e, max_shared, &p)
+                          : BlockPathTakes<float>(n, e, max_shared, &p);
 }
 }  // namespace fumjax
 
