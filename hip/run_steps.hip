@@ -309,7 +309,7 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 // ring's atomic sums have no fixed order anyway), so a step has two barriers: spikes listed, synapses done.
 // The ring is the one thing a step writes at random that is not staged: a float atomicAdd on shared memory is
 // a compare-and-swap loop (ATOMS.CAST.SPIN) that goes round again for every bank conflict among the lanes, 4.5
-// passes per warp-level add at FUM-1k, ~900 cycles of each outgoing-row task; in global memory it is one RED,
+// passes per warp-level add at FUM-1k, ~950 cycles of each outgoing-row task; in global memory it is one RED,
 // done in L2 without waiting, and the neuron pass pays one L2 read (ld.cg, issued first) instead.
 // Measured on the H200 (bench/GPU_RUN_STEPS.md): 4,842 cycles per FUM-1k step at 768 threads (5,171 with the
 // ring in shared memory, 5,455 at 512 threads, 8,776 before this staging); what is left is each warp's chain
