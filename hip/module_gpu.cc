@@ -1,6 +1,6 @@
 // nanobind module fumjax._core_gpu: registrations() -> {target name: PyCapsule},
 // platform() -> the jax.ffi platform name ("CUDA" or "ROCM") to register them under, and
-// block_path_fits(n, e, d, float_bytes) -> whether run_steps takes the one-block path on this device.
+// block_path_fits(n, e, float_bytes) -> whether run_steps takes the one-block path on this device.
 #include <cstdint>
 #include <type_traits>
 
@@ -20,7 +20,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsGpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowRewardGpu);
 
 namespace fumjax {
-bool BlockPathFits(int64_t n, int64_t e, int64_t d, int32_t float_bytes);  // hip/run_steps.hip
+bool BlockPathFits(int64_t n, int64_t e, int32_t float_bytes);  // hip/run_steps.hip
 }  // namespace fumjax
 
 namespace {
@@ -44,5 +44,5 @@ NB_MODULE(_core_gpu, m) {
     return d;
   });
   m.def("platform", []() { return FUMJAX_GPU_PLATFORM; });
-  m.def("block_path_fits", &fumjax::BlockPathFits, nb::arg("n"), nb::arg("e"), nb::arg("d"), nb::arg("float_bytes"));
+  m.def("block_path_fits", &fumjax::BlockPathFits, nb::arg("n"), nb::arg("e"), nb::arg("float_bytes"));
 }

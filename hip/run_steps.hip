@@ -2574,13 +2574,11 @@ ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::An
 
 }  // namespace
 
-// Whether run_steps (gpu_path auto or block) runs an (N, E, D) network on the current device as one persistent
-// block, for a state float of `float_bytes` bytes (4: float32 state, whatever the synapse storage; 8: double).
-// fused.py asks when it picks where an rstdp window ends: the block path leaves no LTP pending at the end of a
-// call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost. D is part
-// of the question but not of today's answer: the block path keeps the ring in global memory.
-bool BlockPathFits(int64_t n, int64_t e, int64_t d, int32_t float_bytes) {
-  (void)d;
+// Whether run_steps (gpu_path auto or block) runs an (N, E) network, any D, on the current device as one
+// persistent block, for a state float of `float_bytes` bytes (4: float32 state, whatever the synapse storage;
+// 8: double). fused.py asks when it picks where an rstdp window ends: the block path leaves no LTP pending at the
+// end of a call, so the window kernel would move the same bytes as XLA's window fusion and add its fixed cost.
+bool BlockPathFits(int64_t n, int64_t e, int32_t float_bytes) {
   const int64_t max_shared = GetDeviceInfo().max_shared_optin;
   BlockPlan p;
   return float_bytes == 8 ? BlockPathTakes<double>(n, e, max_shared, &p)

@@ -366,7 +366,7 @@ def test_window_reward_in_kernel(gpu_path, dtype, gamma, monkeypatch):
     state = fumjax.init_state(net, cfg)
     assert fused.window_end_in_kernel(state, net, cfg) == (gpu_path == "multi")
     fits = fused._load("_core_gpu").block_path_fits
-    assert fits(n, n * k, 1, 4) and not fits(100_000, 10_000_000, 1, 4) and not fits(10_000, 10_000, 1, 4)
+    assert fits(n, n * k, 4) and not fits(100_000, 10_000_000, 4) and not fits(10_000, 10_000, 4)
     if gamma == 0.5:
         assert len(fumjax.state.elig_tables(cfg)[0]) - 1 == 13
     s_f, sp_f, r_f = fumjax.run_driven(state, net, n_windows, config=cfg, backend="fused", record_spikes=True)

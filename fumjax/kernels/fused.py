@@ -498,8 +498,7 @@ def window_end_in_kernel(state, net, cfg) -> bool:
             "fused.window_end_in_kernel: the GPU extension fumjax._core_gpu is not built "
             f"({_errors.get('_core_gpu', 'not found')})"
         )
-    n, e, d = int(net.n_neurons), int(net.n_synapses), int(state.ring_mV.shape[0])
-    return not gpu.block_path_fits(n, e, d, state.v_mV.dtype.itemsize)
+    return not gpu.block_path_fits(int(net.n_neurons), int(net.n_synapses), state.v_mV.dtype.itemsize)
 
 
 def run_window_gpu(state, net, i_ext_mV: Array, cfg, reward_of):
