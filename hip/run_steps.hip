@@ -24,7 +24,9 @@
 //   (transmission by global atomicAdd into the ring, then STDP on the same synapse with the weight read before
 //   it) and its incoming list (STDP of synapses whose pre did not spike), every global load of a lane's
 //   synapses issued before the first use; barrier. Each synapse is updated by exactly one thread.
-//   2 __syncthreads per step; no launches, no host round trips.
+//   2 __syncthreads per step; no launches, no host round trips. Under rstdp in float with N <= 1024 the block
+//   is split instead (RunStepsBlockSplitKernel): 512 threads run the neuron pass and the transmission, 512 the
+//   STDP and the traces, up to 3 steps behind, handed over through named barriers.
 // * multi: for large networks (7M x 500), per step a flush kernel (returns at once unless a segment of deferred
 //   LTP ends or the eligibility is renormalized: then one pass over every row), a neuron kernel (grid over N;
 //   a spike list) and a synapse kernel (a fixed grid of warps over balanced tasks: parts of each spike's
@@ -258,13 +260,12 @@ __device__ __forceinline__ bool Lif(const GpuArgs<T, W>& a, T& v, int32_t& r, T 
 // =====================================================================================================
 // Block path: one persistent block.
 // =====================================================================================================
-// Dense eligibility renormalization elig[k] *= scale by one block of kThreads threads: 16-byte vectors, 4 in
-// flight per thread (one L2 round trip per 4 x 16 x kThreads bytes), then the unaligned tail.
+// Dense eligibility renormalization elig[k] *= scale by kThreads threads (tid in [0, kThreads)): 16-byte
+// vectors, 4 in flight per thread (one L2 round trip per 4 x 16 x kThreads bytes), then the unaligned tail.
 template <typename T, typename W, int kThreads>
-__device__ __forceinline__ void RenormBlock(W* elig, int64_t e, T scale) {
+__device__ __forceinline__ void RenormBlock(W* elig, int64_t e, T scale, int tid) {
   constexpr int kV = 16 / sizeof(W);
   constexpr int kU = 4;
-  const int tid = threadIdx.x;
   int64_t nv = 0;
   if ((reinterpret_cast<uintptr_t>(elig) & 15u) == 0) {
     nv = e / kV;
@@ -317,14 +318,16 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 struct BlockPlan {
   int32_t ts = 5;        // log2 of the slots per ptab entry
   int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
+  int32_t stages = 1;    // spike lists and flags kept (the split kernel's steps in flight)
   uint32_t off_y = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0, off_code = 0, off_spk = 0,
            bytes = 0;
+  uint32_t list_stride = 0, spk_stride = 0;  // one stage's spike list (int32) and flags (bytes), in elements
 };
 
-// Layout for (N, E) (the ring, D x N, is not in it); false when it does not fit `max_bytes` even without in_syn
-// and with a coarse table.
+// Layout for (N, E) with `stages` spike lists and flag arrays (the ring, D x N, is not in it); false when it
+// does not fit `max_bytes` even without in_syn and with a coarse table.
 template <typename T>
-bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out) {
+bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t stages = 1) {
   if (e >= (int64_t{1} << 31)) return false;  // 32-bit synapse indices in the kernel
   auto layout = [&](int32_t ts, bool stage_in, BlockPlan* p) {
     const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
@@ -339,12 +342,16 @@ bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out) {
     p->off_y = take(n * static_cast<int64_t>(sizeof(T)), 16);
     p->off_rp = take((n + 1) * 4, 16);
     p->off_ip = take((n + 1) * 4, 16);
-    p->off_list = take(n * 4, 16);
+    const int64_t list_stride = (n * 4 + 15) / 16 * 4, spk_stride = (n + 15) / 16 * 16;
+    p->off_list = take(stages * list_stride * 4, 16);
     p->off_ptab = take(nb * 4, 16);
     p->off_in = take(stage_in ? e * 2 : 0, 16);
     p->off_code = take(n, 16);
-    p->off_spk = take(n, 16);
+    p->off_spk = take(stages * spk_stride, 16);
     p->bytes = static_cast<uint32_t>((o + 15) / 16 * 16);
+    p->list_stride = static_cast<uint32_t>(list_stride);
+    p->spk_stride = static_cast<uint32_t>(spk_stride);
+    p->stages = stages;
     p->ts = ts;
     p->stage_in = stage_in ? 1 : 0;
     return o + 1024 <= max_bytes;  // 1 KB for the static shared memory
@@ -360,36 +367,50 @@ bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out) {
   return false;
 }
 
-template <typename T, typename W, int R, int kThreads>
-__global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a, BlockPlan p) {
-  constexpr int kWarpsB = kThreads / FUMJAX_WARP;
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int32_t n = a.n, d = a.d;
-  const int64_t e = a.e;
-  const uint32_t e32 = static_cast<uint32_t>(e);  // PlanBlock: E < 2^31
-  T* x_sh = reinterpret_cast<T*>(smem);
-  T* y_sh = reinterpret_cast<T*>(smem + p.off_y);
-  uint32_t* rp_sh = reinterpret_cast<uint32_t*>(smem + p.off_rp);
-  uint32_t* ip_sh = reinterpret_cast<uint32_t*>(smem + p.off_ip);
-  int32_t* list = reinterpret_cast<int32_t*>(smem + p.off_list);
-  int32_t* ptab = reinterpret_cast<int32_t*>(smem + p.off_ptab);
-  uint16_t* in_sh = reinterpret_cast<uint16_t*>(smem + p.off_in);
-  uint8_t* code_sh = smem + p.off_code;
-  uint8_t* spk_sh = smem + p.off_spk;
-  __shared__ int32_t n_spk[2];  // spike count of the step, by parity
+// The block path's shared memory, as PlanBlock lays it out (list and spk: stage 0 of p.stages).
+template <typename T>
+struct BlockShared {
+  T* x;
+  T* y;
+  uint32_t* rp;
+  uint32_t* ip;
+  int32_t* list;
+  int32_t* ptab;
+  uint16_t* in;
+  uint8_t* code;
+  uint8_t* spk;
+};
 
+template <typename T>
+__device__ __forceinline__ BlockShared<T> MapBlock(unsigned char* smem, const BlockPlan& p) {
+  return {reinterpret_cast<T*>(smem),
+          reinterpret_cast<T*>(smem + p.off_y),
+          reinterpret_cast<uint32_t*>(smem + p.off_rp),
+          reinterpret_cast<uint32_t*>(smem + p.off_ip),
+          reinterpret_cast<int32_t*>(smem + p.off_list),
+          reinterpret_cast<int32_t*>(smem + p.off_ptab),
+          reinterpret_cast<uint16_t*>(smem + p.off_in),
+          smem + p.off_code,
+          smem + p.off_spk};
+}
+
+// Per-call staging by all kThreads threads of the block: traces, codes, row_ptr, in_ptr, in_syn (uint16 where
+// p.stage_in) and the pre table; ends with every entry written and visible (its own __syncthreads first).
+template <typename T, typename W, int kThreads>
+__device__ __forceinline__ void StageBlock(const GpuArgs<T, W>& a, const BlockPlan& p, const BlockShared<T>& sh) {
   const int tid = threadIdx.x;
-  const int lane = tid % FUMJAX_WARP;
-  const int warp = tid / FUMJAX_WARP;
-  const bool plastic = a.mode != 0;
-  const bool rstdp = a.mode == 2;
+  const int32_t n = a.n;
+  const int64_t e = a.e;
   const int32_t ts = p.ts;
-  const bool stage_in = p.stage_in != 0;
   const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
-  const int32_t s0 = *a.step;
-  const int32_t t0_init = *a.elig_t0;
-
-  // ---- stage ----
+  T* x_sh = sh.x;
+  T* y_sh = sh.y;
+  uint32_t* rp_sh = sh.rp;
+  uint32_t* ip_sh = sh.ip;
+  int32_t* ptab = sh.ptab;
+  uint16_t* in_sh = sh.in;
+  uint8_t* code_sh = sh.code;
+  uint8_t* spk_sh = sh.spk;
   for (int32_t i = tid; i < n; i += kThreads) {
     x_sh[i] = a.x[i];
     y_sh[i] = a.y[i];
@@ -401,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     ip_sh[i] = __ldg(a.in_ptr + i);
   }
   for (int64_t b = tid; b < nb; b += kThreads) ptab[b] = 0;
-  if (stage_in) {  // E < 0xFFFF: an out-of-range entry becomes 0xFFFF >= E (skipped like on the global path)
+  if (p.stage_in != 0) {  // E < 0xFFFF: an out-of-range entry becomes 0xFFFF >= E (skipped like on the global path)
     auto narrow = [e](uint32_t k) { return static_cast<uint16_t>(k < static_cast<uint64_t>(e) ? k : 0xFFFFu); };
     // 16-byte loads, 4 in flight per thread: E/4/kThreads/4 L2 round trips (~3 at FUM-1k), not E/kThreads.
     const int64_t nv = (reinterpret_cast<uintptr_t>(a.in_syn) & 15u) == 0 ? e / 4 : 0;
@@ -424,7 +445,6 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     }
     for (int64_t q = 4 * nv + tid; q < e; q += kThreads) in_sh[q] = narrow(__ldg(a.in_syn + q));
   }
-  if (tid < 2) n_spk[tid] = 0;
   __syncthreads();
   // Pre table: bucket b (slot b << ts) belongs to the row j with rp[j] <= b << ts < rp[j+1] (one writer for a
   // valid row_ptr; a bad one gives a wrong but in-range neuron, as PreOfSlot).
@@ -434,6 +454,104 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     const int64_t mask = (int64_t{1} << ts) - 1;
     for (int64_t b = (k0 + mask) >> ts; b <= ((k1 - 1) >> ts); ++b) ptab[b] = j;
   }
+  __syncthreads();
+}
+
+// Block path: append a warp's spikes (bit r of `bits`: neuron base + r spiked) to the step's list, by one
+// shared atomic on `count` per warp that has spikes (the list's order does not matter: each synapse has one
+// writer, and the ring's atomic sums have no fixed order anyway). Called by whole warps.
+template <int R>
+__device__ __forceinline__ void AppendSpikes(uint32_t bits, int32_t base, int lane, int32_t* list, int32_t* count) {
+  unsigned long long m[R];
+  int32_t tot = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m[r] = static_cast<unsigned long long>(__ballot_sync(FUMJAX_FULL_MASK, (bits >> r) & 1u));
+    tot += __popcll(m[r]);
+  }
+  if (tot == 0) return;
+  int32_t off = 0;
+  if (lane == 0) off = atomicAdd(count, tot);
+  off = __shfl_sync(FUMJAX_FULL_MASK, off, 0);
+  const unsigned long long below = (1ull << lane) - 1ull;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if ((bits >> r) & 1u) list[off + __popcll(m[r] & below)] = base + r;
+    off += __popcll(m[r]);
+  }
+}
+
+// The ring slot a synapse of delay dk transmits into from `slot` (all delays are 1 when D == 1); -1 for a delay
+// outside [1, D] (the synapse is skipped, STDP included).
+__device__ __forceinline__ int32_t RingSlot(int32_t slot, int32_t d, int32_t dk) {
+  if (d == 1) return slot;
+  if (dk < 1 || dk > d) return -1;
+  const int32_t rs = slot + dk;
+  return rs >= d ? rs - d : rs;
+}
+
+// Block path, the incoming list of post i (it spiked this step): STDP of the synapses whose pre is silent
+// (flags spk_sh), by one warp. The eligibility (rstdp) or weight load is issued as soon as in_syn gives its
+// index, before the pre lookup.
+template <typename T, typename W>
+__device__ __forceinline__ void InListStdp(const GpuArgs<T, W>& a, const BlockShared<T>& sh, const uint8_t* spk_sh,
+                                           int32_t ts, bool stage_in, bool rstdp, T inv, int32_t i, int lane) {
+  const uint32_t e32 = static_cast<uint32_t>(a.e);
+  const int32_t p0 = static_cast<int32_t>(sh.ip[i]), p1 = static_cast<int32_t>(sh.ip[i + 1]);
+  if (static_cast<uint32_t>(p0) > e32 || static_cast<uint32_t>(p1) > e32) return;
+  const T yi = sh.y[i];
+  for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
+    uint32_t kk[2];
+    T old[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int32_t q = pb + h * FUMJAX_WARP + lane;
+      kk[h] = q < p1 ? (stage_in ? sh.in[q] : __ldg(a.in_syn + q)) : e32;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      old[h] = kk[h] < e32 ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (kk[h] >= e32) continue;
+      const int32_t j = PreOfSlotShared(sh.ptab, sh.rp, ts, a.n, kk[h]);
+      const uint8_t cj = sh.code[j];
+      if (spk_sh[j] || cj == 2) continue;
+      const T dw = StdpDw(a, sh.x[j], yi, true, false, cj);
+      StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
+    }
+  }
+}
+
+template <typename T, typename W, int R, int kThreads>
+__global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W> a, BlockPlan p) {
+  constexpr int kWarpsB = kThreads / FUMJAX_WARP;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int32_t n = a.n, d = a.d;
+  const int64_t e = a.e;
+  const uint32_t e32 = static_cast<uint32_t>(e);  // PlanBlock: E < 2^31
+  const BlockShared<T> sh = MapBlock<T>(smem, p);
+  T* x_sh = sh.x;
+  T* y_sh = sh.y;
+  const uint32_t* rp_sh = sh.rp;
+  int32_t* list = sh.list;
+  const uint8_t* code_sh = sh.code;
+  uint8_t* spk_sh = sh.spk;
+  __shared__ int32_t n_spk[2];  // spike count of the step, by parity
+
+  const int tid = threadIdx.x;
+  const int lane = tid % FUMJAX_WARP;
+  const int warp = tid / FUMJAX_WARP;
+  const bool plastic = a.mode != 0;
+  const bool rstdp = a.mode == 2;
+  const int32_t ts = p.ts;
+  const bool stage_in = p.stage_in != 0;
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;
+
+  if (tid < 2) n_spk[tid] = 0;
+  StageBlock<T, W, kThreads>(a, p, sh);
 
   // Owned neurons [base, base + R).
   const int32_t base = tid * R;
@@ -480,7 +598,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
       const T scale = Ld(a.gamma_pow[JnpIndex(since < kc ? since : kc, kc + 1)]);
       t0 = s;
       next_r = s + kc;
-      RenormBlock<T, W, kThreads>(a.elig, e, scale);
+      RenormBlock<T, W, kThreads>(a.elig, e, scale, tid);
     }
     if (rstdp && t + 1 < a.t_steps) inv_next = a.inv_pow[inv_index(s + 1)];
 
@@ -518,27 +636,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
       }
       i_next += n;
     }
-    // Spike list: one shared atomic per warp that has spikes.
-    {
-      unsigned long long m[R];
-      int32_t tot = 0;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        m[r] = static_cast<unsigned long long>(__ballot_sync(FUMJAX_FULL_MASK, (bits >> r) & 1u));
-        tot += __popcll(m[r]);
-      }
-      if (tot > 0) {
-        int32_t off = 0;
-        if (lane == 0) off = atomicAdd(&n_spk[par], tot);
-        off = __shfl_sync(FUMJAX_FULL_MASK, off, 0);
-        const unsigned long long below = (1ull << lane) - 1ull;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          if ((bits >> r) & 1u) list[off + __popcll(m[r] & below)] = base + r;
-          off += __popcll(m[r]);
-        }
-      }
-    }
+    AppendSpikes<R>(bits, base, lane, list, &n_spk[par]);
     __syncthreads();
     const int32_t ns = n_spk[par];
     if (tid == 0) n_spk[par ^ 1] = 0;  // last read in step t-1, next written in step t+1
@@ -573,14 +671,8 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int32_t i = ii[h];
-            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n)) continue;
-            int32_t rs = slot;
-            if (d > 1) {
-              const int32_t dk = rr[h];
-              if (dk < 1 || dk > d) continue;
-              rs = slot + dk;
-              if (rs >= d) rs -= d;
-            }
+            const int32_t rs = RingSlot(slot, d, rr[h]);
+            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n) || rs < 0) continue;
             atomicAdd(a.ring + rs * n + i, Mul(a.g_syn, ww[h]));  // RED in L2, as the multi path
             if (plastic && pos != 2) {
               const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
@@ -589,32 +681,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
           }
         }
       } else {
-        const int32_t i = list[u - ns];  // as a post neuron
-        const int32_t p0 = static_cast<int32_t>(ip_sh[i]), p1 = static_cast<int32_t>(ip_sh[i + 1]);
-        if (static_cast<uint32_t>(p0) > e32 || static_cast<uint32_t>(p1) > e32) continue;
-        const T yi = y_sh[i];
-        for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
-          uint32_t kk[2];
-          T old[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int32_t q = pb + h * FUMJAX_WARP + lane;
-            kk[h] = q < p1 ? (stage_in ? in_sh[q] : __ldg(a.in_syn + q)) : e32;
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {  // the value the update reads, before the pre is known
-            old[h] = kk[h] < e32 ? Ld(rstdp ? a.elig[kk[h]] : a.w[kk[h]]) : T(0);
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            if (kk[h] >= e32) continue;
-            const int32_t j = PreOfSlotShared(ptab, rp_sh, ts, n, kk[h]);
-            const uint8_t cj = code_sh[j];
-            if (spk_sh[j] || cj == 2) continue;
-            const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
-            StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
-          }
-        }
+        InListStdp(a, sh, spk_sh, ts, stage_in, rstdp, inv, list[u - ns], lane);
       }
     }
     __syncthreads();
@@ -647,6 +714,232 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
     if (rstdp && a.t_steps > 0) *a.elig_t0 = t0;
   }
 }
+
+#if !defined(FUMJAX_USE_HIP)
+// =====================================================================================================
+// Block path, rstdp: dynamics and plasticity on separate warps (CUDA).
+// =====================================================================================================
+// Within a call the weights do not change under rstdp (the reward applies them at the window's end), so a step's
+// dynamics need nothing of its STDP: the eligibility updates can run behind the dynamics. The block splits in
+// two. Its first kDyn threads (dynamics warps) run the neuron pass and the transmission (the outgoing rows'
+// post / w loads and the ring's REDs), with a barrier of their own twice a step. The last kPlast threads
+// (plasticity warps) own x, y and the eligibility: per step the out-rows' and in-lists' STDP, then the trace
+// update, and the renormalizations. They run up to kBlockStages - 1 steps behind. The dynamics warps hand a
+// step over through its stage, kBlockStages spike lists and flag arrays, with named barriers:
+// full[stage] (dynamics arrive, plasticity wait) and empty[stage] (plasticity arrive, dynamics wait before
+// writing the stage again). Same operations on the same values as RunStepsBlockKernel, in another order; each
+// synapse's eligibility still has one writer a step, and consecutive steps' writers are ordered by full[].
+constexpr int kBlockStages = 4;
+constexpr int kBarDyn = 1, kBarPlast = 2, kBarFull = 3, kBarEmpty = kBarFull + kBlockStages;  // ids < 16
+
+// Named barriers over `count` threads (whole warps); like __syncthreads they order the participating threads'
+// earlier memory accesses before the later ones (PTX bar.sync / bar.arrive).
+__device__ __forceinline__ void BarSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void BarArrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
+}
+
+template <typename T, typename W, int R, int kDyn, int kPlast>
+__global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(GpuArgs<T, W> a, BlockPlan p) {
+  constexpr int kAll = kDyn + kPlast;
+  constexpr int kS = kBlockStages;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int32_t n = a.n, d = a.d;
+  const uint32_t e32 = static_cast<uint32_t>(a.e);  // PlanBlock: E < 2^31
+  const BlockShared<T> sh = MapBlock<T>(smem, p);
+  __shared__ int32_t n_spk[kS];  // spike count of the step, by stage
+  const int tid = threadIdx.x;
+  const int lane = tid % FUMJAX_WARP;
+  const int32_t s0 = *a.step;
+  const int32_t t0_init = *a.elig_t0;  // read by all before anyone writes it back
+
+  if (tid < kS) n_spk[tid] = 0;
+  StageBlock<T, W, kAll>(a, p, sh);
+
+  if (tid < kDyn) {
+    // ---- dynamics warps: neurons [base, base + R) ----
+    constexpr int kWarpsD = kDyn / FUMJAX_WARP;
+    const int warp = tid / FUMJAX_WARP;
+    const int32_t base = tid * R;
+    T v[R], ratio[R], vth[R], cur_next[R];
+    int32_t rf[R], ws[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int32_t i = base + r;
+      if (i < n) {
+        v[r] = a.v[i];
+        ratio[r] = Div(a.dt, a.tau[i]);
+        vth[r] = a.v_th[i];
+        rf[r] = a.refrac[i];
+        ws[r] = a.window_spikes[i];
+        cur_next[r] = a.t_steps > 0 ? a.i_ext[i] : T(0);
+      } else {
+        v[r] = ratio[r] = vth[r] = cur_next[r] = T(0);
+        rf[r] = ws[r] = 0;
+      }
+    }
+    int32_t slot = FloorMod(s0, d);
+    uint8_t* spk_out = a.spikes;
+    const T* i_next = a.i_ext + n;
+    for (int32_t t = 0; t < a.t_steps; ++t) {
+      const int st = t % kS;
+      if (t >= kS) BarSync(kBarEmpty + st, kAll);  // the plasticity warps are done with step t - kS
+      int32_t* list = sh.list + st * p.list_stride;
+      uint8_t* spk_sh = sh.spk + st * p.spk_stride;
+      T* ring_now = a.ring + slot * n;
+      T cur[R], ring_in[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        cur[r] = cur_next[r];
+        ring_in[r] = base + r < n ? __ldcg(ring_now + base + r) : T(0);
+      }
+      uint32_t bits = 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int32_t i = base + r;
+        if (i < n) {
+          const T in = Add(ring_in[r], cur[r]);
+          __stcg(ring_now + i, T(0));
+          const bool spiked = Lif(a, v[r], rf[r], ratio[r], vth[r], in);
+          spk_sh[i] = static_cast<uint8_t>(spiked);
+          spk_out[i] = static_cast<uint8_t>(spiked);
+          ws[r] += spiked;
+          bits |= static_cast<uint32_t>(spiked) << r;
+        }
+      }
+      spk_out += n;
+      if (t + 1 < a.t_steps) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (base + r < n) cur_next[r] = i_next[base + r];
+        }
+        i_next += n;
+      }
+      AppendSpikes<R>(bits, base, lane, list, &n_spk[st]);
+      BarSync(kBarDyn, kDyn);
+      const int32_t ns = n_spk[st];  // before the hand-over: the plasticity warps reset it
+      BarArrive(kBarFull + st, kAll);
+      for (int32_t u = warp; u < ns; u += kWarpsD) {
+        const int32_t j = list[u];
+        const int32_t k0 = static_cast<int32_t>(sh.rp[j]), k1 = static_cast<int32_t>(sh.rp[j + 1]);
+        if (static_cast<uint32_t>(k0) > e32 || static_cast<uint32_t>(k1) > e32) continue;
+        for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int32_t ii[2], rr[2];
+          T ww[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t k = kb + h * FUMJAX_WARP + lane;
+            ii[h] = -1;
+            ww[h] = T(0);
+            rr[h] = 1;
+            if (k < k1) {
+              ii[h] = __ldg(a.post + k);
+              ww[h] = Ld(a.w[k]);
+              if (d > 1) rr[h] = __ldg(a.delay + k);
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int32_t rs = RingSlot(slot, d, rr[h]);
+            if (static_cast<uint32_t>(ii[h]) >= static_cast<uint32_t>(n) || rs < 0) continue;
+            atomicAdd(a.ring + rs * n + ii[h], Mul(a.g_syn, ww[h]));
+          }
+        }
+      }
+      BarSync(kBarDyn, kDyn);  // this step's REDs before the next step's ring reads
+      if (++slot == d) slot = 0;
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int32_t i = base + r;
+      if (i < n) {
+        a.v[i] = v[r];
+        a.refrac[i] = rf[r];
+        a.window_spikes[i] = ws[r];
+      }
+    }
+    for (int32_t t = a.t_steps > kS ? a.t_steps - kS : 0; t < a.t_steps; ++t) BarSync(kBarEmpty + t % kS, kAll);
+    if (tid == 0) *a.step = s0 + a.t_steps;
+  } else {
+    // ---- plasticity warps: x, y, eligibility ----
+    constexpr int kWarpsP = kPlast / FUMJAX_WARP;
+    const int ptid = tid - kDyn;
+    const int pwarp = ptid / FUMJAX_WARP;
+    const int32_t ts = p.ts;
+    const bool stage_in = p.stage_in != 0;
+    const int32_t kc = a.k_max;
+    const int32_t r1 = s0 - t0_init >= kc ? s0 : t0_init + kc;
+    int32_t t0 = t0_init, next_r = r1;
+    for (int32_t t = 0; t < a.t_steps; ++t) {
+      const int32_t s = s0 + t;
+      const int st = t % kS;
+      // The step's 1/gamma^k, loaded while the dynamics warps are still on the step.
+      const T inv = a.inv_pow[JnpIndex(static_cast<int64_t>(s) + 1 - (s == next_r ? s : t0), kc + 1)];
+      BarSync(kBarFull + st, kAll);
+      if (s == next_r) {  // the dense renormalization before this step's additions
+        const int32_t since = s == r1 ? s - t0_init : kc;
+        const T scale = Ld(a.gamma_pow[JnpIndex(since < kc ? since : kc, kc + 1)]);
+        t0 = s;
+        next_r = s + kc;
+        RenormBlock<T, W, kPlast>(a.elig, a.e, scale, ptid);
+        BarSync(kBarPlast, kPlast);
+      }
+      const int32_t* list = sh.list + st * p.list_stride;
+      const uint8_t* spk_sh = sh.spk + st * p.spk_stride;
+      const int32_t ns = n_spk[st];
+      for (int32_t u = pwarp; u < 2 * ns; u += kWarpsP) {
+        if (u >= ns) {
+          InListStdp(a, sh, spk_sh, ts, stage_in, true, inv, list[u - ns], lane);
+          continue;
+        }
+        const int32_t j = list[u];
+        const uint8_t pos = sh.code[j];
+        const int32_t k0 = static_cast<int32_t>(sh.rp[j]), k1 = static_cast<int32_t>(sh.rp[j + 1]);
+        if (pos == 2 || static_cast<uint32_t>(k0) > e32 || static_cast<uint32_t>(k1) > e32) continue;
+        const T xj = sh.x[j];
+        for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
+          int32_t kk[2], ii[2], rr[2];
+          T ee[2];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            kk[h] = kb + h * FUMJAX_WARP + lane;
+            ii[h] = -1;
+            ee[h] = T(0);
+            rr[h] = 1;
+            if (kk[h] < k1) {
+              ii[h] = __ldg(a.post + kk[h]);
+              ee[h] = Ld(a.elig[kk[h]]);
+              if (d > 1) rr[h] = __ldg(a.delay + kk[h]);
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {  // the synapses the dynamics warps transmitted on
+            const int32_t i = ii[h];
+            if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n) || RingSlot(0, d, rr[h]) < 0) continue;
+            const T dw = StdpDw(a, xj, sh.y[i], spk_sh[i] != 0, true, pos);
+            StoreDw(a, kk[h], dw, true, inv, ee[h], ee[h]);
+          }
+        }
+      }
+      BarSync(kBarPlast, kPlast);  // every STDP read of x and y before the trace update
+      for (int32_t i = ptid; i < n; i += kPlast) {
+        const T sp = static_cast<T>(spk_sh[i]);
+        sh.x[i] = Fma(sh.x[i], a.decay_x, sp);
+        sh.y[i] = Fma(sh.y[i], a.decay_y, sp);
+      }
+      if (ptid == 0) n_spk[st] = 0;
+      BarArrive(kBarEmpty + st, kAll);
+    }
+    for (int32_t i = ptid; i < n; i += kPlast) {  // the entries this thread updated last
+      a.x[i] = sh.x[i];
+      a.y[i] = sh.y[i];
+    }
+    if (ptid == 0 && a.t_steps > 0) *a.elig_t0 = t0;
+  }
+}
+#endif  // !FUMJAX_USE_HIP
 
 // =====================================================================================================
 // Cluster path (CUDA, compute capability >= 9.0): a thread-block cluster of C CTAs (1024 threads each)
@@ -2205,6 +2498,38 @@ bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t 
   return LaunchBlockR<T, W, 1024>(a, p, stream, err);
 }
 
+#if !defined(FUMJAX_USE_HIP)
+template <typename T, typename W, int R, int kDyn, int kPlast>
+hipError_t LaunchBlockSplit(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
+  static size_t allowed = 48 * 1024;
+  if (p.bytes > allowed) {
+    const hipError_t err =
+        hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockSplitKernel<T, W, R, kDyn, kPlast>),
+                            hipFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.bytes));
+    if (err != hipSuccess) return err;
+    allowed = p.bytes;
+  }
+  RunStepsBlockSplitKernel<T, W, R, kDyn, kPlast><<<1, kDyn + kPlast, p.bytes, stream>>>(a, p);
+  return hipGetLastError();
+}
+
+// rstdp in float with N <= 1024 (the dynamics warps' 512 threads own 2 neurons each) and kBlockStages stages in
+// shared memory: the split kernel, 512 + 512 threads. Measured on FUM-1k (bench/GPU_RUN_STEPS.md): 4,268 cycles
+// per step against RunStepsBlockKernel's 4,707; 384 + 640 (R = 3) took 4,540 and 256 + 768 (R = 4) 5,358, so the
+// dynamics warps' neuron pass, not the plasticity warps' task count, sets the pace.
+template <typename T, typename W>
+bool LaunchBlockSplitIf(const GpuArgs<T, W>& a, int64_t max_shared, hipStream_t stream, hipError_t* err) {
+  if constexpr (sizeof(T) != 4) {
+    return false;
+  } else {
+    BlockPlan sp;
+    if (a.mode != 2 || a.n > 1024 || !PlanBlock<T>(a.n, a.e, max_shared, &sp, kBlockStages)) return false;
+    *err = LaunchBlockSplit<T, W, 2, 512, 512>(a, sp, stream);
+    return true;
+  }
+}
+#endif
+
 // GPU path (attribute gpu_path, fixed when the program is traced: fused.py reads FUMJAX_GPU_RUN_PATH then, so
 // a compiled program, or a CUDA graph captured from it, always launches the same kernels).
 enum GpuPath : int32_t { kPathAuto = 0, kPathBlock = 1, kPathMulti = 2, kPathCluster = 3 };
@@ -2262,6 +2587,12 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
   if (path != kPathMulti) {
     BlockPlan bp;
     hipError_t err = hipSuccess;
+#if !defined(FUMJAX_USE_HIP)
+    if (BlockPathTakes<T>(a.n, a.e, info.max_shared_optin, &bp) &&
+        LaunchBlockSplitIf<T, W>(a, info.max_shared_optin, stream, &err)) {
+      return err;
+    }
+#endif
     if (BlockPathTakes<T>(a.n, a.e, info.max_shared_optin, &bp) &&
         LaunchBlockThreads<T, W>(a, bp, stream, &err)) {
       return err;
