@@ -2515,8 +2515,9 @@ hipError_t LaunchBlockSplit(const GpuArgs<T, W>& a, const BlockPlan& p, hipStrea
 
 // rstdp in float with N <= 1024 (the dynamics warps' 512 threads own 2 neurons each) and kBlockStages stages in
 // shared memory: the split kernel, 512 + 512 threads. Measured on FUM-1k (bench/GPU_RUN_STEPS.md): 4,268 cycles
-// per step against RunStepsBlockKernel's 4,707; 384 + 640 (R = 3) took 4,540 and 256 + 768 (R = 4) 5,358, so the
-// dynamics warps' neuron pass, not the plasticity warps' task count, sets the pace.
+// per step against RunStepsBlockKernel's 4,707. The halves are near balance: the plasticity warps are busy 98% of
+// the time and the dynamics warps wait for them 16% of theirs, but moving warps to the plasticity side slows
+// the dynamics side more (384 + 640 at R = 3: 4,540; 256 + 768 at R = 4: 5,358).
 template <typename T, typename W>
 bool LaunchBlockSplitIf(const GpuArgs<T, W>& a, int64_t max_shared, hipStream_t stream, hipError_t* err) {
   if constexpr (sizeof(T) != 4) {
