@@ -318,7 +318,6 @@ __device__ __forceinline__ int32_t PreOfSlotShared(const int32_t* ptab, const ui
 struct BlockPlan {
   int32_t ts = 5;        // log2 of the slots per ptab entry
   int32_t stage_in = 0;  // in_syn staged as uint16 (E < 2^16)
-  int32_t stages = 1;    // spike lists and flags kept (the split kernel's steps in flight)
   uint32_t off_y = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0, off_code = 0, off_spk = 0,
            bytes = 0;
   uint32_t list_stride = 0, spk_stride = 0;  // one stage's spike list (int32) and flags (bytes), in elements
@@ -351,7 +350,6 @@ bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t 
     p->bytes = static_cast<uint32_t>((o + 15) / 16 * 16);
     p->list_stride = static_cast<uint32_t>(list_stride);
     p->spk_stride = static_cast<uint32_t>(spk_stride);
-    p->stages = stages;
     p->ts = ts;
     p->stage_in = stage_in ? 1 : 0;
     return o + 1024 <= max_bytes;  // 1 KB for the static shared memory
@@ -367,7 +365,7 @@ bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t 
   return false;
 }
 
-// The block path's shared memory, as PlanBlock lays it out (list and spk: stage 0 of p.stages).
+// The block path's shared memory, as PlanBlock lays it out (list and spk: the first of its stages).
 template <typename T>
 struct BlockShared {
   T* x;
@@ -2437,19 +2435,24 @@ bool ChooseCluster(const GpuArgs<T, W>& a, const DeviceInfo& info, bool need_sta
 }
 #endif  // !FUMJAX_USE_HIP
 
-template <typename T, typename W, int R, int kThreads>
-hipError_t LaunchBlockPlan(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
-  // The dynamic shared-memory limit is per function: raise it when a call needs more than it allows.
+// One block of `threads` threads of the block-path kernel kKernel with p.bytes of dynamic shared memory. The
+// limit is per function: raised (once per kernel, this template's instantiation) when a call needs more.
+template <auto kKernel, typename T, typename W>
+hipError_t LaunchOneBlock(int threads, const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
   static size_t allowed = 48 * 1024;
   if (p.bytes > allowed) {
-    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockKernel<T, W, R, kThreads>),
-                                               hipFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(p.bytes));
+    const hipError_t err = hipFuncSetAttribute(reinterpret_cast<const void*>(kKernel),
+                                               hipFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.bytes));
     if (err != hipSuccess) return err;
     allowed = p.bytes;
   }
-  RunStepsBlockKernel<T, W, R, kThreads><<<1, kThreads, p.bytes, stream>>>(a, p);
+  kKernel<<<1, threads, p.bytes, stream>>>(a, p);
   return hipGetLastError();
+}
+
+template <typename T, typename W, int R, int kThreads>
+hipError_t LaunchBlockPlan(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
+  return LaunchOneBlock<&RunStepsBlockKernel<T, W, R, kThreads>>(kThreads, a, p, stream);
 }
 
 // Neurons per thread R for kThreads threads: the smallest of 1, 2, 4, 8 with R x kThreads >= N (double: R <= 4,
@@ -2499,20 +2502,6 @@ bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t 
 }
 
 #if !defined(FUMJAX_USE_HIP)
-template <typename T, typename W, int R, int kDyn, int kPlast>
-hipError_t LaunchBlockSplit(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t stream) {
-  static size_t allowed = 48 * 1024;
-  if (p.bytes > allowed) {
-    const hipError_t err =
-        hipFuncSetAttribute(reinterpret_cast<const void*>(&RunStepsBlockSplitKernel<T, W, R, kDyn, kPlast>),
-                            hipFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.bytes));
-    if (err != hipSuccess) return err;
-    allowed = p.bytes;
-  }
-  RunStepsBlockSplitKernel<T, W, R, kDyn, kPlast><<<1, kDyn + kPlast, p.bytes, stream>>>(a, p);
-  return hipGetLastError();
-}
-
 // rstdp in float with N <= 1024 (the dynamics warps' 512 threads own 2 neurons each) and kBlockStages stages in
 // shared memory: the split kernel, 512 + 512 threads. Measured on FUM-1k (bench/GPU_RUN_STEPS.md): 4,268 cycles
 // per step against RunStepsBlockKernel's 4,707. The halves are near balance: the plasticity warps are busy 98% of
@@ -2525,7 +2514,7 @@ bool LaunchBlockSplitIf(const GpuArgs<T, W>& a, int64_t max_shared, hipStream_t 
   } else {
     BlockPlan sp;
     if (a.mode != 2 || a.n > 1024 || !PlanBlock<T>(a.n, a.e, max_shared, &sp, kBlockStages)) return false;
-    *err = LaunchBlockSplit<T, W, 2, 512, 512>(a, sp, stream);
+    *err = LaunchOneBlock<&RunStepsBlockSplitKernel<T, W, 2, 512, 512>>(1024, a, sp, stream);
     return true;
   }
 }

@@ -316,6 +316,7 @@ def test_window_end_in_kernel_needs_the_multi_path_or_the_gpu_planner(monkeypatc
             fused.window_end_in_kernel(state, net, cfg)
 
 
+@needs_fused
 def test_run_driven_traces_the_gpu_window_branch_on_cpu(monkeypatch):
     """run_driven's rstdp windows take fumjax_window_reward on a GPU through lax.platform_dependent (where
     the multi path runs). With the GPU extension claimed present and the multi path claimed, the GPU branch
