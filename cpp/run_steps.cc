@@ -20,9 +20,9 @@
 #include <cstdlib>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "ffi_util.h"
 #include "run_steps_compute.h"
@@ -129,6 +129,94 @@ void AdviseHugePages(void* p, int64_t bytes) {
 #endif
 }
 
+// The per-call checks and the in-list below are O(E) passes that a call of a 50-step window repeats: they
+// are written without early exits or per-element branches so that they vectorize (with per-element
+// returns and push_back they took ~110 us of a ~250 us FUM-1k window call, bench/RESULTS.md).
+
+// Every post index of the rows [row_ptr[0], row_ptr[N]) below N (else false); sets whether each row's posts
+// ascend (sorted) or strictly ascend (distinct). row_ptr must already be checked (ascending, <= E).
+// One flat pass counts the out-of-order neighbour pairs over all slots; the pairs that straddle two rows
+// are counted again per row (O(N)) and taken off, since rows are ~50 slots: too short to vectorize alone.
+bool CheckRows(const uint32_t* row_ptr, const int32_t* post, int64_t n, bool* sorted, bool* distinct) {
+  const uint32_t n_u = static_cast<uint32_t>(n);
+  const int64_t k0 = row_ptr[0], k1 = row_ptr[n];
+  uint32_t out_of_range = 0;
+  for (int64_t k = k0; k < k1; ++k) out_of_range |= static_cast<uint32_t>(post[k]) >= n_u;
+  if (out_of_range) return false;
+  uint32_t descending = 0, repeated = 0;  // post[k] < post[k - 1], post[k] == post[k - 1] (E < 2^32)
+  for (int64_t k = k0 + 1; k < k1; ++k) {
+    descending += post[k] < post[k - 1];
+    repeated += post[k] == post[k - 1];
+  }
+  for (int64_t j = 1; j < n; ++j) {
+    const int64_t k = row_ptr[j];
+    if (k > row_ptr[j - 1] && k < k1) {  // starts row j after a non-empty row (each such k once)
+      descending -= post[k] < post[k - 1];
+      repeated -= post[k] == post[k - 1];
+    }
+  }
+  *sorted = descending == 0;
+  *distinct = descending == 0 && repeated == 0;
+  return true;
+}
+
+// Whether every one of the m 32-bit values lies in [lo, hi] (hi - lo < 2^32): one unsigned compare each,
+// no early exit.
+template <typename I>
+bool AllWithin(const I* v, int64_t m, int64_t lo, int64_t hi) {
+  static_assert(sizeof(I) == 4, "32-bit indices");
+  const uint32_t base = static_cast<uint32_t>(lo), span = static_cast<uint32_t>(hi - lo);
+  uint32_t outside = 0;
+  for (int64_t k = 0; k < m; ++k) outside |= static_cast<uint32_t>(v[k]) - base > span;
+  return outside == 0;
+}
+
+// The learning in-list of a long plastic call: each entry's pre (pre[q] for q in [in_ptr[0], in_ptr[N]),
+// indexed like in_syn) and, when some presynaptic neurons are static (code 2), an in-list without their
+// synapses (ptr, syn; pre then follows it). Indices must already be checked.
+struct InList {
+  std::unique_ptr<uint32_t[]> ptr, syn;
+  std::unique_ptr<int32_t[]> pre;
+};
+
+InList BuildInList(const uint32_t* row_ptr, const uint32_t* in_ptr, const uint32_t* in_syn,
+                   const uint8_t* excitatory, int64_t n, int64_t e) {
+  InList out;
+  // Each slot's pre, row by row (what PreOfSlot finds; slots past row_ptr[N] go to the last row, slots
+  // before row_ptr[0] to neuron 0): one sequential pass instead of a search per entry.
+  std::unique_ptr<int32_t[]> slot_pre(new int32_t[static_cast<size_t>(std::max<int64_t>(e, 1))]);
+  std::fill(slot_pre.get(), slot_pre.get() + row_ptr[0], 0);
+  for (int64_t j = 0; j < n; ++j) {
+    std::fill(slot_pre.get() + row_ptr[j], slot_pre.get() + row_ptr[j + 1], static_cast<int32_t>(j));
+  }
+  std::fill(slot_pre.get() + row_ptr[n], slot_pre.get() + e, static_cast<int32_t>(n - 1));
+  bool any_static = false;
+  for (int64_t j = 0; j < n; ++j) any_static |= excitatory[j] == 2;
+  const int64_t q1 = in_ptr[n];
+  out.pre.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(q1, 1))]);
+  int32_t* pre = out.pre.get();
+  if (!any_static) {
+    for (int64_t q = in_ptr[0]; q < q1; ++q) pre[q] = slot_pre[in_syn[q]];
+    return out;
+  }
+  out.ptr.reset(new uint32_t[static_cast<size_t>(n) + 1]);
+  out.syn.reset(new uint32_t[static_cast<size_t>(std::max<int64_t>(q1, 1))]);
+  uint32_t* syn = out.syn.get();
+  uint32_t c = 0;
+  out.ptr[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t q = in_ptr[i]; q < static_cast<int64_t>(in_ptr[i + 1]); ++q) {
+      const uint32_t k = in_syn[q];
+      const int32_t j = slot_pre[k];
+      syn[c] = k;  // written always, kept (c advances) only for a learning pre: no branch
+      pre[c] = j;
+      c += excitatory[j] != 2;
+    }
+    out.ptr[static_cast<size_t>(i) + 1] = c;
+  }
+  return out;
+}
+
 template <typename T, typename W>
 ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   RunStepsArgs<T, W> a;
@@ -182,69 +270,22 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   };
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
     if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
-    bool distinct = true;
-    for (int64_t j = 0; j < a.n; ++j) {
-      const int64_t k0 = a.row_ptr[j], k1 = a.row_ptr[j + 1];
-      for (int64_t k = k0; k < k1; ++k) {
-        if (static_cast<uint64_t>(static_cast<uint32_t>(a.post[k])) >= static_cast<uint64_t>(a.n)) {
-          return bad_index();
-        }
-        if (k > k0 && a.post[k] < a.post[k - 1]) a.rows_sorted = false;
-        if (k > k0 && a.post[k] <= a.post[k - 1]) distinct = false;
-      }
+    if (!CheckRows(a.row_ptr, a.post, a.n, &a.rows_sorted, &a.rows_distinct)) return bad_index();
+    if (a.d > 1 && !AllWithin(a.delay, a.e, 1, a.d)) {
+      return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
     }
-    if (a.d > 1) {
-      for (int64_t k = 0; k < a.e; ++k) {
-        if (a.delay[k] < 1 || a.delay[k] > a.d) {
-          return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
-        }
-      }
-    }
-    if (a.mode != PlasticityMode::kOff) {
-      for (int64_t p = 0; p < a.e; ++p) {
-        if (a.in_syn[p] >= a.e) return bad_index();
-      }
-    }
-    a.rows_distinct = distinct;
+    if (a.mode != PlasticityMode::kOff && !AllWithin(a.in_syn, a.e, 0, a.e - 1)) return bad_index();
     a.validated = true;
   }
   // Long plastic runs (indices checked above): each in-list entry's pre (4 B per synapse for the call; no
   // slot -> pre search per visit), and when some presynaptic neurons are static a learning in-list without
   // their synapses (their dw is 0), so the incoming-synapse pass skips them.
-  std::vector<uint32_t> lin_ptr, lin_syn;
-  std::vector<int32_t> lin_pre;
+  InList lin;
   if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
-    bool any_static = false;
-    for (int64_t j = 0; j < a.n && !any_static; ++j) any_static = a.excitatory[j] == 2;
-    lin_pre.reserve(static_cast<size_t>(a.e));
-    if (any_static) {
-      lin_ptr.resize(static_cast<size_t>(a.n) + 1);
-      lin_syn.reserve(static_cast<size_t>(a.e));
-      lin_ptr[0] = 0;
-    }
-    // Each slot's pre, row by row (what PreOfSlot finds; slots past row_ptr[N] go to the last row): one
-    // sequential pass instead of a search per entry (the search was ~1.5 ms per 50k synapses).
-    std::vector<int32_t> slot_pre(static_cast<size_t>(a.e));
-    for (int64_t j = 0; j < a.n; ++j) {
-      const int32_t pre = static_cast<int32_t>(j);
-      std::fill(slot_pre.begin() + a.row_ptr[j], slot_pre.begin() + a.row_ptr[j + 1], pre);
-    }
-    std::fill(slot_pre.begin() + a.row_ptr[a.n], slot_pre.end(), static_cast<int32_t>(a.n - 1));
-    for (int64_t i = 0; i < a.n; ++i) {
-      for (int64_t p = a.in_ptr[i]; p < static_cast<int64_t>(a.in_ptr[i + 1]); ++p) {
-        const int64_t k = a.in_syn[p];
-        const int64_t j = slot_pre[static_cast<size_t>(k)];
-        if (any_static) {
-          if (a.excitatory[j] == 2) continue;
-          lin_syn.push_back(static_cast<uint32_t>(k));
-        }
-        lin_pre.push_back(static_cast<int32_t>(j));
-      }
-      if (any_static) lin_ptr[static_cast<size_t>(i) + 1] = static_cast<uint32_t>(lin_syn.size());
-    }
-    a.lin_ptr = any_static ? lin_ptr.data() : a.in_ptr;
-    a.lin_syn = any_static ? lin_syn.data() : a.in_syn;
-    a.lin_pre = lin_pre.data();
+    lin = BuildInList(a.row_ptr, a.in_ptr, a.in_syn, a.excitatory, a.n, a.e);
+    a.lin_ptr = lin.ptr ? lin.ptr.get() : a.in_ptr;
+    a.lin_syn = lin.syn ? lin.syn.get() : a.in_syn;
+    a.lin_pre = lin.pre.get();
   }
 
   return KernelCodeError(RunStepsHost<T, W>(a), "fumjax_run_steps");

@@ -271,6 +271,28 @@ def test_unsupported_falls_back_and_bad_index_is_an_error():
     for threads in (1, 2):
         with pytest.raises(Exception, match="out of range"):
             jax.block_until_ready(fused.run_steps(state, bad, i_ext * 4.0, cfg, "stdp", threads=threads))
+    # One bad entry among valid ones, at either end of the array (the checks are branch-free passes).
+    e = net.n_synapses
+    for field, k, value in (("post", 0, -1), ("post", e - 1, 50), ("in_syn", e - 1, e), ("in_syn", 0, -1)):
+        arr = np.asarray(getattr(net, field)).copy()
+        arr[k] = value
+        one_bad = dataclasses.replace(net, **{field: jnp.asarray(arr)})
+        with pytest.raises(Exception, match="out of range"):
+            jax.block_until_ready(fused.run_steps(state, one_bad, i_ext, cfg, "stdp"))
+    mixed_net = _network(50, 0.8, "mixed", FIXED_SEED)
+    for value in (0, mixed_net.max_delay + 1):
+        d = np.asarray(mixed_net.delay_steps).copy()
+        d[len(d) // 2] = value
+        with pytest.raises(Exception, match=r"delay is outside \[1, ring slots\]"):
+            jax.block_until_ready(
+                fused.run_steps(
+                    fumjax.init_state(mixed_net, cfg),
+                    dataclasses.replace(mixed_net, delay_steps=jnp.asarray(d)),
+                    i_ext,
+                    cfg,
+                    "stdp",
+                )
+            )
     with pytest.raises(ValueError, match="mode"):
         fused.run_steps(state, net, i_ext, cfg, "bogus")
     with pytest.raises(ValueError, match="threads"):
