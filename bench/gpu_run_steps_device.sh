@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call: build, GPU tests, compute-sanitizer, Nsight Compute, timings. Logs under $OUT (5 files).
-#   STAGES=test,san,ncu,bench (default; any order) and probe, scale (opt-in); PYTEST_K (a -k expression, may
+#   STAGES=test,san,ncu,bench (default; any order) and probe, scale, winprof (opt-in); PYTEST_K (a -k expression, may
 #   hold spaces), PYTEST_ARGS, SAN_PATHS, NCU_PATHS, BENCH_ARGS, BENCH_PATHS narrow each stage; PROBE_ARGS go
 #   to bench/gpu_multi_probe.py (probe.log), SCALE10_ARGS to `fumjax scale`, then SCALE_ARGS to
 #   bench/bench_scale.py (scale.log; either may be empty to skip it). Stage pick (after probe): the probe variant
@@ -83,6 +83,19 @@ do_scale() {
     stage_t bench_scale
   fi
   unset XLA_PYTHON_CLIENT_PREALLOCATE
+}
+do_winprof() {
+  # Every kernel of a 10-window FUM-1k learning scan (ncu, durations only), the same program's wall time,
+  # and the table: where a window's time goes beyond run_steps (bench/ncu_window_profile.py).
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false
+  W=${WINPROF_WINDOWS:-10}
+  timeout ${WINPROF_TIMEOUT:-150} ncu --csv --metrics gpu__time_duration.sum \
+    python3 $OLDPWD/bench/ncu_window_profile.py run $W > $OUT/winprof$TAG.csv 2> $OUT/winprof$TAG.err
+  echo "== ncu winprof rc=$?"
+  unset XLA_PYTHON_CLIENT_PREALLOCATE
+  WALL=$(python3 $OLDPWD/bench/ncu_window_profile.py wall $W | tee -a $OUT/winprof$TAG.txt | awk '{print $2}')
+  python3 $OLDPWD/bench/ncu_window_profile.py table $OUT/winprof$TAG.csv $W $WALL | tee -a $OUT/winprof$TAG.txt | head -30
+  stage_t winprof
 }
 do_bench() {
   timeout ${BENCH_TIMEOUT:-200} python3 $OLDPWD/bench/bench_gpu_run_steps.py ${BENCH_ARGS} 2>&1 | tee $OUT/bench$TAG.log | grep -v "^W0\|^I0" | tail -45
