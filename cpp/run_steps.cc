@@ -226,6 +226,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   a.t_steps = static_cast<int64_t>(o.i_ext.dimensions()[0]);
   a.k_max = static_cast<int32_t>(o.gamma_pow.element_count()) - 1;
   a.threads = ResolveThreads(c.threads, a.n, a.e);
+  a.vector_rows = UseVectorRows();
 
   a.v = InPlace<T>(o.v, r.v);
   a.refrac = InPlace<int32_t>(o.refrac, r.refrac);

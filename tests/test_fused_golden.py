@@ -349,6 +349,33 @@ def test_threads_bit_identical(rows):
                 assert a.tobytes() == b.tobytes(), (rows, mode, name, seed)
 
 
+def test_vector_and_scalar_rows_bit_identical(monkeypatch):
+    """The row pass runs 8 synapses at a time with AVX2 gathers or as a scalar loop, by host
+    (cpp/ffi_util.h, UseVectorRows: scalar on AMD, whose gathers are slow); FUMJAX_CPU_VECTOR_ROWS forces
+    either. Both must match the reference exactly and each other bitwise, with 1 and 2 threads."""
+    seed = _fresh_seed()
+    n = 400
+    cfg = FumConfig().replace(neuron={"n_neurons": n})
+    net = _network(n, 0.8, "one", seed)
+    i_ext = _drive(n, 1000, seed, jnp.float32)
+    state = fumjax.init_state(net, cfg)
+    for mode in ("off", "stdp", "rstdp"):
+        ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
+        outs = []
+        for rows in ("1", "0"):
+            monkeypatch.setenv("FUMJAX_CPU_VECTOR_ROWS", rows)
+            for threads in (1, 2):
+                got, s_got = _run_fused(state, net, i_ext, cfg, mode, threads)
+                msg = f"FUMJAX_CPU_VECTOR_ROWS={rows}, {threads} threads, {mode}, seed {seed}"
+                _assert_same(ref, got, s_ref, s_got, msg)
+                outs.append((got, s_got))
+        for got, s_got in outs[1:]:
+            np.testing.assert_array_equal(np.asarray(s_got), np.asarray(outs[0][1]))
+            for name in FIELDS:
+                a, b = np.asarray(getattr(outs[0][0], name)), np.asarray(getattr(got, name))
+                assert a.tobytes() == b.tobytes(), (mode, name, seed)
+
+
 def test_unsorted_rows_one_thread():
     """Rows whose posts do not ascend: the kernel's vectorized row blocks (float32, D = 1) must hand them to
     the scalar loop, which keeps the synapse order."""
