@@ -321,12 +321,14 @@ struct BlockPlan {
   uint32_t off_y = 0, off_rp = 0, off_ip = 0, off_list = 0, off_ptab = 0, off_in = 0, off_code = 0, off_spk = 0,
            bytes = 0;
   uint32_t list_stride = 0, spk_stride = 0;  // one stage's spike list (int32) and flags (bytes), in elements
+  // Split kernel with the traces kept by the dynamics warps: each stage's copy of x and y (T, xy_stride each).
+  uint32_t off_xs = 0, off_ys = 0, xy_stride = 0;
 };
 
 // Layout for (N, E) with `stages` spike lists and flag arrays (the ring, D x N, is not in it); false when it
 // does not fit `max_bytes` even without in_syn and with a coarse table.
 template <typename T>
-bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t stages = 1) {
+bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t stages = 1, int32_t xy_stages = 0) {
   if (e >= (int64_t{1} << 31)) return false;  // 32-bit synapse indices in the kernel
   auto layout = [&](int32_t ts, bool stage_in, BlockPlan* p) {
     const int64_t nb = e > 0 ? ((e - 1) >> ts) + 1 : 0;
@@ -347,6 +349,10 @@ bool PlanBlock(int64_t n, int64_t e, int64_t max_bytes, BlockPlan* out, int32_t 
     p->off_in = take(stage_in ? e * 2 : 0, 16);
     p->off_code = take(n, 16);
     p->off_spk = take(stages * spk_stride, 16);
+    const int64_t xy_stride = (n * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16 / static_cast<int64_t>(sizeof(T));
+    p->off_xs = take(xy_stages * xy_stride * static_cast<int64_t>(sizeof(T)), 16);
+    p->off_ys = take(xy_stages * xy_stride * static_cast<int64_t>(sizeof(T)), 16);
+    p->xy_stride = static_cast<uint32_t>(xy_stride);
     p->bytes = static_cast<uint32_t>((o + 15) / 16 * 16);
     p->list_stride = static_cast<uint32_t>(list_stride);
     p->spk_stride = static_cast<uint32_t>(spk_stride);
@@ -377,6 +383,8 @@ struct BlockShared {
   uint16_t* in;
   uint8_t* code;
   uint8_t* spk;
+  T* xs;  // stage 0's copy of x (split kernel, traces in the dynamics warps; else unused)
+  T* ys;
 };
 
 template <typename T>
@@ -389,7 +397,9 @@ __device__ __forceinline__ BlockShared<T> MapBlock(unsigned char* smem, const Bl
           reinterpret_cast<int32_t*>(smem + p.off_ptab),
           reinterpret_cast<uint16_t*>(smem + p.off_in),
           smem + p.off_code,
-          smem + p.off_spk};
+          smem + p.off_spk,
+          reinterpret_cast<T*>(smem + p.off_xs),
+          reinterpret_cast<T*>(smem + p.off_ys)};
 }
 
 // Per-call staging by all kThreads threads of the block: traces, codes, row_ptr, in_ptr, in_syn (uint16 where
@@ -491,13 +501,15 @@ __device__ __forceinline__ int32_t RingSlot(int32_t slot, int32_t d, int32_t dk)
 // Block path, the incoming list of post i (it spiked this step): STDP of the synapses whose pre is silent
 // (flags spk_sh), by one warp. The eligibility (rstdp) or weight load is issued as soon as in_syn gives its
 // index, before the pre lookup.
+// x_sh / y_sh: the traces as this step's STDP reads them (sh.x / sh.y, or a stage's copy).
 template <typename T, typename W>
-__device__ __forceinline__ void InListStdp(const GpuArgs<T, W>& a, const BlockShared<T>& sh, const uint8_t* spk_sh,
-                                           int32_t ts, bool stage_in, bool rstdp, T inv, int32_t i, int lane) {
+__device__ __forceinline__ void InListStdp(const GpuArgs<T, W>& a, const BlockShared<T>& sh, const T* x_sh,
+                                           const T* y_sh, const uint8_t* spk_sh, int32_t ts, bool stage_in,
+                                           bool rstdp, T inv, int32_t i, int lane) {
   const uint32_t e32 = static_cast<uint32_t>(a.e);
   const int32_t p0 = static_cast<int32_t>(sh.ip[i]), p1 = static_cast<int32_t>(sh.ip[i + 1]);
   if (static_cast<uint32_t>(p0) > e32 || static_cast<uint32_t>(p1) > e32) return;
-  const T yi = sh.y[i];
+  const T yi = y_sh[i];
   for (int32_t pb = p0; pb < p1; pb += 2 * FUMJAX_WARP) {
     uint32_t kk[2];
     T old[2];
@@ -516,7 +528,7 @@ __device__ __forceinline__ void InListStdp(const GpuArgs<T, W>& a, const BlockSh
       const int32_t j = PreOfSlotShared(sh.ptab, sh.rp, ts, a.n, kk[h]);
       const uint8_t cj = sh.code[j];
       if (spk_sh[j] || cj == 2) continue;
-      const T dw = StdpDw(a, sh.x[j], yi, true, false, cj);
+      const T dw = StdpDw(a, x_sh[j], yi, true, false, cj);
       StoreDw(a, kk[h], dw, rstdp, inv, old[h], old[h]);
     }
   }
@@ -679,7 +691,7 @@ __global__ void __launch_bounds__(kThreads, 1) RunStepsBlockKernel(GpuArgs<T, W>
           }
         }
       } else {
-        InListStdp(a, sh, spk_sh, ts, stage_in, rstdp, inv, list[u - ns], lane);
+        InListStdp(a, sh, x_sh, y_sh, spk_sh, ts, stage_in, rstdp, inv, list[u - ns], lane);
       }
     }
     __syncthreads();
@@ -739,7 +751,13 @@ __device__ __forceinline__ void BarArrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory");
 }
 
-template <typename T, typename W, int R, int kDyn, int kPlast>
+//
+// kXyDyn (opt-in, gpu_split_traces = 1; measured, not yet racecheck-clean: bench/GPU_RUN_STEPS.md): the
+// dynamics warps keep x and y of their neurons in registers. Each step they write the values its STDP reads
+// (the traces before the step's spikes) into the stage's copy (xs, ys), then update them by the step's
+// spikes, so the plasticity warps only read traces and lose their trace pass. The plasticity warps' own
+// barrier before the empty[] arrive stays: every thread's reads of the stage precede the arrive.
+template <typename T, typename W, int R, int kDyn, int kPlast, bool kXyDyn>
 __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(GpuArgs<T, W> a, BlockPlan p) {
   constexpr int kAll = kDyn + kPlast;
   constexpr int kS = kBlockStages;
@@ -761,7 +779,7 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
     constexpr int kWarpsD = kDyn / FUMJAX_WARP;
     const int warp = tid / FUMJAX_WARP;
     const int32_t base = tid * R;
-    T v[R], ratio[R], vth[R], cur_next[R];
+    T v[R], ratio[R], vth[R], cur_next[R], xr[R], yr[R];
     int32_t rf[R], ws[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -773,8 +791,10 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
         rf[r] = a.refrac[i];
         ws[r] = a.window_spikes[i];
         cur_next[r] = a.t_steps > 0 ? a.i_ext[i] : T(0);
+        xr[r] = kXyDyn ? a.x[i] : T(0);
+        yr[r] = kXyDyn ? a.y[i] : T(0);
       } else {
-        v[r] = ratio[r] = vth[r] = cur_next[r] = T(0);
+        v[r] = ratio[r] = vth[r] = cur_next[r] = xr[r] = yr[r] = T(0);
         rf[r] = ws[r] = 0;
       }
     }
@@ -786,6 +806,8 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
       if (t >= kS) BarSync(kBarEmpty + st, kAll);  // the plasticity warps are done with step t - kS
       int32_t* list = sh.list + st * p.list_stride;
       uint8_t* spk_sh = sh.spk + st * p.spk_stride;
+      T* xs = sh.xs + st * p.xy_stride;
+      T* ys = sh.ys + st * p.xy_stride;
       T* ring_now = a.ring + slot * n;
       T cur[R], ring_in[R];
 #pragma unroll
@@ -805,6 +827,13 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
           spk_out[i] = static_cast<uint8_t>(spiked);
           ws[r] += spiked;
           bits |= static_cast<uint32_t>(spiked) << r;
+          if constexpr (kXyDyn) {  // the traces this step's STDP reads, then the step's update
+            xs[i] = xr[r];
+            ys[i] = yr[r];
+            const T sp = static_cast<T>(spiked);
+            xr[r] = Fma(xr[r], a.decay_x, sp);
+            yr[r] = Fma(yr[r], a.decay_y, sp);
+          }
         }
       }
       spk_out += n;
@@ -856,6 +885,10 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
         a.v[i] = v[r];
         a.refrac[i] = rf[r];
         a.window_spikes[i] = ws[r];
+        if constexpr (kXyDyn) {
+          a.x[i] = xr[r];
+          a.y[i] = yr[r];
+        }
       }
     }
     for (int32_t t = a.t_steps > kS ? a.t_steps - kS : 0; t < a.t_steps; ++t) BarSync(kBarEmpty + t % kS, kAll);
@@ -886,17 +919,19 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
       }
       const int32_t* list = sh.list + st * p.list_stride;
       const uint8_t* spk_sh = sh.spk + st * p.spk_stride;
+      const T* x_sh = kXyDyn ? sh.xs + st * p.xy_stride : sh.x;
+      const T* y_sh = kXyDyn ? sh.ys + st * p.xy_stride : sh.y;
       const int32_t ns = n_spk[st];
       for (int32_t u = pwarp; u < 2 * ns; u += kWarpsP) {
         if (u >= ns) {
-          InListStdp(a, sh, spk_sh, ts, stage_in, true, inv, list[u - ns], lane);
+          InListStdp(a, sh, x_sh, y_sh, spk_sh, ts, stage_in, true, inv, list[u - ns], lane);
           continue;
         }
         const int32_t j = list[u];
         const uint8_t pos = sh.code[j];
         const int32_t k0 = static_cast<int32_t>(sh.rp[j]), k1 = static_cast<int32_t>(sh.rp[j + 1]);
         if (pos == 2 || static_cast<uint32_t>(k0) > e32 || static_cast<uint32_t>(k1) > e32) continue;
-        const T xj = sh.x[j];
+        const T xj = x_sh[j];
         for (int32_t kb = k0; kb < k1; kb += 2 * FUMJAX_WARP) {
           int32_t kk[2], ii[2], rr[2];
           T ee[2];
@@ -916,23 +951,28 @@ __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(Gpu
           for (int h = 0; h < 2; ++h) {  // the synapses the dynamics warps transmitted on
             const int32_t i = ii[h];
             if (static_cast<uint32_t>(i) >= static_cast<uint32_t>(n) || RingSlot(0, d, rr[h]) < 0) continue;
-            const T dw = StdpDw(a, xj, sh.y[i], spk_sh[i] != 0, true, pos);
+            const T dw = StdpDw(a, xj, y_sh[i], spk_sh[i] != 0, true, pos);
             StoreDw(a, kk[h], dw, true, inv, ee[h], ee[h]);
           }
         }
       }
-      BarSync(kBarPlast, kPlast);  // every STDP read of x and y before the trace update
-      for (int32_t i = ptid; i < n; i += kPlast) {
-        const T sp = static_cast<T>(spk_sh[i]);
-        sh.x[i] = Fma(sh.x[i], a.decay_x, sp);
-        sh.y[i] = Fma(sh.y[i], a.decay_y, sp);
+      // Every STDP read of x and y (and of the stage) before the trace update or the hand-back.
+      BarSync(kBarPlast, kPlast);
+      if constexpr (!kXyDyn) {
+        for (int32_t i = ptid; i < n; i += kPlast) {
+          const T sp = static_cast<T>(spk_sh[i]);
+          sh.x[i] = Fma(sh.x[i], a.decay_x, sp);
+          sh.y[i] = Fma(sh.y[i], a.decay_y, sp);
+        }
       }
       if (ptid == 0) n_spk[st] = 0;
       BarArrive(kBarEmpty + st, kAll);
     }
-    for (int32_t i = ptid; i < n; i += kPlast) {  // the entries this thread updated last
-      a.x[i] = sh.x[i];
-      a.y[i] = sh.y[i];
+    if constexpr (!kXyDyn) {
+      for (int32_t i = ptid; i < n; i += kPlast) {  // the entries this thread updated last
+        a.x[i] = sh.x[i];
+        a.y[i] = sh.y[i];
+      }
     }
     if (ptid == 0 && a.t_steps > 0) *a.elig_t0 = t0;
   }
@@ -2507,14 +2547,21 @@ bool LaunchBlockThreads(const GpuArgs<T, W>& a, const BlockPlan& p, hipStream_t 
 // per step against RunStepsBlockKernel's 4,707. The halves are near balance: the plasticity warps are busy 98% of
 // the time and the dynamics warps wait for them 16% of theirs, but moving warps to the plasticity side slows
 // the dynamics side more (384 + 640 at R = 3: 4,540; 256 + 768 at R = 4: 5,358).
+// traces_in_dyn (gpu_split_traces = 1, opt-in): the kXyDyn kernel where its stage copies of x and y fit too.
 template <typename T, typename W>
-bool LaunchBlockSplitIf(const GpuArgs<T, W>& a, int64_t max_shared, hipStream_t stream, hipError_t* err) {
+bool LaunchBlockSplitIf(const GpuArgs<T, W>& a, int64_t max_shared, hipStream_t stream, hipError_t* err,
+                        bool traces_in_dyn) {
   if constexpr (sizeof(T) != 4) {
     return false;
   } else {
     BlockPlan sp;
-    if (a.mode != 2 || a.n > 1024 || !PlanBlock<T>(a.n, a.e, max_shared, &sp, kBlockStages)) return false;
-    *err = LaunchOneBlock<&RunStepsBlockSplitKernel<T, W, 2, 512, 512>>(1024, a, sp, stream);
+    if (a.mode != 2 || a.n > 1024) return false;
+    if (traces_in_dyn && PlanBlock<T>(a.n, a.e, max_shared, &sp, kBlockStages, kBlockStages)) {
+      *err = LaunchOneBlock<&RunStepsBlockSplitKernel<T, W, 2, 512, 512, true>>(1024, a, sp, stream);
+      return true;
+    }
+    if (!PlanBlock<T>(a.n, a.e, max_shared, &sp, kBlockStages)) return false;
+    *err = LaunchOneBlock<&RunStepsBlockSplitKernel<T, W, 2, 512, 512, false>>(1024, a, sp, stream);
     return true;
   }
 }
@@ -2553,7 +2600,7 @@ unsigned FlushGrid(const DeviceInfo& info) {
 
 template <typename T, typename W>
 hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int32_t cluster, bool cluster_pull,
-                  bool defer) {
+                  bool defer, bool split_traces) {
   const DeviceInfo info = GetDeviceInfo();
   // defer_final_flush: the deferred flag says whether the multi path left the last segment's LTP pending.
   MultiScratch<T> m(a.work, a.n, MultiSegRows(a.mode, a.k_max));
@@ -2573,13 +2620,14 @@ hipError_t Launch(const GpuArgs<T, W>& a, hipStream_t stream, int32_t path, int3
 #else
   (void)cluster;
   (void)cluster_pull;
+  (void)split_traces;
 #endif
   if (path != kPathMulti) {
     BlockPlan bp;
     hipError_t err = hipSuccess;
 #if !defined(FUMJAX_USE_HIP)
     if (BlockPathTakes<T>(a.n, a.e, info.max_shared_optin, &bp) &&
-        LaunchBlockSplitIf<T, W>(a, info.max_shared_optin, stream, &err)) {
+        LaunchBlockSplitIf<T, W>(a, info.max_shared_optin, stream, &err, split_traces)) {
       return err;
     }
 #endif
@@ -2642,7 +2690,7 @@ U* InPlace(const ffi::AnyBuffer& in, ffi::Result<ffi::AnyBuffer>& out, hipStream
 template <typename T, typename W>
 hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res, void* work,
                     const double* sc, int32_t refractory_steps, int32_t mode, int32_t pre_shift, int32_t path,
-                    int32_t cluster, bool cluster_pull, bool defer) {
+                    int32_t cluster, bool cluster_pull, bool defer, bool split_traces) {
   enum { kV, kRefrac, kX, kY, kRing, kW, kElig, kT0, kWin, kStep, kTau, kVth, kIext, kRowPtr, kBucket, kPost,
          kDelay, kInPtr, kInSyn, kExc, kGamma, kInv };
   hipError_t err = hipSuccess;
@@ -2682,7 +2730,7 @@ hipError_t RunTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<f
   a.gamma_pow = static_cast<const W*>(ops[kGamma].untyped_data());
   a.inv_pow = ops[kInv].template typed_data<T>();
   if (err != hipSuccess) return err;
-  return Launch<T, W>(a, stream, path, cluster, cluster_pull, defer);
+  return Launch<T, W>(a, stream, path, cluster, cluster_pull, defer, split_traces);
 }
 
 ffi::Error RunStepsGpuDispatch(
@@ -2694,7 +2742,7 @@ ffi::Error RunStepsGpuDispatch(
     ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow, double v_rest, double v_reset, double dt, double g_syn,
     double a_plus, double a_minus, double w_clip, double decay_x, double decay_y, int32_t refractory_steps,
     int32_t mode, int32_t pre_shift, int32_t gpu_path, int32_t gpu_cluster, int32_t gpu_cluster_body,
-    int32_t defer_final_flush,
+    int32_t gpu_split_traces, int32_t defer_final_flush,
     ffi::Result<ffi::AnyBuffer> v_out, ffi::Result<ffi::AnyBuffer> refrac_out, ffi::Result<ffi::AnyBuffer> x_out,
     ffi::Result<ffi::AnyBuffer> y_out, ffi::Result<ffi::AnyBuffer> ring_out, ffi::Result<ffi::AnyBuffer> w_out,
     ffi::Result<ffi::AnyBuffer> elig_out, ffi::Result<ffi::AnyBuffer> elig_t0_out,
@@ -2790,16 +2838,16 @@ ffi::Error RunStepsGpuDispatch(
   hipError_t err;
   if (dt_f == ffi::DataType::F64) {
     err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                   gpu_cluster, pull, defer);
+                                   gpu_cluster, pull, defer, gpu_split_traces == 1);
   } else if (dt_w == ffi::DataType::F32) {
     err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                 gpu_cluster, pull, defer);
+                                 gpu_cluster, pull, defer, gpu_split_traces == 1);
   } else if (dt_w == ffi::DataType::F16) {
     err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                gpu_cluster, pull, defer);
+                                gpu_cluster, pull, defer, gpu_split_traces == 1);
   } else {
     err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                    gpu_cluster, pull, defer);
+                                    gpu_cluster, pull, defer, gpu_split_traces == 1);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
@@ -2947,6 +2995,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxRunStepsGpu, fumjax::RunStepsGpuDispatch,
                                   .Attr<int32_t>("gpu_path")           // 0 auto, 1 block, 2 multi, 3 cluster
                                   .Attr<int32_t>("gpu_cluster")        // CTAs per cluster, 0 = default (8)
                                   .Attr<int32_t>("gpu_cluster_body")   // 0 auto, 1 pull
+                                  .Attr<int32_t>("gpu_split_traces")   // 1: traces in the dynamics warps
                                   .Attr<int32_t>("defer_final_flush")  // 1: fumjax_window_reward ends the window
                                   .Ret<ffi::AnyBuffer>()   // v_mV
                                   .Ret<ffi::AnyBuffer>()   // refrac_left
