@@ -29,22 +29,18 @@ inline bool HostHasFma() {
       __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   return has;
 }
-// Whether AVX2 gathers are fast enough on this host for the row pass to use them: not on AMD, where
-// vpgatherdd is microcoded (Zen 4: the scalar row loop was 17% faster per FUM-1k step, bench/RESULTS.md).
-inline bool HostGathersFast() {
-  static const bool fast = !__builtin_cpu_is("amd");
-  return fast;
-}
 #endif
 
-// The row pass of run_steps: AVX2 gathers where this host's gathers are fast (HostGathersFast), unless the
-// environment variable FUMJAX_CPU_VECTOR_ROWS is "0" or "1" (read at each call; both give identical
-// results, and the tests run both on any x86 host).
+// Whether run_steps' row pass uses AVX2 gathers: on x86 hosts other than AMD, whose vpgatherdd is microcoded
+// (Zen 4: the scalar row loop was 17% faster per FUM-1k step, bench/RESULTS.md), unless the environment
+// variable FUMJAX_CPU_VECTOR_ROWS is "0" or "1" (read at each call; both give identical results, and the
+// tests run both on any x86 host).
 inline bool UseVectorRows() {
   const char* env = std::getenv("FUMJAX_CPU_VECTOR_ROWS");
   if (env != nullptr && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) return env[0] == '1';
 #if FUMJAX_X86
-  return HostGathersFast();
+  static const bool gathers_fast = !__builtin_cpu_is("amd");
+  return gathers_fast;
 #else
   return false;
 #endif

@@ -8,7 +8,7 @@ and dtype checks still apply. The jitted cores (`step`, `_simulate`, `_end_windo
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -347,7 +347,7 @@ def end_window(
     reward = jnp.asarray(reward, compute_dtype(cfg))
     if reward.ndim != 0:
         raise ValueError(f"reward must be a scalar, got shape {reward.shape}")
-    _check_finite("reward", reward)
+    _check_all_finite([("reward", reward)])
     return _end_window(state, reward, cfg, mode)
 
 
@@ -366,7 +366,9 @@ def simulate_window(
     return end_window(state, reward, config=config, plasticity=plasticity), spikes
 
 
-def check_state(state: State, network: Network, cfg: FumConfig, extra=()) -> None:
+def check_state(
+    state: State, network: Network, cfg: FumConfig, extra: Sequence[tuple[str, Array]] = ()
+) -> None:
     """Raise ValueError naming the field if the state does not fit the network or holds NaN/Inf.
 
     extra: more (name, array) pairs whose shapes the caller checked, to scan for NaN/Inf in the same
@@ -430,7 +432,3 @@ def _check_all_finite(named: list[tuple[str, Array]]) -> None:
     bad = np.flatnonzero(~flags)
     if bad.size:
         raise ValueError(f"{named[bad[0]][0]} contains NaN or Inf")
-
-
-def _check_finite(name: str, x: Array) -> None:
-    _check_all_finite([(name, x)])
