@@ -2831,6 +2831,7 @@ ffi::Error RunStepsGpuDispatch(
   const double sc[] = {v_rest, v_reset, dt, g_syn, a_plus, a_minus, w_clip, decay_x, decay_y};
   void* wk = work->untyped_data();
   const bool pull = gpu_cluster_body == 1;
+  const bool split_traces = gpu_split_traces == 1;
   if (defer_final_flush != 0 && mode != 2) {
     return ffi::Error::InvalidArgument("fumjax_run_steps: defer_final_flush needs mode 2 (rstdp)");
   }
@@ -2838,16 +2839,16 @@ ffi::Error RunStepsGpuDispatch(
   hipError_t err;
   if (dt_f == ffi::DataType::F64) {
     err = RunTyped<double, double>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                   gpu_cluster, pull, defer, gpu_split_traces == 1);
+                                   gpu_cluster, pull, defer, split_traces);
   } else if (dt_w == ffi::DataType::F32) {
     err = RunTyped<float, float>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                 gpu_cluster, pull, defer, gpu_split_traces == 1);
+                                 gpu_cluster, pull, defer, split_traces);
   } else if (dt_w == ffi::DataType::F16) {
     err = RunTyped<float, Half>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                gpu_cluster, pull, defer, gpu_split_traces == 1);
+                                gpu_cluster, pull, defer, split_traces);
   } else {
     err = RunTyped<float, BFloat16>(stream, ops, res, wk, sc, refractory_steps, mode, pre_shift, gpu_path,
-                                    gpu_cluster, pull, defer, gpu_split_traces == 1);
+                                    gpu_cluster, pull, defer, split_traces);
   }
   if (err != hipSuccess) {
     return ffi::Error::Internal(std::string("fumjax_run_steps (GPU): launch failed: ") + hipGetErrorString(err));
