@@ -72,7 +72,9 @@ def table(path: str, n_windows: int, wall_us: float | None) -> None:
         lines = [line for line in f if line.startswith('"')]  # ncu's CSV rows only
     for r in csv.DictReader(lines):
         if r.get("Metric Name") == "gpu__time_duration.sum":
-            scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(r["Metric Unit"], float("nan"))
+            scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}.get(
+                r["Metric Unit"], float("nan")
+            )
             rows.append((int(r["ID"]), r["Kernel Name"], float(r["Metric Value"].replace(",", "")) * scale))
     rows.sort()
     second = rows[len(rows) // 2 :]  # the two runs launch the same kernels: the second half is the second run

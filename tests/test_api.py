@@ -117,3 +117,17 @@ def test_default_network_is_active_and_stays_finite_for_100k_steps():
     w = np.asarray(state.w)
     assert np.abs(w).max() <= 1.0 and not np.array_equal(w, np.asarray(net.w0))  # plasticity moved weights
     assert int(state.step) == 100_000
+
+
+def test_gpu_split_traces_attr(monkeypatch):
+    """FUMJAX_GPU_SPLIT_TRACES picks the block split kernel's trace owner: dyn (the default) -> 1, plast -> 0;
+    anything else is an error naming the variable."""
+    from fumjax.kernels.fused import gpu_path_attrs
+
+    monkeypatch.delenv("FUMJAX_GPU_SPLIT_TRACES", raising=False)
+    assert int(gpu_path_attrs()["gpu_split_traces"]) == 1
+    monkeypatch.setenv("FUMJAX_GPU_SPLIT_TRACES", "plast")
+    assert int(gpu_path_attrs()["gpu_split_traces"]) == 0
+    monkeypatch.setenv("FUMJAX_GPU_SPLIT_TRACES", "warp")
+    with pytest.raises(ValueError, match="FUMJAX_GPU_SPLIT_TRACES = 'warp'"):
+        gpu_path_attrs()

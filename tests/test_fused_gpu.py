@@ -211,15 +211,16 @@ def test_calls_carry_state(gpu_path, delays, monkeypatch):
 @pytest.mark.parametrize(
     "n,delays,t_steps", [(300, "1", 400), (1000, "1", 400), (1000, "mixed", 400), (1000, "1", 3000)]
 )
-def test_block_split_traces_in_dynamics_warps(n, delays, t_steps, monkeypatch):
-    """The rstdp split kernel with the traces kept by the dynamics warps (FUMJAX_GPU_SPLIT_TRACES=dyn,
-    opt-in): each step's x and y reach the plasticity warps through the stage; the same values as the
-    reference, and x, y written back at the call's end. 3000 steps: every stage reused many times, and the
-    eligibility renormalized mid-call."""
-    _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH="block", FUMJAX_GPU_SPLIT_TRACES="dyn")
+@pytest.mark.parametrize("traces", ["dyn", "plast"])
+def test_block_split_traces(n, delays, t_steps, traces, monkeypatch):
+    """The rstdp split kernel with the traces kept by the dynamics warps (FUMJAX_GPU_SPLIT_TRACES=dyn, the
+    default: each step's x and y reach the plasticity warps through the stage, and are written back at the
+    call's end) or by the plasticity warps (plast): the same values as the reference. 3000 steps: every
+    stage reused many times, and the eligibility renormalized mid-call."""
+    _use_gpu_path(monkeypatch, FUMJAX_GPU_RUN_PATH="block", FUMJAX_GPU_SPLIT_TRACES=traces)
     net, cfg, state, i_ext = make_case(n, 50, delays, seed=n + t_steps + len(delays), t_steps=t_steps)
     c = compare(*run_both(net, cfg, state, i_ext, "rstdp"))
-    print("block split, traces in dynamics warps", n, delays, t_steps, c)
+    print("block split, traces in", traces, n, delays, t_steps, c)
     if not c["exact"]:
         assert c["first_diff_step"] > 0, c
         pytest.xfail(f"raster diverged at step {c['first_diff_step']} (atomicAdd order): {c}")

@@ -350,8 +350,8 @@ def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
     FUMJAX_GPU_RUN_PATH = auto | block | multi | cluster (auto: one persistent block where the network fits
     its shared memory, else multi); FUMJAX_GPU_CLUSTER (CTAs per cluster, default 8) and
     FUMJAX_GPU_CLUSTER_BODY = auto | event | pull for the cluster path (auto = event where it fits);
-    FUMJAX_GPU_SPLIT_TRACES = plast | dyn: which warps of the block path's rstdp split kernel own the traces
-    (dyn: the dynamics warps; opt-in until racecheck is clean on it, bench/GPU_RUN_STEPS.md).
+    FUMJAX_GPU_SPLIT_TRACES = dyn | plast: which warps of the block path's rstdp split kernel own the traces
+    (default dyn, the dynamics warps: 6.6% fewer cycles on an H100, bench/GPU_RUN_STEPS.md).
     Change them, then jax.clear_caches()."""
     path = getattr(getattr(cfg, "run", None), "gpu_path", None) or os.environ.get(
         "FUMJAX_GPU_RUN_PATH", "auto"
@@ -365,9 +365,9 @@ def gpu_path_attrs(cfg=None) -> dict[str, np.int32]:
             f"FUMJAX_GPU_CLUSTER = {cluster!r} (want 0..16) / "
             f"FUMJAX_GPU_CLUSTER_BODY = {body!r} (auto, event or pull)"
         )
-    traces = os.environ.get("FUMJAX_GPU_SPLIT_TRACES", "") or "plast"
-    if traces not in ("plast", "dyn"):
-        raise ValueError(f"FUMJAX_GPU_SPLIT_TRACES = {traces!r}: must be plast or dyn")
+    traces = os.environ.get("FUMJAX_GPU_SPLIT_TRACES", "") or "dyn"
+    if traces not in ("dyn", "plast"):
+        raise ValueError(f"FUMJAX_GPU_SPLIT_TRACES = {traces!r}: must be dyn or plast")
     return dict(
         gpu_path=np.int32(_GPU_PATHS[path]),
         gpu_cluster=np.int32(int(cluster)),
