@@ -9,8 +9,8 @@
 `run W` / `wall W`: W windows of 50 steps in one `lax.scan`, each run_driven's window (fused run_steps in
 rstdp, the self-benefit reward, the window's end; the drive precomputed, as in bench_gpu_run_steps.py
 fum1k), jitted, run twice (compile + one profiled run). `wall` prints the median wall time per window of 21
-runs. `table` sums the durations of the second run's kernels by name (from its first run_steps launch on; XLA's
-runtime kernels such as autotuning's redzone checks left out), per window, and against the wall time
+runs. `table` sums the durations of the second run's kernels by name (from its first run_steps launch on;
+XLA's runtime kernels such as autotuning's redzone checks left out), per window, and against the wall time
 per window the gap that no kernel covers (launches, the scan's loop, host synchronization).
 """
 
@@ -84,7 +84,7 @@ def table(path: str, n_windows: int, wall_us: float | None) -> None:
     # its first run_steps kernel on (what it launches before that, once per run, is left out).
     steps_at = [i for i, (_, name, _) in enumerate(rows) if "RunSteps" in name]
     if len(steps_at) != 2 * n_windows:
-        raise SystemExit(f"{path}: {len(steps_at)} run_steps launches, expected {2 * n_windows} (2 runs of W)")
+        raise SystemExit(f"{path}: {len(steps_at)} run_steps launches, want {2 * n_windows} (2 runs of W)")
     second = rows[steps_at[n_windows] :]
     by_name: dict[str, list[float]] = defaultdict(list)
     for _, name, us in second:
