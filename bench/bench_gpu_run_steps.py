@@ -133,6 +133,22 @@ def fum1k(
             f"{med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})"
         )
 
+        # The same 200 rstdp calls without the window's end: against the line above, what the window's end
+        # costs; against the one 10,000-step call, what a call of its own per window costs.
+        def calls_scan(s, i_ext):
+            return jax.lax.scan(
+                lambda s, i_win: fused.run_steps(s, net, i_win, cfg, "rstdp"),
+                s,
+                i_ext.reshape(-1, t_win, i_ext.shape[1]),
+            )
+
+        med, mn = timeit(jax.jit(calls_scan), st, i_ext10k, reps=7)
+        rows.append((label, "rstdp 200 calls lax.scan", med * 1e3 / 10, mn * 1e3 / 10))
+        print(
+            f"  {label}: 200 rstdp calls of {t_win} steps, no window end, in lax.scan: "
+            f"{med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})"
+        )
+
     for path in paths:
         _set_path(path)
         fixed_cost(path)
