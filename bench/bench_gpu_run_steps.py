@@ -88,6 +88,13 @@ def fum1k(
         s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "fused")
         return s, spk
 
+    def windows_scan(window_fn):
+        """(s, i_ext (W * t_win, N)) -> window_fn over the W windows in one lax.scan."""
+        return lambda s, i_ext: jax.lax.scan(window_fn, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
+
+    def bare_call(s, i_win):  # a window's rstdp steps alone, no window end
+        return fused.run_steps(s, net, i_win, cfg, "rstdp")
+
     def learning(label):
         def learn_unrolled(s, i_ext):
             spikes = []
@@ -96,10 +103,7 @@ def fum1k(
                 spikes.append(spk)
             return s, jnp.concatenate(spikes)
 
-        def learn_scan(s, i_ext):
-            return jax.lax.scan(window, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
-
-        for name, fn in (("unrolled", learn_unrolled), ("lax.scan", learn_scan)):
+        for name, fn in (("unrolled", learn_unrolled), ("lax.scan", windows_scan(window))):
             med, mn = timeit(jax.jit(fn), st, i_ext, reps=21)
             rows.append((label, f"learning {name}", med * 1e3, mn * 1e3))
             print(
@@ -122,32 +126,16 @@ def fum1k(
 
     def learning_long(label):
         # 200 windows (10,000 steps) in one lax.scan: the per-execution cost (dispatch, copies of the
-        # non-donated state) spread over 10x the steps of the 1000-step figure.
-        def learn_scan(s, i_ext):
-            return jax.lax.scan(window, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
-
-        med, mn = timeit(jax.jit(learn_scan), st, i_ext10k, reps=7)
-        rows.append((label, "learning 10k lax.scan", med * 1e3 / 10, mn * 1e3 / 10))
-        print(
-            f"  {label}: full learning over 10,000 steps (200 windows) in lax.scan: "
-            f"{med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})"
-        )
-
-        # The same 200 rstdp calls without the window's end: against the line above, what the window's end
-        # costs; against the one 10,000-step call, what a call of its own per window costs.
-        def calls_scan(s, i_ext):
-            return jax.lax.scan(
-                lambda s, i_win: fused.run_steps(s, net, i_win, cfg, "rstdp"),
-                s,
-                i_ext.reshape(-1, t_win, i_ext.shape[1]),
-            )
-
-        med, mn = timeit(jax.jit(calls_scan), st, i_ext10k, reps=7)
-        rows.append((label, "rstdp 200 calls lax.scan", med * 1e3 / 10, mn * 1e3 / 10))
-        print(
-            f"  {label}: 200 rstdp calls of {t_win} steps, no window end, in lax.scan: "
-            f"{med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})"
-        )
+        # non-donated state) spread over 10x the steps of the 1000-step figure. The same 200 rstdp calls
+        # without the window's end: against full learning, what the window's end costs; against the one
+        # 10,000-step call, what a call of its own per window costs.
+        for what, text, window_fn in (
+            ("learning 10k lax.scan", "full learning over 10,000 steps (200 windows) in lax.scan", window),
+            ("rstdp 200 calls", f"200 rstdp calls of {t_win} steps, no window end, in lax.scan", bare_call),
+        ):
+            med, mn = timeit(jax.jit(windows_scan(window_fn)), st, i_ext10k, reps=7)
+            rows.append((label, what, med * 1e3 / 10, mn * 1e3 / 10))
+            print(f"  {label}: {text}: {med * 1e3 / 10:.3f} ms / 1000 steps (min {mn * 1e3 / 10:.3f})")
 
     for path in paths:
         _set_path(path)
@@ -165,14 +153,7 @@ def fum1k(
             kernel_alone(f"cluster C={c} {body}", "rstdp", i_ext)
         _set_path("cluster")
         # Staging cost per call: 20 calls of 50 steps vs one call of 1000 (kernel alone, no end_window).
-        run50 = jax.jit(
-            lambda s, i: jax.lax.scan(
-                lambda s, i_win: fused.run_steps(s, net, i_win, cfg, "rstdp"),
-                s,
-                i.reshape(-1, t_win, i.shape[1]),
-            )
-        )
-        med, mn = timeit(run50, st, i_ext, reps=21)
+        med, mn = timeit(jax.jit(windows_scan(bare_call)), st, i_ext, reps=21)
         rows.append(("cluster", "20 calls x 50 steps", med * 1e3, mn * 1e3))
         print(
             f"  cluster: 20 calls x 50 steps in lax.scan (no end_window): {med * 1e3:.3f} ms "
@@ -181,13 +162,11 @@ def fum1k(
     _set_path("auto")
 
     # Same thing with the reference backend on the GPU (per-step XLA ops), for scale.
-    @jax.jit
-    def learn_ref(s, i_ext):
-        def win(s, i_win):
-            s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "reference")
-            return s, spk
+    def window_ref(s, i_win):
+        s, spk, _ = _simulate_rewarded(s, net, i_win, cfg, "rstdp", "reference")
+        return s, spk
 
-        return jax.lax.scan(win, s, i_ext.reshape(-1, t_win, i_ext.shape[1]))
+    learn_ref = jax.jit(windows_scan(window_ref))
 
     if os.environ.get("BENCH_REFERENCE", "1") == "1":
         med, mn = timeit(learn_ref, st, i_ext, reps=3)

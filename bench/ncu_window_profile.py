@@ -73,13 +73,12 @@ def table(path: str, n_windows: int, wall_us: float | None) -> None:
         lines = [line for line in f if line.startswith('"')]  # ncu's CSV rows only
     for r in csv.DictReader(lines):
         if r.get("Metric Name") == "gpu__time_duration.sum":
-            scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}.get(
-                r["Metric Unit"], float("nan")
-            )
+            unit = r["Metric Unit"].replace("second", "s")  # ncu writes ns or nsecond, by version
+            scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3}.get(unit, float("nan"))
             rows.append((int(r["ID"]), r["Kernel Name"], float(r["Metric Value"].replace(",", "")) * scale))
     rows.sort()
     # XLA's own runtime kernels (autotuning's redzone checks, delay kernels) are not the program's
-    rows = [r for r in rows if not r[1].startswith("stream_executor::")]
+    rows = [r for r in rows if "stream_executor::" not in r[1]]
     # Each run launches W run_steps kernels, one a window; the second run's windows are its launches from
     # its first run_steps kernel on (what it launches before that, once per run, is left out).
     steps_at = [i for i, (_, name, _) in enumerate(rows) if "RunSteps" in name]

@@ -753,11 +753,11 @@ __device__ __forceinline__ void BarArrive(int id, int count) {
 
 //
 // kXyDyn (the default, gpu_split_traces = 1; 6.6% fewer cycles than without on an H100, racecheck clean:
-// bench/GPU_RUN_STEPS.md): the
-// dynamics warps keep x and y of their neurons in registers. Each step they write the values its STDP reads
-// (the traces before the step's spikes) into the stage's copy (xs, ys), then update them by the step's
-// spikes, so the plasticity warps only read traces and lose their trace pass. The plasticity warps' own
-// barrier before the empty[] arrive stays: every thread's reads of the stage precede the arrive.
+// bench/GPU_RUN_STEPS.md): the dynamics warps keep x and y of their neurons in registers. Each step they
+// write the values its STDP reads (the traces before the step's spikes) into the stage's copy (xs, ys), then
+// update them by the step's spikes, so the plasticity warps only read traces and lose their trace pass. The
+// plasticity warps' own barrier before the empty[] arrive stays: every thread's reads of the stage precede
+// the arrive.
 template <typename T, typename W, int R, int kDyn, int kPlast, bool kXyDyn>
 __global__ void __launch_bounds__(kDyn + kPlast, 1) RunStepsBlockSplitKernel(GpuArgs<T, W> a, BlockPlan p) {
   constexpr int kAll = kDyn + kPlast;
