@@ -1,0 +1,480 @@
+// The per-step floor of a whole-run SNN kernel on Hopper: cycles per iteration of the primitives a step is
+// built from, and of step skeletons with FUM-1k's shape (1000 neurons, ~9 spikes and ~450 deliveries a
+// step), with no model arithmetic. Standalone (CUDA, sm_90):
+//   nvcc -O3 -std=c++17 -arch=sm_90 bench/gpu_step_floor.cu -o /tmp/gpu_step_floor && /tmp/gpu_step_floor
+// Prints one line per probe: name, CTAs x threads, SM cycles per iteration (clock64 of CTA 0's thread 0 over
+// `kIters` iterations after a warm-up; median of 5 launches). See bench/GPU_RUN_STEPS.md for the readings.
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+namespace cg = cooperative_groups;
+
+constexpr int kIters = 4000, kWarm = 200;
+constexpr int kN = 1000;             // neurons
+constexpr int kFan = 50;             // synapses per row
+constexpr int kTable = kN * kFan;    // synapses (post int32 + w float: 400 KB, as FUM-1k's CSR)
+
+#define CHECK(x)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+// ~9 of 1000 neurons spike a step (FUM-1k's ~9 Hz at dt = 1 ms): 1024 random 32-neuron spike words, each bit
+// set with probability 1/111 (filled by the host).
+__constant__ uint32_t kSpikeTable[1024];
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ uint32_t Mapa(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void ClusterBarrier(bool relaxed) {
+  if (relaxed) {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  } else {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  }
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void MbarArriveExpect(uint32_t bar, uint32_t bytes) {
+  asm volatile("{ .reg .b64 s; mbarrier.arrive.expect_tx.shared::cta.b64 s, [%0], %1; }" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  uint32_t ok = 0;
+  do {
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!ok);
+}
+// A 4-byte store into a (possibly remote) CTA's shared memory that completes 4 bytes on its mbarrier.
+__device__ __forceinline__ void StAsync(uint32_t remote_addr, uint32_t v, uint32_t remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.u32 [%0], %1, [%2];" ::"r"(remote_addr), "r"(v),
+               "r"(remote_bar)
+               : "memory");
+}
+
+struct Out {
+  long long cycles;
+  uint32_t sink;
+};
+
+// ---- primitives -------------------------------------------------------------------------------------
+__global__ void BarLoop(Out* out) {
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && blockIdx.x == 0) out->cycles = clock64() - t0;
+}
+
+// One thread, dependent ld.global.cg over a 16 MB random cycle: the L2 hit latency.
+__global__ void L2Chase(const uint32_t* next, Out* out) {
+  uint32_t j = 0;
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    j = __ldcg(next + j);
+  }
+  out->cycles = clock64() - t0;
+  out->sink = j;
+}
+
+template <bool kRelaxed>
+__global__ void ClusterSyncLoop(Out* out) {
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    ClusterBarrier(kRelaxed);
+  }
+  if (threadIdx.x == 0 && blockIdx.x == 0) out->cycles = clock64() - t0;
+}
+
+// ---- step skeletons ---------------------------------------------------------------------------------
+// Block path (one CTA, the input ring in global memory, as hip/run_steps.hip's block kernels): ring read
+// (L2) -> threshold -> spike list -> barrier -> each spiking row's post/w (L2) -> RED into the ring -> barrier.
+// Attribution variants: kDeliver = 0 leaves out the rows; kRedAside = 1 sends the REDs to a buffer no step
+// reads (the next step's ring read no longer waits on them); kRedAside = 2 double-buffers the ring by step
+// parity (a step reads and zeroes one buffer, its REDs go to the other), so no step reads an address it
+// stored to itself in the step before.
+template <int kDeliver, int kRedAside>
+__global__ void BlockSkeleton(float* ring, const int32_t* post, const float* w, Out* out) {
+  __shared__ int32_t list[kN];
+  __shared__ int32_t count;
+  __shared__ uint32_t table[1024];
+  for (int u = threadIdx.x; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
+  float v = 0.f;
+  uint32_t sink = 0;
+  if (tid == 0) count = 0;
+  __syncthreads();
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    constexpr int kR = 8;  // neurons per thread, at most (128 threads); their ring loads issued together
+    float in[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int i = tid + r * static_cast<int>(blockDim.x);
+      in[r] = i < kN ? __ldcg(ring + (kRedAside == 2 ? (it & 1) * kN : 0) + i) : 0.f;
+    }
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int i = tid + r * static_cast<int>(blockDim.x);
+      if (i >= kN) continue;
+      __stcg(ring + (kRedAside == 2 ? (it & 1) * kN : 0) + i, 0.f);
+      v = v * 0.9f + in[r];
+      if (((table[(it * 7 + (i / 32) * 13) & 1023] >> (i % 32)) & 1u) || v > 1e30f) list[atomicAdd(&count, 1)] = i;
+    }
+    __syncthreads();
+    const int ns = count;
+    __syncthreads();
+    if (tid == 0) count = 0;
+    for (int u = warp; kDeliver && u < ns; u += nwarps) {
+      const int j = list[u];
+      for (int k = j * kFan + lane; k < (j + 1) * kFan; k += 32) {
+        const int buf = kRedAside == 2 ? ((it + 1) & 1) : kRedAside;
+        atomicAdd(ring + buf * kN + __ldg(post + k), __ldg(w + k));
+      }
+    }
+    __syncthreads();
+  }
+  sink += static_cast<uint32_t>(v);
+  if (tid == 0) {
+    out->cycles = clock64() - t0;
+    out->sink = sink;
+  }
+}
+
+// Block path without float atomics (delay 1): a delivery sets the synapse's bit in a hit bitmap kept in
+// in-list order (inpos: the synapse's in-list position, uint16 in shared memory; shared-memory atomicOr), then
+// each post sums the weights of its set bits in ascending order from an in-list-ordered copy of w (L2), and
+// keeps the sum in a register for the next step. One L2 load on the step's chain instead of a ring read and
+// the REDs.
+__global__ void BlockHitsSkeleton(const uint16_t* inpos, const int32_t* in_ptr, const float* w_in, Out* out) {
+  extern __shared__ __align__(16) uint32_t hsm[];
+  uint32_t* hits = hsm;                                                      // kTable / 32 + 1 words
+  uint16_t* inpos_sh = reinterpret_cast<uint16_t*>(hsm + kTable / 32 + 1);   // kTable
+  int32_t* in_ptr_sh = reinterpret_cast<int32_t*>(inpos_sh + kTable);         // kN + 1
+  int32_t* list = in_ptr_sh + kN + 1;                                         // kN
+  __shared__ int32_t count;
+  __shared__ uint32_t table[1024];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
+  for (int u = tid; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  for (int u = tid; u < kTable; u += blockDim.x) inpos_sh[u] = inpos[u];
+  for (int u = tid; u <= kN; u += blockDim.x) in_ptr_sh[u] = in_ptr[u];
+  for (int u = tid; u < kTable / 32 + 1; u += blockDim.x) hits[u] = 0u;
+  if (tid == 0) count = 0;
+  __syncthreads();
+  constexpr int kR = 8;  // posts per thread, at most (128 threads)
+  const int r_n = (kN + blockDim.x - 1) / blockDim.x;
+  float v[kR], in[kR];
+  for (int r = 0; r < kR; ++r) v[r] = in[r] = 0.f;
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int i = tid + r * blockDim.x;
+      if (r < r_n && i < kN) {
+        v[r] = v[r] * 0.9f + in[r];
+        if (((table[(it * 7 + (i / 32) * 13) & 1023] >> (i % 32)) & 1u) || v[r] > 1e30f) list[atomicAdd(&count, 1)] = i;
+      }
+    }
+    __syncthreads();
+    const int ns = count;
+    __syncthreads();
+    if (tid == 0) count = 0;
+    for (int u = warp; u < ns; u += nwarps) {
+      const int j = list[u];
+      for (int k = j * kFan + lane; k < (j + 1) * kFan; k += 32) {
+        const uint32_t q = inpos_sh[k];
+        atomicOr(&hits[q >> 5], 1u << (q & 31));
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      const int i = tid + r * blockDim.x;
+      in[r] = 0.f;
+      if (r < r_n && i < kN) {
+        const int q0 = in_ptr_sh[i], q1 = in_ptr_sh[i + 1];
+        for (int wd = q0 >> 5; wd <= (q1 - 1) >> 5; ++wd) {
+          const uint32_t lo = wd == (q0 >> 5) ? ~0u << (q0 & 31) : ~0u;
+          const uint32_t hi = wd == ((q1 - 1) >> 5) ? ~0u >> (31 - ((q1 - 1) & 31)) : ~0u;
+          uint32_t b = hits[wd] & lo & hi;
+          if (b) atomicAnd(&hits[wd], ~b);
+          while (b) {
+            in[r] += __ldg(w_in + wd * 32 + __ffs(b) - 1);
+            b &= b - 1;
+          }
+        }
+      }
+    }
+  }
+  uint32_t sink = 0;
+  for (int r = 0; r < kR; ++r) sink += static_cast<uint32_t>(v[r]);
+  if (tid == 0) {
+    out->cycles = clock64() - t0;
+    out->sink = sink;
+  }
+}
+
+// Cluster path (C CTAs, posts partitioned, everything in shared memory): each thread owns one post. The spike
+// words reach every CTA by one of four exchanges (kX):
+//   kRelease: remote stores + one cluster barrier (arrive.release / wait.acquire);
+//   kMbar:    st.async completing on each CTA's mbarrier, double-buffered by step parity;
+//   kTagged:  each word is stored with its step number as one 64-bit remote store (relaxed, single-copy
+//             atomic), double-buffered by parity; readers poll the word until its tag is the step's;
+//   kLocal:   one CTA, a CTA barrier (the skeleton's cost without any exchange).
+// Then (kDeliver) each CTA marks its local deliveries of every spiking row (shared-memory integer atomics,
+// kFan / C per row), a CTA barrier, and each post sums its marks.
+enum Exchange { kRelease, kMbar, kTagged, kLocal };
+template <int kX, bool kDeliver>
+__global__ void ClusterSkeleton(Out* out) {
+  extern __shared__ __align__(16) uint64_t sm64[];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
+  const uint32_t csize = cg::this_cluster().num_blocks(), rank = cg::this_cluster().block_rank();
+  const int words = static_cast<int>(csize) * nwarps;  // spike words of the whole cluster
+  uint64_t* tagged = sm64;                             // 2 x words (kTagged)
+  uint32_t* flags = reinterpret_cast<uint32_t*>(sm64 + 2 * words);  // 2 x words
+  int32_t* acc = reinterpret_cast<int32_t*>(flags + 2 * words);     // blockDim.x
+  __shared__ __align__(8) uint64_t mbar[2];
+  __shared__ uint32_t table[1024];
+  for (int u = threadIdx.x; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  const int n_local = blockDim.x;
+  acc[tid] = 0;
+  for (int u = tid; u < 2 * words; u += blockDim.x) tagged[u] = ~0ull;
+  if (tid == 0) {
+    MbarInit(SmemAddr(&mbar[0]), 1);
+    MbarInit(SmemAddr(&mbar[1]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  ClusterBarrier(false);
+  const uint32_t gw = rank * nwarps + warp;  // this warp's spike word
+  uint32_t phase = 0, sink = 0;
+  float v = 0.f;
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    const int par = it & 1;
+    const int32_t in = acc[tid];
+    acc[tid] = 0;
+    v = v * 0.9f + static_cast<float>(in);
+    const uint32_t bits = (gw * 32 < kN ? table[(it * 7 + gw * 13) & 1023] : 0u) | (v > 1e30f ? 1u : 0u);
+    uint32_t* fl = flags + par * words;
+    if constexpr (kX == kMbar) {
+      if (lane < static_cast<int>(csize)) {
+        StAsync(Mapa(SmemAddr(fl + gw), lane), bits, Mapa(SmemAddr(&mbar[par]), lane));
+      }
+      if (tid == 0) MbarArriveExpect(SmemAddr(&mbar[par]), 4u * words);
+      MbarWait(SmemAddr(&mbar[par]), (phase >> par) & 1u);
+      phase ^= 1u << par;
+    } else if constexpr (kX == kRelease) {
+      if (lane < static_cast<int>(csize)) {
+        asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(Mapa(SmemAddr(fl + gw), lane)), "r"(bits) : "memory");
+      }
+      ClusterBarrier(false);
+    } else if constexpr (kX == kTagged) {
+      if (lane < static_cast<int>(csize)) {
+        const uint64_t val = (static_cast<uint64_t>(it) << 32) | bits;
+        asm volatile("st.relaxed.cluster.shared::cluster.u64 [%0], %1;" ::"r"(
+                         Mapa(SmemAddr(tagged + par * words + gw), lane)),
+                     "l"(val)
+                     : "memory");
+      }
+    } else {
+      fl[gw] = bits;
+      __syncthreads();
+    }
+    const int fan = (kFan + static_cast<int>(csize) - 1) / static_cast<int>(csize);
+    for (int u = warp; u < words; u += nwarps) {
+      uint32_t b;
+      if constexpr (kX == kTagged) {
+        uint64_t val;
+        do {
+          asm volatile("ld.relaxed.cluster.shared.u64 %0, [%1];"
+                       : "=l"(val)
+                       : "r"(SmemAddr(tagged + par * words + u))
+                       : "memory");
+        } while (static_cast<uint32_t>(val >> 32) != static_cast<uint32_t>(it));
+        b = static_cast<uint32_t>(val);
+      } else {
+        b = fl[u];
+      }
+      if constexpr (kDeliver) {
+        while (b) {
+          const int j = u * 32 + __ffs(b) - 1;
+          b &= b - 1;
+          if (lane < fan) atomicAdd(&acc[(j * 37 + lane * 101) & (n_local - 1)], 1);
+        }
+      } else {
+        sink += b;
+      }
+    }
+    __syncthreads();
+  }
+  sink += static_cast<uint32_t>(v);
+  if (tid == 0 && rank == 0) {
+    out->cycles = clock64() - t0;
+    out->sink = sink;
+  }
+  ClusterBarrier(false);  // no CTA exits while a peer may still write into its shared memory
+}
+
+// ---- host -------------------------------------------------------------------------------------------
+template <typename F, typename... A>
+double Median(int csize, int threads, size_t smem, F kernel, Out* d_out, A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  cfg.gridDim = dim3(csize);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = csize;
+  attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (csize > 8) CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  if (smem > 48 * 1024) CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  std::vector<double> per;
+  for (int r = 0; r < 5; ++r) {
+    CHECK(cudaLaunchKernelEx(&cfg, kernel, args..., d_out));
+    CHECK(cudaDeviceSynchronize());
+    Out h;
+    CHECK(cudaMemcpy(&h, d_out, sizeof h, cudaMemcpyDeviceToHost));
+    per.push_back(static_cast<double>(h.cycles) / kIters);
+  }
+  std::sort(per.begin(), per.end());
+  return per[2];
+}
+
+int main() {
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device %s, %d SMs; SM cycles per iteration, median of 5 launches of %d iterations\n", prop.name,
+              prop.multiProcessorCount, kIters);
+  Out* d_out;
+  CHECK(cudaMalloc(&d_out, sizeof(Out)));
+  {
+    std::vector<uint32_t> table(1024, 0u);
+    uint64_t s = 0x2545F4914F6CDD1Dull;
+    for (auto& word : table) {
+      for (int b = 0; b < 32; ++b) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        if (s % 111 == 0) word |= 1u << b;
+      }
+    }
+    CHECK(cudaMemcpyToSymbol(kSpikeTable, table.data(), sizeof(uint32_t) * 1024));
+  }
+  auto line = [](const char* name, int c, int t, double cyc) {
+    std::printf("%-44s %2d x %4d  %8.0f\n", name, c, t, cyc);
+  };
+  for (int t : {256, 512, 1024}) line("__syncthreads", 1, t, Median(1, t, 0, BarLoop, d_out));
+  {
+    const uint32_t n = 4u << 20;  // 16 MB of uint32
+    std::vector<uint32_t> perm(n), next(n);
+    for (uint32_t i = 0; i < n; ++i) perm[i] = i;
+    uint64_t s = 88172645463325252ull;
+    for (uint32_t i = n - 1; i > 0; --i) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      std::swap(perm[i], perm[s % (i + 1)]);
+    }
+    for (uint32_t i = 0; i < n; ++i) next[perm[i]] = perm[(i + 1) % n];
+    uint32_t* d_next;
+    CHECK(cudaMalloc(&d_next, n * 4));
+    CHECK(cudaMemcpy(d_next, next.data(), n * 4, cudaMemcpyHostToDevice));
+    line("L2 hit, dependent ld.cg", 1, 1, Median(1, 1, 0, L2Chase, d_out, static_cast<const uint32_t*>(d_next)));
+    CHECK(cudaFree(d_next));
+  }
+  for (int c : {2, 8}) {
+    for (int t : {128, 1024}) {
+      line("cluster barrier, arrive.release", c, t, Median(c, t, 0, ClusterSyncLoop<false>, d_out));
+      line("cluster barrier, arrive.relaxed", c, t, Median(c, t, 0, ClusterSyncLoop<true>, d_out));
+    }
+  }
+  {
+    std::vector<int32_t> post(kTable);
+    std::vector<float> w(kTable, 1e-3f);
+    for (int k = 0; k < kTable; ++k) post[k] = static_cast<int32_t>((k * 2654435761u >> 7) % kN);
+    int32_t* d_post;
+    float *d_w, *d_ring;
+    CHECK(cudaMalloc(&d_post, kTable * 4));
+    CHECK(cudaMalloc(&d_w, kTable * 4));
+    CHECK(cudaMalloc(&d_ring, 2 * kN * 4));
+    CHECK(cudaMemcpy(d_post, post.data(), kTable * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(d_w, w.data(), kTable * 4, cudaMemcpyHostToDevice));
+    CHECK(cudaMemset(d_ring, 0, 2 * kN * 4));
+    {
+      std::vector<int32_t> in_ptr(kN + 1, 0);
+      for (int k = 0; k < kTable; ++k) ++in_ptr[post[k] + 1];
+      for (int i = 0; i < kN; ++i) in_ptr[i + 1] += in_ptr[i];
+      std::vector<int32_t> fill(in_ptr.begin(), in_ptr.end() - 1);
+      std::vector<uint16_t> inpos(kTable);
+      for (int k = 0; k < kTable; ++k) inpos[k] = static_cast<uint16_t>(fill[post[k]]++);
+      uint16_t* d_inpos;
+      int32_t* d_in_ptr;
+      CHECK(cudaMalloc(&d_inpos, kTable * 2));
+      CHECK(cudaMalloc(&d_in_ptr, (kN + 1) * 4));
+      CHECK(cudaMemcpy(d_inpos, inpos.data(), kTable * 2, cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(d_in_ptr, in_ptr.data(), (kN + 1) * 4, cudaMemcpyHostToDevice));
+      const size_t smem = (kTable / 32 + 1) * 4 + kTable * 2 + (kN + 1) * 4 + kN * 4;
+      for (int t : {128, 256, 512, 1024}) {
+        line("step: block, hit bits, w from L2", 1, t,
+             Median(1, t, smem, BlockHitsSkeleton, d_out, static_cast<const uint16_t*>(d_inpos),
+                    static_cast<const int32_t*>(d_in_ptr), static_cast<const float*>(d_w)));
+      }
+    }
+    for (int t : {128, 256, 512, 1024}) {
+      const auto* cp = static_cast<const int32_t*>(d_post);
+      const auto* cw = static_cast<const float*>(d_w);
+      line("step: block, ring in L2", 1, t, Median(1, t, 0, BlockSkeleton<1, 0>, d_out, d_ring, cp, cw));
+      line("step: block, REDs into a buffer not read", 1, t,
+           Median(1, t, 0, BlockSkeleton<1, 1>, d_out, d_ring, cp, cw));
+      line("step: block, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 0>, d_out, d_ring, cp, cw));
+      line("step: block, ring by parity", 1, t, Median(1, t, 0, BlockSkeleton<1, 2>, d_out, d_ring, cp, cw));
+      line("step: block, ring by parity, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 2>, d_out, d_ring, cp, cw));
+    }
+  }
+  const char* names[] = {"remote st + barrier.release", "st.async + mbarrier", "tagged words, polled",
+                         "CTA barrier only"};
+  for (int deliver = 0; deliver < 2; ++deliver) {
+    for (int c : {1, 2, 4, 8}) {
+      for (int t : {128, 256, 512, 1024}) {
+        if (c * t < kN || c * t > 2 * kN + 100) continue;
+        const size_t smem = (2 * c * (t / 32)) * 12 + t * 4;
+        for (int x = 0; x < 4; ++x) {
+          if (x == kLocal && c > 1) continue;
+          char name[96];
+          std::snprintf(name, sizeof name, "%s: %s", deliver ? "step" : "exchange", names[x]);
+          using K = void (*)(Out*);
+          const K ks[2][4] = {{ClusterSkeleton<kRelease, false>, ClusterSkeleton<kMbar, false>,
+                               ClusterSkeleton<kTagged, false>, ClusterSkeleton<kLocal, false>},
+                              {ClusterSkeleton<kRelease, true>, ClusterSkeleton<kMbar, true>,
+                               ClusterSkeleton<kTagged, true>, ClusterSkeleton<kLocal, true>}};
+          line(name, c, t, Median(c, t, smem, ks[deliver][x], d_out));
+        }
+      }
+    }
+  }
+  return 0;
+}
