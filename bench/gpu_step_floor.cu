@@ -18,6 +18,7 @@ constexpr int kIters = 4000, kWarm = 200;
 constexpr int kN = 1000;             // neurons
 constexpr int kFan = 50;             // synapses per row
 constexpr int kTable = kN * kFan;    // synapses (post int32 + w float: 400 KB, as FUM-1k's CSR)
+constexpr int kR = 8;                // neurons per thread in the block skeletons, at most (128 threads)
 
 #define CHECK(x)                                                                                  \
   do {                                                                                            \
@@ -31,6 +32,18 @@ constexpr int kTable = kN * kFan;    // synapses (post int32 + w float: 400 KB, 
 // ~9 of 1000 neurons spike a step (FUM-1k's ~9 Hz at dt = 1 ms): 1024 random 32-neuron spike words, each bit
 // set with probability 1/111 (filled by the host).
 __constant__ uint32_t kSpikeTable[1024];
+
+// Each kernel copies the table into shared memory (its caller's next barrier publishes it) and reads step
+// `it`'s word `word` (neurons 32 word .. 32 word + 31) from there.
+__device__ __forceinline__ void LoadSpikeTable(uint32_t* table) {
+  for (unsigned u = threadIdx.x; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+}
+__device__ __forceinline__ uint32_t SpikeWord(const uint32_t* table, int it, uint32_t word) {
+  return table[(it * 7 + word * 13) & 1023];
+}
+__device__ __forceinline__ bool Spikes(const uint32_t* table, int it, int i) {
+  return (SpikeWord(table, it, i / 32) >> (i % 32)) & 1u;
+}
 
 __device__ __forceinline__ uint32_t SmemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -121,7 +134,7 @@ __global__ void BlockSkeleton(float* ring, const int32_t* post, const float* w, 
   __shared__ int32_t list[kN];
   __shared__ int32_t count;
   __shared__ uint32_t table[1024];
-  for (int u = threadIdx.x; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  LoadSpikeTable(table);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
   float v = 0.f;
   uint32_t sink = 0;
@@ -130,8 +143,7 @@ __global__ void BlockSkeleton(float* ring, const int32_t* post, const float* w, 
   long long t0 = 0;
   for (int it = 0; it < kIters + kWarm; ++it) {
     if (it == kWarm) t0 = clock64();
-    constexpr int kR = 8;  // neurons per thread, at most (128 threads); their ring loads issued together
-    float in[kR];
+    float in[kR];  // the thread's ring loads, issued together
 #pragma unroll
     for (int r = 0; r < kR; ++r) {
       const int i = tid + r * static_cast<int>(blockDim.x);
@@ -143,7 +155,7 @@ __global__ void BlockSkeleton(float* ring, const int32_t* post, const float* w, 
       if (i >= kN) continue;
       __stcg(ring + (kRedAside == 2 ? (it & 1) * kN : 0) + i, 0.f);
       v = v * 0.9f + in[r];
-      if (((table[(it * 7 + (i / 32) * 13) & 1023] >> (i % 32)) & 1u) || v > 1e30f) list[atomicAdd(&count, 1)] = i;
+      if (Spikes(table, it, i) || v > 1e30f) list[atomicAdd(&count, 1)] = i;
     }
     __syncthreads();
     const int ns = count;
@@ -179,13 +191,12 @@ __global__ void BlockHitsSkeleton(const uint16_t* inpos, const int32_t* in_ptr, 
   __shared__ int32_t count;
   __shared__ uint32_t table[1024];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
-  for (int u = tid; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  LoadSpikeTable(table);
   for (int u = tid; u < kTable; u += blockDim.x) inpos_sh[u] = inpos[u];
   for (int u = tid; u <= kN; u += blockDim.x) in_ptr_sh[u] = in_ptr[u];
   for (int u = tid; u < kTable / 32 + 1; u += blockDim.x) hits[u] = 0u;
   if (tid == 0) count = 0;
   __syncthreads();
-  constexpr int kR = 8;  // posts per thread, at most (128 threads)
   const int r_n = (kN + blockDim.x - 1) / blockDim.x;
   float v[kR], in[kR];
   for (int r = 0; r < kR; ++r) v[r] = in[r] = 0.f;
@@ -197,7 +208,7 @@ __global__ void BlockHitsSkeleton(const uint16_t* inpos, const int32_t* in_ptr, 
       const int i = tid + r * blockDim.x;
       if (r < r_n && i < kN) {
         v[r] = v[r] * 0.9f + in[r];
-        if (((table[(it * 7 + (i / 32) * 13) & 1023] >> (i % 32)) & 1u) || v[r] > 1e30f) list[atomicAdd(&count, 1)] = i;
+        if (Spikes(table, it, i) || v[r] > 1e30f) list[atomicAdd(&count, 1)] = i;
       }
     }
     __syncthreads();
@@ -260,7 +271,7 @@ __global__ void ClusterSkeleton(Out* out) {
   int32_t* acc = reinterpret_cast<int32_t*>(flags + 2 * words);     // blockDim.x
   __shared__ __align__(8) uint64_t mbar[2];
   __shared__ uint32_t table[1024];
-  for (int u = threadIdx.x; u < 1024; u += blockDim.x) table[u] = kSpikeTable[u];
+  LoadSpikeTable(table);
   const int n_local = blockDim.x;
   acc[tid] = 0;
   for (int u = tid; u < 2 * words; u += blockDim.x) tagged[u] = ~0ull;
@@ -280,7 +291,7 @@ __global__ void ClusterSkeleton(Out* out) {
     const int32_t in = acc[tid];
     acc[tid] = 0;
     v = v * 0.9f + static_cast<float>(in);
-    const uint32_t bits = (gw * 32 < kN ? table[(it * 7 + gw * 13) & 1023] : 0u) | (v > 1e30f ? 1u : 0u);
+    const uint32_t bits = (gw * 32 < kN ? SpikeWord(table, it, gw) : 0u) | (v > 1e30f ? 1u : 0u);
     uint32_t* fl = flags + par * words;
     if constexpr (kX == kMbar) {
       if (lane < static_cast<int>(csize)) {
@@ -443,6 +454,8 @@ int main() {
              Median(1, t, smem, BlockHitsSkeleton, d_out, static_cast<const uint16_t*>(d_inpos),
                     static_cast<const int32_t*>(d_in_ptr), static_cast<const float*>(d_w)));
       }
+      CHECK(cudaFree(d_inpos));
+      CHECK(cudaFree(d_in_ptr));
     }
     for (int t : {128, 256, 512, 1024}) {
       const auto* cp = static_cast<const int32_t*>(d_post);
@@ -454,6 +467,9 @@ int main() {
       line("step: block, ring by parity", 1, t, Median(1, t, 0, BlockSkeleton<1, 2>, d_out, d_ring, cp, cw));
       line("step: block, ring by parity, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 2>, d_out, d_ring, cp, cw));
     }
+    CHECK(cudaFree(d_post));
+    CHECK(cudaFree(d_w));
+    CHECK(cudaFree(d_ring));
   }
   const char* names[] = {"remote st + barrier.release", "st.async + mbarrier", "tagged words, polled",
                          "CTA barrier only"};
@@ -476,5 +492,6 @@ int main() {
       }
     }
   }
+  CHECK(cudaFree(d_out));
   return 0;
 }
