@@ -2,6 +2,8 @@
 #ifndef FUMJAX_CPP_FFI_UTIL_H_
 #define FUMJAX_CPP_FFI_UTIL_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +13,7 @@
 #include <utility>
 
 #include "run_steps_compute.h"  // Half, BFloat16, FUMJAX_HAVE_FLOAT16
+#include "thread_pool.h"       // AvailableCores
 #include "xla/ffi/api/ffi.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -44,6 +47,34 @@ inline bool UseVectorRows() {
 #else
   return false;
 #endif
+}
+
+// Automatic thread count (threads = 0): one thread per this many synapses, at most the usable cores that
+// other work leaves idle (cores minus the 1-minute load average, which counts this process too, so at
+// least 1): a small network's step is too short to split (a barrier costs about as much as its work),
+// and on an oversubscribed machine every barrier waits for a descheduled thread.
+inline constexpr int64_t kSynapsesPerAutoThread = 200000;
+
+inline int IdleCores() {
+  const int cores = AvailableCores();
+#if defined(__linux__) || defined(__APPLE__)
+  double load[1];
+  if (getloadavg(load, 1) == 1) {
+    return std::max(1, std::min(cores, cores + 1 - static_cast<int>(std::ceil(load[0]))));
+  }
+#endif
+  return cores;
+}
+
+inline int ResolveThreads(int32_t requested, int64_t n, int64_t e) {
+  int64_t t = requested;
+  if (t <= 0) {
+    // IdleCores reads /proc/loadavg (a few us): skipped where the network wants one thread anyway, which
+    // FUM's 50-step window calls of small networks would otherwise pay every call.
+    const int64_t want = std::max<int64_t>(1, e / kSynapsesPerAutoThread);
+    t = want == 1 ? 1 : std::min<int64_t>(IdleCores(), want);
+  }
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, std::max<int64_t>(1, n))));
 }
 
 // The errors of a handler `target` for a bad index and a bad CSR pointer read from the network arrays.

@@ -16,6 +16,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSynapseStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSpikeMessageCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowEndCpu);
 
 namespace {
 
@@ -36,6 +37,7 @@ NB_MODULE(_core, m) {
     d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsCpu);
     d["fumjax_synapse_step"] = EncapsulateFfiHandler(FumjaxSynapseStepCpu);
     d["fumjax_spike_message"] = EncapsulateFfiHandler(FumjaxSpikeMessageCpu);
+    d["fumjax_window_end"] = EncapsulateFfiHandler(FumjaxWindowEndCpu);
     return d;
   });
   fumjax::RegisterSpikeCodec(m);

@@ -88,29 +88,6 @@ struct Scalars {
 // entry's pre (O(E)); shorter ones check inside the loops and search each visited entry's pre. The setup
 // pays for itself after ~25 steps at ~10 Hz (it was 1000: FUM's 50-step windows were 10-16% slower).
 constexpr int64_t kInPreMinSteps = 32;
-// Automatic thread count (threads = 0): one thread per this many synapses, at most the usable cores that
-// other work leaves idle (cores minus the 1-minute load average, which counts this process too, so at
-// least 1): a small network's step is too short to split (a barrier costs about as much as its work),
-// and on an oversubscribed machine every barrier waits for a descheduled thread.
-constexpr int64_t kSynapsesPerAutoThread = 200000;
-
-int IdleCores() {
-  const int cores = AvailableCores();
-#if defined(__linux__) || defined(__APPLE__)
-  double load[1];
-  if (getloadavg(load, 1) == 1) {
-    return std::max(1, std::min(cores, cores + 1 - static_cast<int>(std::ceil(load[0]))));
-  }
-#endif
-  return cores;
-}
-
-int ResolveThreads(int32_t requested, int64_t n, int64_t e) {
-  int64_t t = requested;
-  if (t <= 0) t = std::min<int64_t>(IdleCores(), std::max<int64_t>(1, e / kSynapsesPerAutoThread));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, std::max<int64_t>(1, n))));
-}
-
 // The (T, N) spike raster is a fresh output buffer of every call, written once, a row per step: on Linux
 // each 4 KiB page of it costs a page fault at its first write (measured: ~25,000 faults, ~13% of a
 // 10k-neuron x 10k-step call). Where transparent huge pages are enabled on request (the usual "madvise"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden_util import fresh_seed, x64
 from jax import lax
 
 import fumjax
@@ -33,19 +33,6 @@ pytestmark = pytest.mark.skipif(not fused.available(), reason="fumjax._core not 
 
 FIXED_SEED = 20240611
 FIELDS = [f.name for f in dataclasses.fields(fumjax.State)]
-
-
-def _fresh_seed() -> int:
-    env = os.environ.get("FUMJAX_GOLDEN_SEED")
-    return int(env) if env else int(np.random.SeedSequence().entropy % (2**32))
-
-
-def _x64():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # jax < 0.7
-
-    return enable_x64()
 
 
 def _network(n: int, exc: float, delays: str, seed: int) -> Network:
@@ -150,7 +137,7 @@ def test_golden_float32(case):
     cfg = FumConfig().replace(
         neuron={"n_neurons": n, "refractory_steps": refractory}, plasticity={"gamma": gamma}
     )
-    for seed in (FIXED_SEED, _fresh_seed()):
+    for seed in (FIXED_SEED, fresh_seed()):
         net = _network(n, exc, delays, seed)
         i_ext = _drive(n, t, seed, jnp.float32, scale)
         for mode in modes:
@@ -162,9 +149,9 @@ def test_golden_float32(case):
 
 @pytest.mark.parametrize("mode", ["stdp", "rstdp"])
 def test_golden_float64(mode):
-    with _x64():
+    with x64():
         cfg = FumConfig().replace(neuron={"n_neurons": 300}, run={"dtype": "float64"})
-        for seed in (FIXED_SEED, _fresh_seed()):
+        for seed in (FIXED_SEED, fresh_seed()):
             net = _network(300, 0.8, "mixed", seed)
             i_ext = _drive(300, 300, seed, jnp.float64)
             (ref, s_ref), (got, s_got) = _run_both(net, cfg, mode, i_ext)
@@ -200,7 +187,7 @@ def test_long_rstdp_windows_n1000():
 
 def test_python_loop_windows_stdp_and_rstdp():
     """Eager public API: simulate / end_window called from Python between windows."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     cfg = FumConfig().replace(neuron={"n_neurons": 300})
     net = _network(300, 0.8, "mixed", seed)
     for mode in ("stdp", "rstdp"):
@@ -215,7 +202,7 @@ def test_python_loop_windows_stdp_and_rstdp():
 
 
 def test_vmap_sequential():
-    seed = _fresh_seed()
+    seed = fresh_seed()
     cfg = FumConfig().replace(neuron={"n_neurons": 100})
     net = _network(100, 0.8, "mixed", seed)
     base = fumjax.init_state(net, cfg)
@@ -235,7 +222,7 @@ def test_vmap_sequential():
 def test_jit_direct_aliasing_keeps_inputs_and_donation():
     """run_steps updates in place through input_output_aliases: an undonated input must stay intact,
     a donated one may be consumed; both give the reference result."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     cfg = FumConfig().replace(neuron={"n_neurons": 200})
     net = _network(200, 0.8, "one", seed)
     state = fumjax.init_state(net, cfg)
@@ -327,7 +314,7 @@ def test_threads_bit_identical(rows):
     the thread owning its post neuron, in the single-thread order) and match the reference. Unsorted rows
     take the filtering path instead of bisection. 2,500 steps: silent neurons' traces decay into the
     float32 denormal range, which XLA flushes to zero; the worker threads must do the same."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 400
     cfg = FumConfig().replace(neuron={"n_neurons": n, "refractory_steps": 1}, plasticity={"gamma": 0.8})
     net = _network(n, 0.8, "mixed", seed)
@@ -353,7 +340,7 @@ def test_vector_and_scalar_rows_bit_identical(monkeypatch):
     """The row pass runs 8 synapses at a time with AVX2 gathers or as a scalar loop, by host
     (cpp/ffi_util.h, UseVectorRows: scalar on AMD, whose gathers are slow); FUMJAX_CPU_VECTOR_ROWS forces
     either. Both must match the reference exactly and each other bitwise, with 1 and 2 threads."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 400
     cfg = FumConfig().replace(neuron={"n_neurons": n})
     net = _network(n, 0.8, "one", seed)
@@ -379,7 +366,7 @@ def test_vector_and_scalar_rows_bit_identical(monkeypatch):
 def test_unsorted_rows_one_thread():
     """Rows whose posts do not ascend: the kernel's vectorized row blocks (float32, D = 1) must hand them to
     the scalar loop, which keeps the synapse order."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n})
     net = _unsorted_rows(_network(n, 0.8, "one", seed), seed)
@@ -393,7 +380,7 @@ def test_large_network_prefetch_path():
     """A network whose float32 weights exceed 1 MiB (2^18 synapses): the synapse passes prefetch the rows
     and in-lists ahead (cpp/run_steps_compute.h, kPrefetchMinBytes); calls of >= 32 steps also take the
     in-list with each entry's pre. Results stay identical to the reference, on 1 and 2 threads."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 2700
     # w_exc_max 0.15: ~10-12 Hz in both modes (rstdp keeps the weights, which run away at 0.3 and K = 100)
     net = Network.distance_biased(n, k_per_neuron=100, w_exc_max=0.15, seed=seed % 2**31)
@@ -413,7 +400,7 @@ def test_validated_rows_masked_tails():
     """Rows with strictly ascending posts, checked once per call (calls of >= 32 steps): the vector row
     and in-list passes skip their per-block index checks and run each row's / in-list's last partial block
     masked (rows of every length mod 8 here). Identical to the reference in all modes, on 1 and 2 threads."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 400
     net = _network(n, 0.8, "one", seed)
     rp, post = np.asarray(net.row_ptr), np.asarray(net.post)
@@ -433,7 +420,7 @@ def test_short_calls_check_indices_in_the_loops():
     """Calls of fewer than 32 steps skip the once-per-call index checks and the in-list scratch: the loops
     check each index and search each in-list entry's pre. Back-to-back 20-step calls (and one of 5) stay
     identical to the reference's whole run, with delays 1 and mixed 1-4."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n}, plasticity={"gamma": 0.8})
     for delays in ("one", "mixed"):
@@ -468,7 +455,7 @@ def test_golden_16bit_synapses(dtype):
         (200, "one", ("stdp", "rstdp"), 1000),
     ):
         cfg = FumConfig().replace(neuron={"n_neurons": n}, run={"dtype": dtype})
-        for seed in (FIXED_SEED, _fresh_seed()):
+        for seed in (FIXED_SEED, fresh_seed()):
             net = _network(n, 0.8, delays, seed)
             i_ext = _drive(n, t, seed, jnp.float32)
             for mode in modes:
@@ -544,7 +531,7 @@ def test_pre_bucket_empty_rows_and_static_pre(t_steps):
     """The slot -> pre search (pre_bucket, then forward over empty rows) on rows of very uneven length;
     1,200 steps take the long-call path (each in-list entry's pre precomputed, learning in-list without the
     static presynaptic neurons), 300 the per-visit search. Both must match the reference exactly."""
-    seed = _fresh_seed()
+    seed = fresh_seed()
     net = _sparse_rows_network(600, seed)
     assert int(np.asarray(net.row_ptr)[-1]) > 1024 and not np.asarray(net.plastic_pre).all()
     cfg = FumConfig().replace(neuron={"n_neurons": 600})

@@ -4,6 +4,8 @@
 `run_steps`: T whole steps of `fumjax.dynamics._simulate` (LIF, delayed transmission, STDP/eligibility) in
 one call, on the CPU bit-identical to the jitted reference backend (on the GPU identical rasters, float state
 within a few ulp); it takes a `Network` or a `fumjax.compact.CompactNetwork`.
+`window_end`: a window's end (`dynamics._end_window`: reward on the synapses, running rate, intrinsic
+plasticity, counters) in one CPU call, bit-identical to the jitted reference.
 `run_window_gpu`: an rstdp window on the GPU whose end (deferred LTP, eligibility unscaled, reward) runs in
 the kernel's last pass over the synapses (`dynamics.run_driven` uses it where `window_end_in_kernel` says the
 multi path leaves LTP pending).
@@ -41,6 +43,8 @@ __all__ = [
     "run_steps",
     "run_steps_supported",
     "run_window_gpu",
+    "window_end",
+    "window_end_supported",
     "window_end_in_kernel",
     "synapse_step",
     "spike_message",
@@ -58,8 +62,9 @@ RUN_STEPS_TARGET = "fumjax_run_steps"
 SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
 SPIKE_MESSAGE_TARGET = "fumjax_spike_message"
 WINDOW_REWARD_TARGET = "fumjax_window_reward"  # GPU only (hip/run_steps.hip)
+WINDOW_END_TARGET = "fumjax_window_end"  # CPU only (cpp/window_end.cc)
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
-OPS = ("lif_step", "run_steps", "synapse_step")
+OPS = ("lif_step", "run_steps", "synapse_step", "window_end")
 
 _lock = threading.Lock()
 _modules: dict[str, ModuleType | None] = {}
@@ -489,6 +494,75 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     return new, results[-1]
 
 
+def _in_place_call(target: str, operands: tuple, n_state: int):
+    """An ffi_call of `target` (vmap: sequential) whose results are its first n_state operands, updated in
+    place (result k aliases operand k)."""
+    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[:n_state])
+    return jax.ffi.ffi_call(
+        target, out_types, vmap_method="sequential", input_output_aliases={k: k for k in range(n_state)}
+    )
+
+
+# State fields fumjax_window_end updates in place, in operand/result order (operand k aliases result k).
+_WINDOW_END_FIELDS = ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start")
+
+
+def window_end_supported(state) -> bool:
+    """True when `window_end` takes this state: the CPU extension built (it registers fumjax_window_end),
+    and float32/float64 state with w and elig in its dtype or float16/bfloat16 with float32 state."""
+    return available() and WINDOW_END_TARGET in _cpu_targets and _state_dtypes_ok(state)
+
+
+def window_end(state, coef: Array, cfg, mode: str, threads: int | None = None):
+    """A window's end (`dynamics._end_window`) in one CPU FFI call; returns the state.
+
+    mode rstdp: the eligibility unscaled (e = e_hat * gamma^(step - elig_t0), storage dtype) and
+    w = clip(w + coef * e, -w_clip, w_clip), one pass over E; every mode: the running rate estimate with the
+    window's spikes, intrinsic plasticity from it, elig_t0 = window_start = step, window_spikes = 0.
+    coef: () the reward coefficient eta_eff(R) * R (`plasticity.reward_coefficient`, float32, or float64
+    with float64 weights). Bit-identical to the jitted reference on the CPU; CPU only (the caller routes
+    other platforms to XLA). threads: as in `run_steps` (the pass over E is split; results do not depend
+    on it)."""
+    if not window_end_supported(state):
+        raise ValueError(
+            "fused.window_end: unsupported state (needs the compiled extension and float32/float64 state "
+            "with w and elig in its dtype, or float16/bfloat16 with float32 state); use the reference backend"
+        )
+    if mode not in _MODE_IDS:
+        raise ValueError(f"fused.window_end: mode = {mode!r}: must be one of {', '.join(_MODE_IDS)}")
+    coef_dtype = jnp.promote_types(state.w.dtype, jnp.float32)
+    coef = jnp.asarray(coef)
+    if coef.shape != () or coef.dtype != coef_dtype:
+        raise ValueError(
+            f"fused.window_end: coef has shape {coef.shape} and dtype {coef.dtype}, need () {coef_dtype}"
+        )
+    gamma_pow, _ = elig_tables(cfg)
+    operands = tuple(getattr(state, f) for f in _WINDOW_END_FIELDS) + (
+        state.step,
+        jnp.asarray(gamma_pow, state.elig.dtype),  # the reference rounds gamma^k to the storage dtype
+        coef,
+    )
+    nc, ip = cfg.neuron, cfg.intrinsic
+    results = _in_place_call(WINDOW_END_TARGET, operands, len(_WINDOW_END_FIELDS))(
+        *operands,
+        w_clip=np.float64(cfg.connectivity.w_clip),
+        dt_ms=np.float64(nc.dt_ms),
+        rate_ema=np.float64(ip.rate_ema),
+        target_rate_min_hz=np.float64(ip.target_rate_min_hz),
+        target_rate_max_hz=np.float64(ip.target_rate_max_hz),
+        v_th_step_mV=np.float64(ip.v_th_step_mV),
+        tau_step_ms=np.float64(ip.tau_step_ms),
+        v_th_min_mV=np.float64(nc.v_th_min_mV),
+        v_th_max_mV=np.float64(nc.v_th_max_mV),
+        tau_min_ms=np.float64(nc.tau_min_ms),
+        tau_max_ms=np.float64(nc.tau_max_ms),
+        mode=np.int32(_MODE_IDS[mode]),
+        intrinsic=np.int32(bool(ip.enabled)),
+        threads=np.int32(resolve_threads(threads, cfg)),
+    )
+    return state.replace(**dict(zip(_WINDOW_END_FIELDS, results, strict=True)))
+
+
 def window_end_in_kernel(state, net, cfg) -> bool:
     """Whether an rstdp window on the GPU ends in fumjax_window_reward (run_window_gpu): where run_steps
     takes the multi path, whose last segment's LTP is still pending at the window's end and is applied in
@@ -632,13 +706,7 @@ def synapse_step(state, net, spikes_pre: Array, spikes: Array, cfg, mode: str):
         jnp.asarray(gamma_pow, state.elig.dtype),
         jnp.asarray(inv_pow, state.v_mV.dtype),
     )
-    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_SYNAPSE_STATE_FIELDS)])
-    call = jax.ffi.ffi_call(
-        SYNAPSE_STEP_TARGET,
-        out_types,
-        vmap_method="sequential",
-        input_output_aliases={k: k for k in range(len(_SYNAPSE_STATE_FIELDS))},
-    )
+    call = _in_place_call(SYNAPSE_STEP_TARGET, operands, len(_SYNAPSE_STATE_FIELDS))
     results = call(*operands, **_synapse_attrs(net, cfg, mode))
     return state.replace(**dict(zip(_SYNAPSE_STATE_FIELDS, results, strict=True)))
 
