@@ -1,5 +1,6 @@
 """Small GPU run_steps cases for compute-sanitizer (memcheck, racecheck): ~100 steps, each path, all modes;
-two rstdp windows of run_driven on the block and multi paths (the window's end in fumjax_window_reward).
+two rstdp windows of run_driven on the block and multi paths (the window's end in fumjax_window_end on the
+block path, in fumjax_window_reward on the multi path).
 
 SAN_PATHS=cluster,block,multi picks the paths. The cluster path runs with 2 CTAs (spike flags through
 distributed shared memory), once with the event body and once with the pull body.
@@ -33,7 +34,7 @@ for path in os.environ.get("SAN_PATHS", "cluster,block,multi").split(","):
                 s, spk = run(state, net, i_ext, cfg=cfg, mode=mode)
                 jax.block_until_ready(s)
                 print(path, csize, body, n, delays, mode, int(spk.sum()), flush=True)
-        if path in ("block", "multi"):  # rstdp windows ended by fumjax_window_reward (gamma 0.5: K = 13 < T)
+        if path in ("block", "multi"):  # rstdp windows' ends in the kernels (gamma 0.5: K = 13 < T)
             net, cfg, state, _ = make_case(n, k, "1", seed=4, t_steps=1)
             cfg = cfg.replace(plasticity={"gamma": 0.5}, sie={"target_rate_var": 60.0})
             s, spk, rewards = fumjax.run_driven(state, net, 2, config=cfg, backend="fused", plasticity=True)

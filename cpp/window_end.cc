@@ -10,8 +10,8 @@
 // intrinsic plasticity from it, and the counters (elig_t0 = window_start = step, window_spikes = 0).
 // The same roundings as the jitted reference on this host: XLA:CPU contracts coef * e + w and
 // (1 - a) * rate + a * window_rate into FMAs exactly when the host has FMA (see run_steps.cc), so the loops
-// are built with and without hardware FMA and the host's cpuid picks one. Operands 0..7 are aliased to
-// results 0..7 (fumjax/kernels/fused.py).
+// are built with and without hardware FMA and the host's cpuid picks one. Operands 0..7 are results 0..7,
+// aliased except the counters elig_t0 and window_start (as for the GPU handler, fumjax/kernels/fused.py).
 
 #include <algorithm>
 #include <cmath>

@@ -203,19 +203,21 @@ def _end_window_xla(state: State, reward: Array, cfg: FumConfig, mode: str) -> S
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mode", "backend"))
 def _end_window(state: State, reward: Array, cfg: FumConfig, mode: str, backend: str = "reference") -> State:
-    """A window's end: reward on the synapses (rstdp), then _close_window. backend fused, mode rstdp, on the
-    CPU: one fumjax_window_end call (bit-identical; the reward coefficient's sigmoid stays in XLA); else XLA
-    ops (without the pass over E, XLA's fusion over N costs less than a call: 1.3 against 5 us at 1k)."""
+    """A window's end: reward on the synapses (rstdp), then _close_window. backend fused, mode rstdp: one
+    fumjax_window_end call where a platform has it (the CPU, bit-identical; GPUs with fumjax._core_gpu); the
+    reward coefficient's sigmoid stays in XLA. Else XLA ops (without the pass over E, XLA's fusion over N
+    costs less than a call: 1.3 against 5 us at 1k on the CPU)."""
     if backend == "fused" and mode == "rstdp" and "window_end" in fused_ops():
         from fumjax.kernels import fused
 
         if fused.window_end_supported(state):
             coef = plasticity.reward_coefficient(reward, state.w.dtype, cfg)
+            kernel = lambda s, c, _: fused.window_end(s, c, cfg, mode)  # noqa: E731
             return jax.lax.platform_dependent(
                 state,
                 coef,
                 reward,
-                cpu=lambda s, c, _: fused.window_end(s, c, cfg, mode),
+                **{p: kernel for p in fused.window_end_platforms()},
                 default=lambda s, _, r: _end_window_xla(s, r, cfg, mode),
             )
     return _end_window_xla(state, reward, cfg, mode)

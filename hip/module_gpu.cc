@@ -18,6 +18,7 @@ namespace nb = nanobind;
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxLifStepGpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsGpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowRewardGpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowEndGpu);
 
 namespace fumjax {
 bool BlockPathFits(int64_t n, int64_t e, int32_t float_bytes);  // hip/run_steps.hip
@@ -41,6 +42,7 @@ NB_MODULE(_core_gpu, m) {
     d["fumjax_lif_step"] = EncapsulateFfiHandler(FumjaxLifStepGpu);
     d["fumjax_run_steps"] = EncapsulateFfiHandler(FumjaxRunStepsGpu);
     d["fumjax_window_reward"] = EncapsulateFfiHandler(FumjaxWindowRewardGpu);
+    d["fumjax_window_end"] = EncapsulateFfiHandler(FumjaxWindowEndGpu);
     return d;
   });
   m.def("platform", []() { return FUMJAX_GPU_PLATFORM; });

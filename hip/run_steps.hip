@@ -2888,6 +2888,157 @@ hipError_t WindowRewardTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi:
   return hipGetLastError();
 }
 
+// fumjax_window_end (GPU; cpp/window_end.cc on the CPU, same operands and arithmetic): a window's end in one
+// launch. Mode rstdp: e = e_hat * gamma^(step - elig_t0) (storage dtype), w = clip(fma(coef, e, w)) for every
+// synapse; every mode: the running rate with the window's spikes, intrinsic plasticity, window_spikes = 0. The
+// FMAs are where XLA:CPU (the reference) contracts; bfloat16 feeds the unrounded product to w, as XLA:CPU
+// does. elig_t0 and window_start are results of their own (not aliased): every thread reads the operands
+// while thread 0 writes the new values.
+struct WindowEndParams {
+  double w_clip, dt_ms, rate_ema, rate_min_hz, rate_max_hz, v_th_step_mV, tau_step_ms, v_th_min_mV, v_th_max_mV,
+      tau_min_ms, tau_max_ms;
+  int32_t mode, intrinsic;
+};
+
+template <typename T, typename W>
+__global__ void WindowEndKernel(W* __restrict__ w, W* __restrict__ elig, const int32_t* __restrict__ elig_t0,
+                                T* __restrict__ tau, T* __restrict__ v_th, T* __restrict__ rate,
+                                int32_t* __restrict__ window_spikes, const int32_t* __restrict__ window_start,
+                                const int32_t* __restrict__ step, const W* __restrict__ gamma_pow,
+                                const T* __restrict__ coef_p, int32_t* __restrict__ elig_t0_out,
+                                int32_t* __restrict__ window_start_out, int64_t n, int64_t e, int32_t k_max,
+                                WindowEndParams c) {
+  const int32_t s = *step;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c.mode == 2) {
+    const int32_t since = static_cast<int32_t>(static_cast<uint32_t>(s) - static_cast<uint32_t>(*elig_t0));
+    const T g = Ld(gamma_pow[JnpIndex(since, k_max + 1)]);
+    const T coef = *coef_p, hi = static_cast<T>(c.w_clip), lo = static_cast<T>(-c.w_clip);
+    constexpr bool kExcess = std::is_same<W, BFloat16>::value;
+    for (int64_t k = first; k < e; k += stride) {
+      const T ek = Mul(Ld(elig[k]), g);
+      const W ew = St<W>(ek);
+      elig[k] = ew;
+      const T nw = Fma(coef, kExcess ? ek : Ld(ew), Ld(w[k]));
+      w[k] = St<W>(nw < lo ? lo : (nw > hi ? hi : nw));
+    }
+  }
+  const int32_t n_steps = max(static_cast<int32_t>(static_cast<uint32_t>(s) - static_cast<uint32_t>(*window_start)), 1);
+  const T per_spike = Div(T(1000), Mul(static_cast<T>(n_steps), static_cast<T>(c.dt_ms)));
+  const T keep = static_cast<T>(1.0 - c.rate_ema), take = static_cast<T>(c.rate_ema);
+  const T r_min = static_cast<T>(c.rate_min_hz), r_max = static_cast<T>(c.rate_max_hz);
+  const T th_step = static_cast<T>(c.v_th_step_mV), tau_step = static_cast<T>(c.tau_step_ms);
+  const T th_lo = static_cast<T>(c.v_th_min_mV), th_hi = static_cast<T>(c.v_th_max_mV);
+  const T tau_lo = static_cast<T>(c.tau_min_ms), tau_hi = static_cast<T>(c.tau_max_ms);
+  const T disabled = static_cast<T>(1.0e9);  // plasticity.DISABLED_V_TH_MV
+  for (int64_t i = first; i < n; i += stride) {
+    const T win = Mul(static_cast<T>(window_spikes[i]), per_spike);
+    window_spikes[i] = 0;
+    const T old = rate[i];
+    const T r = old < T(0) ? win : Fma(keep, old, Mul(take, win));
+    rate[i] = r;
+    if (c.intrinsic == 0) continue;
+    const T above = r > r_max ? T(1) : T(0), below = r < r_min ? T(1) : T(0);
+    const T th = v_th[i];
+    T th_new = Add(th, Mul(th_step, Sub(above, below)));
+    th_new = th_new < th_lo ? th_lo : (th_new > th_hi ? th_hi : th_new);
+    v_th[i] = th >= disabled ? th : th_new;
+    T tn = Add(tau[i], Mul(tau_step, Sub(below, above)));
+    tau[i] = tn < tau_lo ? tau_lo : (tn > tau_hi ? tau_hi : tn);
+  }
+  if (first == 0) {
+    *elig_t0_out = s;
+    *window_start_out = s;
+  }
+}
+
+template <typename T, typename W>
+hipError_t WindowEndTyped(hipStream_t stream, const ffi::AnyBuffer* ops, ffi::Result<ffi::AnyBuffer>* res,
+                          const WindowEndParams& c) {
+  enum { kW, kElig, kT0, kTau, kVth, kRate, kWin, kStart, kStep, kGamma, kCoef };
+  hipError_t err = hipSuccess;
+  const int64_t n = static_cast<int64_t>(ops[kTau].element_count());
+  const int64_t e = static_cast<int64_t>(ops[kW].element_count());
+  W* w = InPlace<W>(ops[kW], res[kW], stream, &err);
+  W* elig = InPlace<W>(ops[kElig], res[kElig], stream, &err);
+  T* tau = InPlace<T>(ops[kTau], res[kTau], stream, &err);
+  T* v_th = InPlace<T>(ops[kVth], res[kVth], stream, &err);
+  T* rate = InPlace<T>(ops[kRate], res[kRate], stream, &err);
+  int32_t* ws = InPlace<int32_t>(ops[kWin], res[kWin], stream, &err);
+  if (err != hipSuccess) return err;
+  const int64_t work = std::max<int64_t>(c.mode == 2 ? e : 0, n);
+  const int threads = 256;
+  const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(GetDeviceInfo().sm_count) * 8);
+  const int blocks = static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, (work + threads - 1) / threads), cap));
+  WindowEndKernel<T, W><<<blocks, threads, 0, stream>>>(
+      w, elig, ops[kT0].template typed_data<int32_t>(), tau, v_th, rate, ws,
+      ops[kStart].template typed_data<int32_t>(), ops[kStep].template typed_data<int32_t>(),
+      static_cast<const W*>(ops[kGamma].untyped_data()), ops[kCoef].template typed_data<T>(),
+      res[kT0]->template typed_data<int32_t>(), res[kStart]->template typed_data<int32_t>(), n, e,
+      static_cast<int32_t>(ops[kGamma].element_count()) - 1, c);
+  return hipGetLastError();
+}
+
+ffi::Error WindowEndGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer elig_t0,
+                                ffi::AnyBuffer tau, ffi::AnyBuffer v_th, ffi::AnyBuffer rate,
+                                ffi::AnyBuffer window_spikes, ffi::AnyBuffer window_start, ffi::AnyBuffer step,
+                                ffi::AnyBuffer gamma_pow, ffi::AnyBuffer coef, double w_clip, double dt_ms,
+                                double rate_ema, double rate_min_hz, double rate_max_hz, double v_th_step_mV,
+                                double tau_step_ms, double v_th_min_mV, double v_th_max_mV, double tau_min_ms,
+                                double tau_max_ms, int32_t mode, int32_t intrinsic, int32_t threads,
+                                ffi::Result<ffi::AnyBuffer> w_out, ffi::Result<ffi::AnyBuffer> elig_out,
+                                ffi::Result<ffi::AnyBuffer> elig_t0_out, ffi::Result<ffi::AnyBuffer> tau_out,
+                                ffi::Result<ffi::AnyBuffer> v_th_out, ffi::Result<ffi::AnyBuffer> rate_out,
+                                ffi::Result<ffi::AnyBuffer> window_spikes_out,
+                                ffi::Result<ffi::AnyBuffer> window_start_out) {
+  (void)threads;  // the CPU handler's
+  const ffi::DataType dt_f = tau.element_type(), dt_w = w.element_type();
+  const int64_t n = static_cast<int64_t>(tau.element_count());
+  const int64_t e = static_cast<int64_t>(w.element_count());
+  const bool types_ok =
+      (dt_f == ffi::DataType::F32 || dt_f == ffi::DataType::F64) && v_th.element_type() == dt_f &&
+      rate.element_type() == dt_f && coef.element_type() == dt_f && elig.element_type() == dt_w &&
+      gamma_pow.element_type() == dt_w &&
+      (dt_w == dt_f || (dt_f == ffi::DataType::F32 && (dt_w == ffi::DataType::F16 || dt_w == ffi::DataType::BF16))) &&
+      elig_t0.element_type() == ffi::DataType::S32 && window_spikes.element_type() == ffi::DataType::S32 &&
+      window_start.element_type() == ffi::DataType::S32 && step.element_type() == ffi::DataType::S32;
+  if (!types_ok) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_window_end: tau_ms, v_th_mV, rate_hz and coef in the state's float dtype; w, elig and gamma_pow in "
+        "the synapse dtype (the state's, or float16/bfloat16 with float32 state); the counters int32");
+  }
+  const bool shapes_ok = Dims(tau, {n}) && Dims(v_th, {n}) && Dims(rate, {n}) && Dims(window_spikes, {n}) &&
+                         Dims(w, {e}) && Dims(elig, {e}) && Dims(elig_t0, {}) && Dims(window_start, {}) &&
+                         Dims(step, {}) && Dims(coef, {}) && gamma_pow.dimensions().size() == 1 &&
+                         gamma_pow.element_count() >= 1;
+  if (!shapes_ok) {
+    return ffi::Error::InvalidArgument(
+        "fumjax_window_end: shapes must be tau, v_th, rate_hz, window_spikes (N,); w, elig (E,); elig_t0, "
+        "window_start, step, coef (); gamma_pow (K + 1,) with K >= 0");
+  }
+  const ffi::AnyBuffer ops[] = {w, elig, elig_t0, tau, v_th, rate, window_spikes, window_start, step, gamma_pow, coef};
+  ffi::Result<ffi::AnyBuffer> res[] = {w_out, elig_out, elig_t0_out, tau_out, v_th_out, rate_out, window_spikes_out,
+                                       window_start_out};
+  const WindowEndParams c{w_clip,      dt_ms,       rate_ema,   rate_min_hz, rate_max_hz, v_th_step_mV,
+                          tau_step_ms, v_th_min_mV, v_th_max_mV, tau_min_ms, tau_max_ms,  mode,
+                          intrinsic};
+  hipError_t err;
+  if (dt_f == ffi::DataType::F64) {
+    err = WindowEndTyped<double, double>(stream, ops, res, c);
+  } else if (dt_w == ffi::DataType::F32) {
+    err = WindowEndTyped<float, float>(stream, ops, res, c);
+  } else if (dt_w == ffi::DataType::F16) {
+    err = WindowEndTyped<float, Half>(stream, ops, res, c);
+  } else {
+    err = WindowEndTyped<float, BFloat16>(stream, ops, res, c);
+  }
+  if (err != hipSuccess) {
+    return ffi::Error::Internal(std::string("fumjax_window_end (GPU): launch failed: ") + hipGetErrorString(err));
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error WindowRewardGpuDispatch(hipStream_t stream, ffi::AnyBuffer w, ffi::AnyBuffer elig, ffi::AnyBuffer step0,
                                    ffi::AnyBuffer elig_t00, ffi::AnyBuffer row_ptr, ffi::AnyBuffer post,
                                    ffi::AnyBuffer excitatory, ffi::AnyBuffer gamma_pow, ffi::AnyBuffer inv_pow,
@@ -3031,4 +3182,42 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxWindowRewardGpu, fumjax::WindowRewardGpuDisp
                                   .Attr<int32_t>("t_steps")
                                   .Ret<ffi::AnyBuffer>()   // w
                                   .Ret<ffi::AnyBuffer>(),  // elig
+                              {xla::ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FumjaxWindowEndGpu, fumjax::WindowEndGpuDispatch,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<hipStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // w             (aliased to result 0)
+                                  .Arg<ffi::AnyBuffer>()  // elig          (1)
+                                  .Arg<ffi::AnyBuffer>()  // elig_t0       (result 2, not aliased)
+                                  .Arg<ffi::AnyBuffer>()  // tau_ms        (3)
+                                  .Arg<ffi::AnyBuffer>()  // v_th_mV       (4)
+                                  .Arg<ffi::AnyBuffer>()  // rate_hz       (5)
+                                  .Arg<ffi::AnyBuffer>()  // window_spikes (6)
+                                  .Arg<ffi::AnyBuffer>()  // window_start  (result 7, not aliased)
+                                  .Arg<ffi::AnyBuffer>()  // step
+                                  .Arg<ffi::AnyBuffer>()  // gamma_pow
+                                  .Arg<ffi::AnyBuffer>()  // coef = eta_eff(R) * R
+                                  .Attr<double>("w_clip")
+                                  .Attr<double>("dt_ms")
+                                  .Attr<double>("rate_ema")
+                                  .Attr<double>("target_rate_min_hz")
+                                  .Attr<double>("target_rate_max_hz")
+                                  .Attr<double>("v_th_step_mV")
+                                  .Attr<double>("tau_step_ms")
+                                  .Attr<double>("v_th_min_mV")
+                                  .Attr<double>("v_th_max_mV")
+                                  .Attr<double>("tau_min_ms")
+                                  .Attr<double>("tau_max_ms")
+                                  .Attr<int32_t>("mode")
+                                  .Attr<int32_t>("intrinsic")
+                                  .Attr<int32_t>("threads")
+                                  .Ret<ffi::AnyBuffer>()   // w
+                                  .Ret<ffi::AnyBuffer>()   // elig
+                                  .Ret<ffi::AnyBuffer>()   // elig_t0
+                                  .Ret<ffi::AnyBuffer>()   // tau_ms
+                                  .Ret<ffi::AnyBuffer>()   // v_th_mV
+                                  .Ret<ffi::AnyBuffer>()   // rate_hz
+                                  .Ret<ffi::AnyBuffer>()   // window_spikes
+                                  .Ret<ffi::AnyBuffer>(),  // window_start
                               {xla::ffi::Traits::kCmdBufferCompatible});

@@ -422,3 +422,57 @@ def test_window_reward_in_kernel(gpu_path, dtype, gamma, monkeypatch):
     for f in ("w", "elig"):
         r, g = np.asarray(getattr(s_r, f), np.float64), np.asarray(getattr(s_f, f), np.float64)
         assert np.abs(r - g).max() <= tol * max(np.abs(r).max(), 1e-30), f
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_window_end_kernel_matches_cpu_reference(dtype):
+    """fumjax_window_end's GPU kernel (hip/run_steps.hip) against the reference window end jitted on the CPU:
+    the eligibility unscaled, w += eta_eff(R) R e clipped, the running rate, intrinsic plasticity and the
+    counters, bit for bit (the kernel places its FMAs where XLA:CPU contracts). The reward coefficient is
+    computed once, on the CPU, and given to both."""
+    from fumjax.dynamics import _end_window_xla
+
+    assert "cuda" in fused.window_end_platforms() or "rocm" in fused.window_end_platforms()
+    n, k = 1000, 50
+    rng = np.random.default_rng(11)
+    cfg = FumConfig().replace(
+        neuron={"n_neurons": n},
+        connectivity={"k_per_neuron": k},
+        run={"dtype": dtype},
+        plasticity={"gamma": 0.9},
+    )
+    with jax.default_device(CPU):
+        st = fumjax.init_state(fumjax.build_network(cfg), cfg)
+        e = int(st.w.shape[0])
+        st = st.replace(
+            w=jax.numpy.asarray(rng.uniform(-1, 1, e), st.w.dtype),
+            elig=jax.numpy.asarray(rng.normal(0, 3, e), st.elig.dtype),
+            rate_hz=jax.numpy.asarray(np.where(rng.random(n) < 0.2, -1.0, rng.uniform(0, 40, n)), np.float32),
+            window_spikes=jax.numpy.asarray(rng.integers(0, 4, n), np.int32),
+            v_th_mV=jax.numpy.asarray(
+                np.where(rng.random(n) < 0.05, 1e9, rng.uniform(-62, -48, n)), np.float32
+            ),
+            tau_ms=jax.numpy.asarray(rng.uniform(14, 26, n), np.float32),
+            step=jax.numpy.asarray(250, np.int32),
+            window_start=jax.numpy.asarray(200, np.int32),
+            elig_t0=jax.numpy.asarray(220, np.int32),
+        )
+        # The reference's own coefficient, in its own program (as _end_window computes it), to give the GPU.
+        from fumjax import plasticity
+
+        reward = jax.numpy.float32(0.8)
+        coef = jax.jit(lambda r: plasticity.reward_coefficient(r, st.w.dtype, cfg))(reward)
+        ref = jax.jit(lambda s: _end_window_xla(s, reward, cfg, "rstdp"))(st)
+        mid = jax.jit(lambda s, c: fused.window_end(s, c, cfg, "rstdp"))(st, coef)  # the CPU kernel
+    got = jax.jit(lambda s, c: fused.window_end(s, c, cfg, "rstdp"))(
+        jax.device_put(st, GPU), jax.device_put(coef, GPU)
+    )
+    for f in ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start"):
+        r, c, g = np.asarray(getattr(ref, f)), np.asarray(getattr(mid, f)), np.asarray(getattr(got, f))
+        d = np.flatnonzero(r.ravel() != g.ravel())
+        print("window_end gpu", dtype, f, "differ:", d.size, int((r != c).sum()))
+        if f == "w" and d.size:  # the coefficient's own rounding: at most one ulp of the storage
+            rtol = STORAGE_RTOL.get(np.dtype(r.dtype), 2.0**-23)
+            assert np.abs(r.astype(np.float64) - g).max() <= rtol * np.abs(r).max(), (f, d.size)
+        else:
+            np.testing.assert_array_equal(r, g, err_msg=f)

@@ -5,7 +5,7 @@
 one call, on the CPU bit-identical to the jitted reference backend (on the GPU identical rasters, float state
 within a few ulp); it takes a `Network` or a `fumjax.compact.CompactNetwork`.
 `window_end`: a window's end (`dynamics._end_window`: reward on the synapses, running rate, intrinsic
-plasticity, counters) in one CPU call, bit-identical to the jitted reference.
+plasticity, counters) in one call, on the CPU bit-identical to the jitted reference.
 `run_window_gpu`: an rstdp window on the GPU whose end (deferred LTP, eligibility unscaled, reward) runs in
 the kernel's last pass over the synapses (`dynamics.run_driven` uses it where `window_end_in_kernel` says the
 multi path leaves LTP pending).
@@ -45,6 +45,7 @@ __all__ = [
     "run_window_gpu",
     "window_end",
     "window_end_supported",
+    "window_end_platforms",
     "window_end_in_kernel",
     "synapse_step",
     "spike_message",
@@ -62,7 +63,7 @@ RUN_STEPS_TARGET = "fumjax_run_steps"
 SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
 SPIKE_MESSAGE_TARGET = "fumjax_spike_message"
 WINDOW_REWARD_TARGET = "fumjax_window_reward"  # GPU only (hip/run_steps.hip)
-WINDOW_END_TARGET = "fumjax_window_end"  # CPU only (cpp/window_end.cc)
+WINDOW_END_TARGET = "fumjax_window_end"  # cpp/window_end.cc, hip/run_steps.hip
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
 OPS = ("lif_step", "run_steps", "synapse_step", "window_end")
 
@@ -71,6 +72,7 @@ _modules: dict[str, ModuleType | None] = {}
 _errors: dict[str, str] = {}
 _registered: set[str] = set()
 _cpu_targets: set[str] = set()
+_gpu_targets: dict[str, set[str]] = {}  # jax platform name (lower case) -> targets registered there
 
 
 def _load_installed_copy(name: str) -> ModuleType | None:
@@ -134,6 +136,7 @@ def _register() -> None:
             if platform not in _registered:
                 for target, capsule in gpu.registrations().items():
                     jax.ffi.register_ffi_target(target, capsule, platform=platform)
+                    _gpu_targets.setdefault(platform.lower(), set()).add(target)
                 _registered.add(platform)
 
 
@@ -503,26 +506,36 @@ def _in_place_call(target: str, operands: tuple, n_state: int):
     )
 
 
-# State fields fumjax_window_end updates in place, in operand/result order (operand k aliases result k).
+# State fields fumjax_window_end updates, in operand/result order. Result k aliases operand k except the two
+# counters (2, 7): the GPU kernel's threads read them while one thread writes the new values.
 _WINDOW_END_FIELDS = ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start")
+_WINDOW_END_ALIASES = {k: k for k in (0, 1, 3, 4, 5, 6)}
+
+
+def window_end_platforms() -> tuple[str, ...]:
+    """The jax platforms ("cpu", "cuda", "rocm") with a fumjax_window_end handler registered."""
+    if not available():
+        return ()
+    gpu = tuple(p for p, targets in sorted(_gpu_targets.items()) if WINDOW_END_TARGET in targets)
+    return (("cpu",) if WINDOW_END_TARGET in _cpu_targets else ()) + gpu
 
 
 def window_end_supported(state) -> bool:
-    """True when `window_end` takes this state: the CPU extension built (it registers fumjax_window_end),
-    and float32/float64 state with w and elig in its dtype or float16/bfloat16 with float32 state."""
-    return available() and WINDOW_END_TARGET in _cpu_targets and _state_dtypes_ok(state)
+    """True when `window_end` takes this state on some platform (window_end_platforms), float32/float64
+    state with w and elig in its dtype or float16/bfloat16 with float32 state."""
+    return bool(window_end_platforms()) and _state_dtypes_ok(state)
 
 
 def window_end(state, coef: Array, cfg, mode: str, threads: int | None = None):
-    """A window's end (`dynamics._end_window`) in one CPU FFI call; returns the state.
+    """A window's end (`dynamics._end_window`) in one FFI call (C++ on the CPU, one kernel on a GPU).
 
     mode rstdp: the eligibility unscaled (e = e_hat * gamma^(step - elig_t0), storage dtype) and
     w = clip(w + coef * e, -w_clip, w_clip), one pass over E; every mode: the running rate estimate with the
     window's spikes, intrinsic plasticity from it, elig_t0 = window_start = step, window_spikes = 0.
     coef: () the reward coefficient eta_eff(R) * R (`plasticity.reward_coefficient`, float32, or float64
-    with float64 weights). Bit-identical to the jitted reference on the CPU; CPU only (the caller routes
-    other platforms to XLA). threads: as in `run_steps` (the pass over E is split; results do not depend
-    on it)."""
+    with float64 weights). Bit-identical to the jitted reference on the CPU; on the platforms of
+    window_end_platforms() only (the caller routes others to XLA). Returns the state. threads: the CPU
+    handler's, as in `run_steps` (the pass over E is split; results do not depend on it)."""
     if not window_end_supported(state):
         raise ValueError(
             "fused.window_end: unsupported state (needs the compiled extension and float32/float64 state "
@@ -543,7 +556,11 @@ def window_end(state, coef: Array, cfg, mode: str, threads: int | None = None):
         coef,
     )
     nc, ip = cfg.neuron, cfg.intrinsic
-    results = _in_place_call(WINDOW_END_TARGET, operands, len(_WINDOW_END_FIELDS))(
+    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_WINDOW_END_FIELDS)])
+    call = jax.ffi.ffi_call(
+        WINDOW_END_TARGET, out_types, vmap_method="sequential", input_output_aliases=_WINDOW_END_ALIASES
+    )
+    results = call(
         *operands,
         w_clip=np.float64(cfg.connectivity.w_clip),
         dt_ms=np.float64(nc.dt_ms),
@@ -567,9 +584,10 @@ def window_end_in_kernel(state, net, cfg) -> bool:
     """Whether an rstdp window on the GPU ends in fumjax_window_reward (run_window_gpu): where run_steps
     takes the multi path, whose last segment's LTP is still pending at the window's end and is applied in
     the same pass over E. Where the network runs as one block (gpu_path auto, block or cluster, and it fits:
-    asked of the handler's own planner, `_core_gpu.block_path_fits`) nothing is pending, and XLA's window
-    fusion moves the same bytes without the kernel's fixed cost (FUM-1k on an H200: 3.05 against 3.23-3.29
-    ms per 1000 steps, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
+    asked of the handler's own planner, `_core_gpu.block_path_fits`) nothing is pending, and the window ends
+    in fumjax_window_end (dynamics._end_window), which skips this kernel's fixed cost (FUM-1k on an H200:
+    XLA's end 3.05 against 3.23-3.29 ms per 1000 steps here; on an H100 fumjax_window_end 2.571 against
+    XLA's 2.601, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
     if int(gpu_path_attrs(cfg)["gpu_path"]) == _GPU_PATHS["multi"]:
         return True
     gpu = _load("_core_gpu")
