@@ -115,6 +115,20 @@ def test_window_end_matches_reference(case):
         assert not np.asarray(got.window_spikes).any()
 
 
+@pytest.mark.parametrize("mode", ["stdp", "off"])
+def test_window_end_without_reward(mode):
+    """Modes without reward: the kernel leaves w and elig alone and still closes the window (dynamics routes
+    these to XLA, which is cheaper without the pass over E; the kernel must agree all the same)."""
+    cfg = FumConfig().replace(neuron={"n_neurons": 300}, connectivity={"k_per_neuron": 20})
+    for seed in (FIXED_SEED, fresh_seed()):
+        st, reward = _random_state(cfg, seed)
+        r = jnp.float32(reward)
+        ref = jax.jit(lambda s, r: _end_window_xla(s, r, cfg, mode))(st, r)
+        got = jax.jit(lambda s: fused.window_end(s, jnp.float32(0.5), cfg, mode, threads=2))(st)
+        _assert_equal(ref, got, f"mode={mode} seed={seed}")
+        np.testing.assert_array_equal(np.asarray(got.w), np.asarray(st.w))
+
+
 def test_window_end_float64():
     with x64():
         cfg = FumConfig().replace(
