@@ -231,7 +231,7 @@ def _self_benefit_reward(state: State, cfg: FumConfig) -> Array:
 
 def _simulate_rewarded(state: State, net: Network, i_ext_mV: Array, cfg: FumConfig, mode: str, backend: str):
     """One window of run_driven: T steps, the self-benefit reward of the state after them, the window's end
-    (_end_window: on the CPU with the fused backend, fumjax_window_end).
+    (_end_window: fumjax_window_end with the fused backend in mode rstdp).
     Returns (state, spikes (T, N) uint8, reward ()). On a GPU with the fused backend in mode rstdp, where
     run_steps takes the multi path (fused.window_end_in_kernel), the window's end on the synapses runs in the
     kernel's last pass over E (fused.run_window_gpu), with the same arithmetic as _reward_synapses."""
@@ -363,7 +363,8 @@ def end_window(
     backend: str | None = None,
 ) -> State:
     """Close a window: apply reward R to the weights via eligibility (mode rstdp) and intrinsic plasticity.
-    backend: as in `simulate` (fused: one C++ call on the CPU, bit-identical to the reference)."""
+    backend: as in `simulate` (fused, mode rstdp: one fumjax_window_end call, bit-identical to the reference
+    on the CPU)."""
     cfg = config or FumConfig()
     mode = resolve_mode(plasticity, cfg)
     backend = resolve_backend(backend or cfg.run.backend)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fumjax
-from fumjax import FumConfig
+from fumjax import FumConfig, plasticity
 from fumjax.dynamics import _simulate
 from fumjax.kernels import fused
 from fumjax.network import Network
@@ -458,8 +458,6 @@ def test_window_end_kernel_matches_cpu_reference(dtype):
             elig_t0=jax.numpy.asarray(220, np.int32),
         )
         # The reference's own coefficient, in its own program (as _end_window computes it), to give the GPU.
-        from fumjax import plasticity
-
         reward = jax.numpy.float32(0.8)
         coef = jax.jit(lambda r: plasticity.reward_coefficient(r, st.w.dtype, cfg))(reward)
         ref = jax.jit(lambda s: _end_window_xla(s, reward, cfg, "rstdp"))(st)

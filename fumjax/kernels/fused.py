@@ -497,19 +497,20 @@ def run_steps(state, net, i_ext_mV: Array, cfg, mode: str, threads: int | None =
     return new, results[-1]
 
 
-def _in_place_call(target: str, operands: tuple, n_state: int):
+def _in_place_call(target: str, operands: tuple, n_state: int, aliased: tuple[int, ...] | None = None):
     """An ffi_call of `target` (vmap: sequential) whose results are its first n_state operands, updated in
-    place (result k aliases operand k)."""
+    place: result k aliases operand k for k in `aliased` (default all n_state)."""
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[:n_state])
+    aliased = range(n_state) if aliased is None else aliased
     return jax.ffi.ffi_call(
-        target, out_types, vmap_method="sequential", input_output_aliases={k: k for k in range(n_state)}
+        target, out_types, vmap_method="sequential", input_output_aliases={k: k for k in aliased}
     )
 
 
 # State fields fumjax_window_end updates, in operand/result order. Result k aliases operand k except the two
 # counters (2, 7): the GPU kernel's threads read them while one thread writes the new values.
 _WINDOW_END_FIELDS = ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start")
-_WINDOW_END_ALIASES = {k: k for k in (0, 1, 3, 4, 5, 6)}
+_WINDOW_END_ALIASED = (0, 1, 3, 4, 5, 6)
 
 
 def window_end_platforms() -> tuple[str, ...]:
@@ -556,10 +557,7 @@ def window_end(state, coef: Array, cfg, mode: str, threads: int | None = None):
         coef,
     )
     nc, ip = cfg.neuron, cfg.intrinsic
-    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in operands[: len(_WINDOW_END_FIELDS)])
-    call = jax.ffi.ffi_call(
-        WINDOW_END_TARGET, out_types, vmap_method="sequential", input_output_aliases=_WINDOW_END_ALIASES
-    )
+    call = _in_place_call(WINDOW_END_TARGET, operands, len(_WINDOW_END_FIELDS), _WINDOW_END_ALIASED)
     results = call(
         *operands,
         w_clip=np.float64(cfg.connectivity.w_clip),
@@ -585,9 +583,10 @@ def window_end_in_kernel(state, net, cfg) -> bool:
     takes the multi path, whose last segment's LTP is still pending at the window's end and is applied in
     the same pass over E. Where the network runs as one block (gpu_path auto, block or cluster, and it fits:
     asked of the handler's own planner, `_core_gpu.block_path_fits`) nothing is pending, and the window ends
-    in fumjax_window_end (dynamics._end_window), which skips this kernel's fixed cost (FUM-1k on an H200:
-    XLA's end 3.05 against 3.23-3.29 ms per 1000 steps here; on an H100 fumjax_window_end 2.571 against
-    XLA's 2.601, bench/RESULTS.md). Decided when the program is traced, like gpu_path_attrs."""
+    in fumjax_window_end (dynamics._end_window) without this kernel's fixed cost (FUM-1k full learning:
+    fumjax_window_reward 3.23-3.29 against XLA's end 3.05 ms per 1000 steps on an H200; fumjax_window_end
+    2.571 against XLA's 2.601 on an H100, bench/RESULTS.md). Decided when the program is traced, like
+    gpu_path_attrs."""
     if int(gpu_path_attrs(cfg)["gpu_path"]) == _GPU_PATHS["multi"]:
         return True
     gpu = _load("_core_gpu")
