@@ -1,15 +1,19 @@
 // The per-step floor of a whole-run SNN kernel on Hopper: cycles per iteration of the primitives a step is
 // built from, and of step skeletons with FUM-1k's shape (1000 neurons, ~9 spikes and ~450 deliveries a
-// step), with no model arithmetic. Standalone (CUDA, sm_90):
+// step), with no model arithmetic unless a section says so. Standalone (CUDA, sm_90):
 //   nvcc -O3 -std=c++17 -arch=sm_90 bench/gpu_step_floor.cu -o /tmp/gpu_step_floor && /tmp/gpu_step_floor
 // Prints one line per probe: name, CTAs x threads, SM cycles per iteration (clock64 of CTA 0's thread 0 over
-// `kIters` iterations after a warm-up; median of 5 launches). See bench/GPU_RUN_STEPS.md for the readings.
+// `kIters` iterations after a warm-up; median of 5 launches). `/tmp/gpu_step_floor onchip` runs only the one-CTA
+// on-chip skeletons (OnChipSkeleton, the one that does the model's per-neuron work). See bench/GPU_RUN_STEPS.md for
+// the readings.
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 namespace cg = cooperative_groups;
@@ -352,6 +356,188 @@ __global__ void ClusterSkeleton(Out* out) {
   ClusterBarrier(false);  // no CTA exits while a peer may still write into its shared memory
 }
 
+// ---- one CTA, everything the dynamics touch on chip (16-bit weights) -------------------------------------
+// The design the skeletons above leave open. FUM-1k's synapses fit one CTA's shared memory only at 16 bits:
+// post (uint16) and w (bfloat16) of 50,000 synapses are 200 KB; with row_ptr, the ring and the spike list,
+// ~212 KB of the 227 KB a CTA may have. Unlike the skeletons above this one does the model's per-neuron work:
+// the LIF arithmetic, the traces, the next step's input row loaded from L2 a step ahead (cur), the raster
+// stored to global memory, the window count; and its deliveries load post and w (shared memory) per synapse.
+// Spikes still come from the table (thresholds are out of reach), ~9 a step. Each thread owns kRn neurons
+// (tid + r * blockDim.x). The ring (kRing):
+//   0: float atomicAdd into shared memory (sm_90 has no native shared float add: a CAS loop per lane);
+//   1: float RED into a global ring (L2), read back by the next step with ld.cg and zeroed with st.cg;
+//   2: integer atomicAdd (native) into a shared ring of 2^-20 mV fixed point: not the model's arithmetic,
+//      only what the float CAS loop costs against it.
+// kWindow: every 50 steps the window's end on the chip: the variance of the window rates over the neurons (a
+// block reduction), the reward coefficient, then w = bf16(w + c e) for every synapse (e, bfloat16, read from
+// global memory, 16-byte loads; w written to shared and global memory); its cost is spread over the window's
+// steps.
+// Not included: STDP and eligibility updates, which a split design runs on other warps (issue contention and
+// their L2 traffic come on top). So the figure is a lower bound for such a kernel's step.
+constexpr int kWin = 50;
+template <int kRing, bool kWindow, int kRn>
+__global__ void OnChipSkeleton(const float* iext, uint8_t* raster, float* ring_g, const __nv_bfloat16* elig,
+                               __nv_bfloat16* w_g, Out* out) {
+  extern __shared__ __align__(16) unsigned char osm[];
+  uint16_t* post_sh = reinterpret_cast<uint16_t*>(osm);                       // kTable
+  __nv_bfloat16* w_sh = reinterpret_cast<__nv_bfloat16*>(osm + 2 * kTable);   // kTable
+  uint32_t* rp_sh = reinterpret_cast<uint32_t*>(osm + 4 * kTable);            // kN + 1 (+ 3 pad)
+  float* ring_sh = reinterpret_cast<float*>(rp_sh + kN + 4);                  // kN (or int32 fixed point)
+  int32_t* ring_i = reinterpret_cast<int32_t*>(ring_sh);
+  int32_t* list = reinterpret_cast<int32_t*>(ring_sh + kN);                    // kN
+  __shared__ int32_t count[2];
+  __shared__ float red[2][32];
+  __shared__ uint32_t table[1024];
+  LoadSpikeTable(table);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, nwarps = blockDim.x / 32;
+  for (int k = tid; k < kTable; k += blockDim.x) {
+    post_sh[k] = static_cast<uint16_t>((k * 2654435761u >> 7) % kN);
+    w_sh[k] = w_g[k];
+  }
+  for (int j = tid; j <= kN; j += blockDim.x) rp_sh[j] = j * kFan;
+  for (int i = tid; i < kN; i += blockDim.x) {
+    ring_sh[i] = 0.f;
+    if (kRing == 1) ring_g[i] = 0.f;
+  }
+  if (tid < 2) count[tid] = 0;
+  const float v_rest = -70.f, v_reset = -70.f, dx = 0.951229f, dy = 0.951229f, g = 2.f;
+  float v[kRn], ratio[kRn], vth[kRn], x[kRn], y[kRn], cur[kRn];
+  int32_t ws[kRn];
+#pragma unroll
+  for (int r = 0; r < kRn; ++r) {
+    const int i = tid + r * blockDim.x;
+    v[r] = -65.f;
+    ratio[r] = 0.05f + 1e-5f * (i % 7);
+    vth[r] = 1e30f;
+    x[r] = y[r] = 0.f;
+    ws[r] = 0;
+    cur[r] = i < kN ? __ldg(iext + i) : 0.f;
+  }
+  __syncthreads();
+  long long t0 = 0;
+  for (int it = 0; it < kIters + kWarm; ++it) {
+    if (it == kWarm) t0 = clock64();
+    const int par = it & 1;
+    uint32_t bits = 0;
+#pragma unroll
+    for (int r = 0; r < kRn; ++r) {
+      const int i = tid + r * blockDim.x;
+      if (i >= kN) continue;
+      float rin;
+      if constexpr (kRing == 1) {
+        rin = __ldcg(ring_g + i);
+        __stcg(ring_g + i, 0.f);
+      } else if constexpr (kRing == 2) {
+        rin = static_cast<float>(ring_i[i]) * 9.5367431640625e-7f;
+        ring_i[i] = 0;
+      } else {
+        rin = ring_sh[i];
+        ring_sh[i] = 0.f;
+      }
+      const float in = __fadd_rn(rin, cur[r]);
+      const float vn = __fadd_rn(__fmaf_rn(ratio[r], __fsub_rn(v_rest, v[r]), v[r]), in);
+      const bool sp = vn >= vth[r] || Spikes(table, it, i);
+      v[r] = sp ? v_reset : vn;
+      raster[static_cast<size_t>(it) * kN + i] = static_cast<uint8_t>(sp);
+      const float s = sp ? 1.f : 0.f;
+      x[r] = __fmaf_rn(x[r], dx, s);
+      y[r] = __fmaf_rn(y[r], dy, s);
+      ws[r] += sp;
+      bits |= static_cast<uint32_t>(sp) << r;
+      cur[r] = __ldg(iext + ((it + 1) & 1023) * kN + i);  // the next step's input, a step ahead
+    }
+    unsigned m[kRn];
+    int tot = 0;
+#pragma unroll
+    for (int r = 0; r < kRn; ++r) {
+      m[r] = __ballot_sync(0xffffffffu, (bits >> r) & 1u);
+      tot += __popc(m[r]);
+    }
+    if (tot) {
+      int off = 0;
+      if (lane == 0) off = atomicAdd(&count[par], tot);
+      off = __shfl_sync(0xffffffffu, off, 0);
+#pragma unroll
+      for (int r = 0; r < kRn; ++r) {
+        if ((bits >> r) & 1u) list[off + __popc(m[r] & ((1u << lane) - 1u))] = tid + r * blockDim.x;
+        off += __popc(m[r]);
+      }
+    }
+    __syncthreads();
+    const int ns = count[par];
+    if (tid == 0) count[par ^ 1] = 0;  // read last in the step before, whose readers all passed the barrier
+    for (int u = warp; u < ns; u += nwarps) {
+      const int j = list[u];
+      const int k1 = rp_sh[j + 1];
+      for (int k = rp_sh[j] + lane; k < k1; k += 32) {
+        const int i = post_sh[k];
+        const float val = __fmul_rn(g, __bfloat162float(w_sh[k]));
+        if constexpr (kRing == 1) {
+          atomicAdd(ring_g + i, val);
+        } else if constexpr (kRing == 2) {
+          atomicAdd(ring_i + i, __float2int_rn(val * 1048576.f));
+        } else {
+          atomicAdd(ring_sh + i, val);
+        }
+      }
+    }
+    __syncthreads();
+    if (kWindow && it % kWin == kWin - 1) {
+      float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+      for (int r = 0; r < kRn; ++r) {
+        const float rate = static_cast<float>(ws[r]) * (1000.f / kWin);
+        if (tid + r * static_cast<int>(blockDim.x) < kN) s1 += rate, s2 += rate * rate;
+        ws[r] = 0;
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+      }
+      if (lane == 0) red[0][warp] = s1, red[1][warp] = s2;
+      __syncthreads();
+      float t1 = 0.f, t2 = 0.f;
+      for (int q = 0; q < nwarps; ++q) t1 += red[0][q], t2 += red[1][q];
+      const float var = t2 / kN - (t1 / kN) * (t1 / kN);
+      const float reward = fminf(fmaxf(1.f - fabsf(var - 25.f) / 25.f, 0.f), 1.f);
+      const float c = 0.02f / (1.f + __expf(-reward)) * reward;
+      // 8 synapses per 16-byte load, two loads in flight per thread (kTable is a multiple of 8)
+      const uint4* e4 = reinterpret_cast<const uint4*>(elig);
+      uint4* w4_sh = reinterpret_cast<uint4*>(w_sh);
+      uint4* w4_g = reinterpret_cast<uint4*>(w_g);
+      for (int q = tid; q < kTable / 8; q += 2 * blockDim.x) {
+        uint4 ev[2], wv[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int qq = q + h * blockDim.x;
+          if (qq < kTable / 8) ev[h] = __ldcg(e4 + qq), wv[h] = w4_sh[qq];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int qq = q + h * blockDim.x;
+          if (qq >= kTable / 8) continue;
+          __nv_bfloat16* eb = reinterpret_cast<__nv_bfloat16*>(&ev[h]);
+          __nv_bfloat16* wb = reinterpret_cast<__nv_bfloat16*>(&wv[h]);
+#pragma unroll
+          for (int l = 0; l < 8; ++l) {
+            wb[l] = __float2bfloat16_rn(__fmaf_rn(c, __bfloat162float(eb[l]), __bfloat162float(wb[l])));
+          }
+          w4_sh[qq] = wv[h];
+          w4_g[qq] = wv[h];
+        }
+      }
+      __syncthreads();
+    }
+  }
+  float sink = 0.f;
+#pragma unroll
+  for (int r = 0; r < kRn; ++r) sink += v[r] + x[r] + y[r] + static_cast<float>(ws[r]);
+  if (tid == 0) {
+    out->cycles = clock64() - t0;
+    out->sink = static_cast<uint32_t>(sink);
+  }
+}
+
 // ---- host -------------------------------------------------------------------------------------------
 template <typename F, typename... A>
 double Median(int csize, int threads, size_t smem, F kernel, Out* d_out, A... args) {
@@ -379,7 +565,9 @@ double Median(int csize, int threads, size_t smem, F kernel, Out* d_out, A... ar
   return per[2];
 }
 
-int main() {
+int main(int argc, char** argv) {
+  // "onchip": only the one-CTA on-chip skeletons (OnChipSkeleton)
+  const bool only_onchip = argc > 1 && std::string(argv[1]) == "onchip";
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device %s, %d SMs; SM cycles per iteration, median of 5 launches of %d iterations\n", prop.name,
@@ -400,94 +588,152 @@ int main() {
   auto line = [](const char* name, int c, int t, double cyc) {
     std::printf("%-44s %2d x %4d  %8.0f\n", name, c, t, cyc);
   };
-  for (int t : {256, 512, 1024}) line("__syncthreads", 1, t, Median(1, t, 0, BarLoop, d_out));
-  {
-    const uint32_t n = 4u << 20;  // 16 MB of uint32
-    std::vector<uint32_t> perm(n), next(n);
-    for (uint32_t i = 0; i < n; ++i) perm[i] = i;
-    uint64_t s = 88172645463325252ull;
-    for (uint32_t i = n - 1; i > 0; --i) {
-      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-      std::swap(perm[i], perm[s % (i + 1)]);
-    }
-    for (uint32_t i = 0; i < n; ++i) next[perm[i]] = perm[(i + 1) % n];
-    uint32_t* d_next;
-    CHECK(cudaMalloc(&d_next, n * 4));
-    CHECK(cudaMemcpy(d_next, next.data(), n * 4, cudaMemcpyHostToDevice));
-    line("L2 hit, dependent ld.cg", 1, 1, Median(1, 1, 0, L2Chase, d_out, static_cast<const uint32_t*>(d_next)));
-    CHECK(cudaFree(d_next));
-  }
-  for (int c : {2, 8}) {
-    for (int t : {128, 1024}) {
-      line("cluster barrier, arrive.release", c, t, Median(c, t, 0, ClusterSyncLoop<false>, d_out));
-      line("cluster barrier, arrive.relaxed", c, t, Median(c, t, 0, ClusterSyncLoop<true>, d_out));
-    }
-  }
-  {
-    std::vector<int32_t> post(kTable);
-    std::vector<float> w(kTable, 1e-3f);
-    for (int k = 0; k < kTable; ++k) post[k] = static_cast<int32_t>((k * 2654435761u >> 7) % kN);
-    int32_t* d_post;
-    float *d_w, *d_ring;
-    CHECK(cudaMalloc(&d_post, kTable * 4));
-    CHECK(cudaMalloc(&d_w, kTable * 4));
-    CHECK(cudaMalloc(&d_ring, 2 * kN * 4));
-    CHECK(cudaMemcpy(d_post, post.data(), kTable * 4, cudaMemcpyHostToDevice));
-    CHECK(cudaMemcpy(d_w, w.data(), kTable * 4, cudaMemcpyHostToDevice));
-    CHECK(cudaMemset(d_ring, 0, 2 * kN * 4));
+  if (!only_onchip) {
+    for (int t : {256, 512, 1024}) line("__syncthreads", 1, t, Median(1, t, 0, BarLoop, d_out));
     {
-      std::vector<int32_t> in_ptr(kN + 1, 0);
-      for (int k = 0; k < kTable; ++k) ++in_ptr[post[k] + 1];
-      for (int i = 0; i < kN; ++i) in_ptr[i + 1] += in_ptr[i];
-      std::vector<int32_t> fill(in_ptr.begin(), in_ptr.end() - 1);
-      std::vector<uint16_t> inpos(kTable);
-      for (int k = 0; k < kTable; ++k) inpos[k] = static_cast<uint16_t>(fill[post[k]]++);
-      uint16_t* d_inpos;
-      int32_t* d_in_ptr;
-      CHECK(cudaMalloc(&d_inpos, kTable * 2));
-      CHECK(cudaMalloc(&d_in_ptr, (kN + 1) * 4));
-      CHECK(cudaMemcpy(d_inpos, inpos.data(), kTable * 2, cudaMemcpyHostToDevice));
-      CHECK(cudaMemcpy(d_in_ptr, in_ptr.data(), (kN + 1) * 4, cudaMemcpyHostToDevice));
-      const size_t smem = (kTable / 32 + 1) * 4 + kTable * 2 + (kN + 1) * 4 + kN * 4;
-      for (int t : {128, 256, 512, 1024}) {
-        line("step: block, hit bits, w from L2", 1, t,
-             Median(1, t, smem, BlockHitsSkeleton, d_out, static_cast<const uint16_t*>(d_inpos),
-                    static_cast<const int32_t*>(d_in_ptr), static_cast<const float*>(d_w)));
+      const uint32_t n = 4u << 20;  // 16 MB of uint32
+      std::vector<uint32_t> perm(n), next(n);
+      for (uint32_t i = 0; i < n; ++i) perm[i] = i;
+      uint64_t s = 88172645463325252ull;
+      for (uint32_t i = n - 1; i > 0; --i) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        std::swap(perm[i], perm[s % (i + 1)]);
       }
-      CHECK(cudaFree(d_inpos));
-      CHECK(cudaFree(d_in_ptr));
+      for (uint32_t i = 0; i < n; ++i) next[perm[i]] = perm[(i + 1) % n];
+      uint32_t* d_next;
+      CHECK(cudaMalloc(&d_next, n * 4));
+      CHECK(cudaMemcpy(d_next, next.data(), n * 4, cudaMemcpyHostToDevice));
+      line("L2 hit, dependent ld.cg", 1, 1, Median(1, 1, 0, L2Chase, d_out, static_cast<const uint32_t*>(d_next)));
+      CHECK(cudaFree(d_next));
     }
-    for (int t : {128, 256, 512, 1024}) {
-      const auto* cp = static_cast<const int32_t*>(d_post);
-      const auto* cw = static_cast<const float*>(d_w);
-      line("step: block, ring in L2", 1, t, Median(1, t, 0, BlockSkeleton<1, 0>, d_out, d_ring, cp, cw));
-      line("step: block, REDs into a buffer not read", 1, t,
-           Median(1, t, 0, BlockSkeleton<1, 1>, d_out, d_ring, cp, cw));
-      line("step: block, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 0>, d_out, d_ring, cp, cw));
-      line("step: block, ring by parity", 1, t, Median(1, t, 0, BlockSkeleton<1, 2>, d_out, d_ring, cp, cw));
-      line("step: block, ring by parity, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 2>, d_out, d_ring, cp, cw));
+    for (int c : {2, 8}) {
+      for (int t : {128, 1024}) {
+        line("cluster barrier, arrive.release", c, t, Median(c, t, 0, ClusterSyncLoop<false>, d_out));
+        line("cluster barrier, arrive.relaxed", c, t, Median(c, t, 0, ClusterSyncLoop<true>, d_out));
+      }
     }
-    CHECK(cudaFree(d_post));
-    CHECK(cudaFree(d_w));
-    CHECK(cudaFree(d_ring));
-  }
-  const char* names[] = {"remote st + barrier.release", "st.async + mbarrier", "tagged words, polled",
-                         "CTA barrier only"};
-  for (int deliver = 0; deliver < 2; ++deliver) {
-    for (int c : {1, 2, 4, 8}) {
+    {
+      std::vector<int32_t> post(kTable);
+      std::vector<float> w(kTable, 1e-3f);
+      for (int k = 0; k < kTable; ++k) post[k] = static_cast<int32_t>((k * 2654435761u >> 7) % kN);
+      int32_t* d_post;
+      float *d_w, *d_ring;
+      CHECK(cudaMalloc(&d_post, kTable * 4));
+      CHECK(cudaMalloc(&d_w, kTable * 4));
+      CHECK(cudaMalloc(&d_ring, 2 * kN * 4));
+      CHECK(cudaMemcpy(d_post, post.data(), kTable * 4, cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(d_w, w.data(), kTable * 4, cudaMemcpyHostToDevice));
+      CHECK(cudaMemset(d_ring, 0, 2 * kN * 4));
+      {
+        std::vector<int32_t> in_ptr(kN + 1, 0);
+        for (int k = 0; k < kTable; ++k) ++in_ptr[post[k] + 1];
+        for (int i = 0; i < kN; ++i) in_ptr[i + 1] += in_ptr[i];
+        std::vector<int32_t> fill(in_ptr.begin(), in_ptr.end() - 1);
+        std::vector<uint16_t> inpos(kTable);
+        for (int k = 0; k < kTable; ++k) inpos[k] = static_cast<uint16_t>(fill[post[k]]++);
+        uint16_t* d_inpos;
+        int32_t* d_in_ptr;
+        CHECK(cudaMalloc(&d_inpos, kTable * 2));
+        CHECK(cudaMalloc(&d_in_ptr, (kN + 1) * 4));
+        CHECK(cudaMemcpy(d_inpos, inpos.data(), kTable * 2, cudaMemcpyHostToDevice));
+        CHECK(cudaMemcpy(d_in_ptr, in_ptr.data(), (kN + 1) * 4, cudaMemcpyHostToDevice));
+        const size_t smem = (kTable / 32 + 1) * 4 + kTable * 2 + (kN + 1) * 4 + kN * 4;
+        for (int t : {128, 256, 512, 1024}) {
+          line("step: block, hit bits, w from L2", 1, t,
+               Median(1, t, smem, BlockHitsSkeleton, d_out, static_cast<const uint16_t*>(d_inpos),
+                      static_cast<const int32_t*>(d_in_ptr), static_cast<const float*>(d_w)));
+        }
+        CHECK(cudaFree(d_inpos));
+        CHECK(cudaFree(d_in_ptr));
+      }
       for (int t : {128, 256, 512, 1024}) {
-        if (c * t < kN || c * t > 2 * kN + 100) continue;
-        const size_t smem = (2 * c * (t / 32)) * 12 + t * 4;
-        for (int x = 0; x < 4; ++x) {
-          if (x == kLocal && c > 1) continue;
-          char name[96];
-          std::snprintf(name, sizeof name, "%s: %s", deliver ? "step" : "exchange", names[x]);
-          using K = void (*)(Out*);
-          const K ks[2][4] = {{ClusterSkeleton<kRelease, false>, ClusterSkeleton<kMbar, false>,
-                               ClusterSkeleton<kTagged, false>, ClusterSkeleton<kLocal, false>},
-                              {ClusterSkeleton<kRelease, true>, ClusterSkeleton<kMbar, true>,
-                               ClusterSkeleton<kTagged, true>, ClusterSkeleton<kLocal, true>}};
-          line(name, c, t, Median(c, t, smem, ks[deliver][x], d_out));
+        const auto* cp = static_cast<const int32_t*>(d_post);
+        const auto* cw = static_cast<const float*>(d_w);
+        line("step: block, ring in L2", 1, t, Median(1, t, 0, BlockSkeleton<1, 0>, d_out, d_ring, cp, cw));
+        line("step: block, REDs into a buffer not read", 1, t,
+             Median(1, t, 0, BlockSkeleton<1, 1>, d_out, d_ring, cp, cw));
+        line("step: block, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 0>, d_out, d_ring, cp, cw));
+        line("step: block, ring by parity", 1, t, Median(1, t, 0, BlockSkeleton<1, 2>, d_out, d_ring, cp, cw));
+        line("step: block, ring by parity, no rows", 1, t, Median(1, t, 0, BlockSkeleton<0, 2>, d_out, d_ring, cp, cw));
+      }
+      CHECK(cudaFree(d_post));
+      CHECK(cudaFree(d_w));
+      CHECK(cudaFree(d_ring));
+    }
+  }
+  {
+    // One CTA on chip (16-bit weights): the input rows (1024 x kN floats, ~4 MB, L2-resident like a window's
+    // drive), the raster, a global ring, e and w.
+    float *d_iext, *d_ring;
+    uint8_t* d_raster;
+    __nv_bfloat16 *d_e, *d_w;
+    CHECK(cudaMalloc(&d_iext, 1024 * kN * 4));
+    CHECK(cudaMalloc(&d_raster, static_cast<size_t>(kIters + kWarm) * kN));
+    CHECK(cudaMalloc(&d_ring, kN * 4));
+    CHECK(cudaMalloc(&d_e, kTable * 2));
+    CHECK(cudaMalloc(&d_w, kTable * 2));
+    {
+      std::vector<float> iext(1024 * kN);
+      for (size_t q = 0; q < iext.size(); ++q) iext[q] = (q * 2654435761u >> 11) % 7 == 0 ? 2.25f : 0.f;
+      CHECK(cudaMemcpy(d_iext, iext.data(), iext.size() * 4, cudaMemcpyHostToDevice));
+      std::vector<__nv_bfloat16> e(kTable), w(kTable);
+      for (int k = 0; k < kTable; ++k) {
+        e[k] = __float2bfloat16(1e-3f * static_cast<float>((k * 40503u >> 5) % 17) - 8e-3f);
+        w[k] = __float2bfloat16(0.15f);
+      }
+      CHECK(cudaMemcpy(d_e, e.data(), kTable * 2, cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(d_w, w.data(), kTable * 2, cudaMemcpyHostToDevice));
+    }
+    const size_t smem = 4 * kTable + (kN + 4) * 4 + 2 * kN * 4;
+    using K = void (*)(const float*, uint8_t*, float*, const __nv_bfloat16*, __nv_bfloat16*, Out*);
+    const char* ring_names[] = {"smem float CAS", "L2 RED", "smem int fixed point"};
+    const K k1[3][2] = {{OnChipSkeleton<0, false, 1>, OnChipSkeleton<0, true, 1>},
+                        {OnChipSkeleton<1, false, 1>, OnChipSkeleton<1, true, 1>},
+                        {OnChipSkeleton<2, false, 1>, OnChipSkeleton<2, true, 1>}};
+    const K k2[3][2] = {{OnChipSkeleton<0, false, 2>, OnChipSkeleton<0, true, 2>},
+                        {OnChipSkeleton<1, false, 2>, OnChipSkeleton<1, true, 2>},
+                        {OnChipSkeleton<2, false, 2>, OnChipSkeleton<2, true, 2>}};
+    const K k4[3][2] = {{OnChipSkeleton<0, false, 4>, OnChipSkeleton<0, true, 4>},
+                        {OnChipSkeleton<1, false, 4>, OnChipSkeleton<1, true, 4>},
+                        {OnChipSkeleton<2, false, 4>, OnChipSkeleton<2, true, 4>}};
+    for (int ring = 0; ring < 3; ++ring) {
+      for (int win = 0; win < 2; ++win) {
+        char name[96];
+        std::snprintf(name, sizeof name, "on chip: ring %s%s", ring_names[ring], win ? ", win end" : "");
+        const int ts[3] = {1024, 512, 256};
+        const K ks[3] = {k1[ring][win], k2[ring][win], k4[ring][win]};
+        for (int q = 0; q < 3; ++q) {
+          line(name, 1, ts[q],
+               Median(1, ts[q], smem, ks[q], d_out, static_cast<const float*>(d_iext), d_raster, d_ring,
+                      static_cast<const __nv_bfloat16*>(d_e), d_w));
+        }
+      }
+    }
+    CHECK(cudaFree(d_iext));
+    CHECK(cudaFree(d_raster));
+    CHECK(cudaFree(d_ring));
+    CHECK(cudaFree(d_e));
+    CHECK(cudaFree(d_w));
+  }
+  if (!only_onchip) {
+    const char* names[] = {"remote st + barrier.release", "st.async + mbarrier", "tagged words, polled",
+                           "CTA barrier only"};
+    for (int deliver = 0; deliver < 2; ++deliver) {
+      for (int c : {1, 2, 4, 8}) {
+        for (int t : {128, 256, 512, 1024}) {
+          if (c * t < kN || c * t > 2 * kN + 100) continue;
+          const size_t smem = (2 * c * (t / 32)) * 12 + t * 4;
+          for (int x = 0; x < 4; ++x) {
+            if (x == kLocal && c > 1) continue;
+            char name[96];
+            std::snprintf(name, sizeof name, "%s: %s", deliver ? "step" : "exchange", names[x]);
+            using K = void (*)(Out*);
+            const K ks[2][4] = {{ClusterSkeleton<kRelease, false>, ClusterSkeleton<kMbar, false>,
+                                 ClusterSkeleton<kTagged, false>, ClusterSkeleton<kLocal, false>},
+                                {ClusterSkeleton<kRelease, true>, ClusterSkeleton<kMbar, true>,
+                                 ClusterSkeleton<kTagged, true>, ClusterSkeleton<kLocal, true>}};
+            line(name, c, t, Median(c, t, smem, ks[deliver][x], d_out));
+          }
         }
       }
     }
