@@ -21,8 +21,10 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "ffi_util.h"
 #include "run_steps_compute.h"
@@ -194,6 +196,85 @@ InList BuildInList(const uint32_t* row_ptr, const uint32_t* in_ptr, const uint32
   return out;
 }
 
+// The index checks and the learning in-list of the last checked call, kept for the next one. A call of one
+// FUM window (50 steps) re-derived both from network arrays that do not change between windows: O(E) work,
+// ~90 us of a ~300 us call at FUM-1k (bench/RESULTS.md). A call takes them only when every array they are
+// derived from is byte-identical to the copy kept beside them (compared on every call, ~8 bytes per synapse
+// read), so a changed network, even in the same buffers, is checked and built afresh. One memo for the
+// process (the last network checked), shared by calls on any thread: a call holds its own reference while
+// it runs. Networks above kMemoMaxSynapses are not kept (the copies cost ~16 bytes per synapse).
+constexpr int64_t kMemoMaxSynapses = int64_t{1} << 21;
+
+struct NetworkMemo {
+  int64_t n = 0, e = 0;
+  int32_t d = 0;
+  std::vector<uint32_t> row_ptr, in_ptr, in_syn;
+  std::vector<int32_t> post, delay;  // delay only when d > 1 (all delays are 1 otherwise, and unread)
+  std::vector<uint8_t> code;
+  bool in_syn_checked = false;  // checked by a plastic call (calls with plasticity off never read in_syn)
+  bool rows_sorted = false, rows_distinct = false;
+  bool has_lin = false;  // built by a long plastic call
+  InList lin;
+};
+
+std::mutex& MemoMutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::shared_ptr<const NetworkMemo>& MemoSlot() {
+  static std::shared_ptr<const NetworkMemo> slot;
+  return slot;
+}
+
+template <typename U>
+bool SameAs(const std::vector<U>& kept, const U* p, int64_t m) {
+  return static_cast<int64_t>(kept.size()) == m &&
+         (m == 0 || std::memcmp(kept.data(), p, static_cast<size_t>(m) * sizeof(U)) == 0);
+}
+
+// The memo, if it was made from exactly these arrays and holds what this call needs (the in_syn check for a
+// plastic call, the learning in-list for a long plastic one); else null.
+template <typename T, typename W>
+std::shared_ptr<const NetworkMemo> MatchingMemo(const RunStepsArgs<T, W>& a, bool plastic, bool want_lin) {
+  std::shared_ptr<const NetworkMemo> m;
+  {
+    std::lock_guard<std::mutex> lock(MemoMutex());
+    m = MemoSlot();
+  }
+  if (!m || m->n != a.n || m->e != a.e || m->d != a.d || (plastic && !m->in_syn_checked) ||
+      (want_lin && !m->has_lin)) {
+    return nullptr;
+  }
+  const bool same = SameAs(m->row_ptr, a.row_ptr, a.n + 1) && SameAs(m->in_ptr, a.in_ptr, a.n + 1) &&
+                    SameAs(m->code, a.excitatory, a.n) && SameAs(m->post, a.post, a.e) &&
+                    SameAs(m->in_syn, a.in_syn, a.e) && (a.d == 1 || SameAs(m->delay, a.delay, a.e));
+  return same ? m : nullptr;
+}
+
+// A memo of this call's arrays, checks and in-list (moved in), made the process's memo.
+template <typename T, typename W>
+std::shared_ptr<const NetworkMemo> KeepMemo(const RunStepsArgs<T, W>& a, bool plastic, InList lin, bool has_lin) {
+  auto m = std::make_shared<NetworkMemo>();
+  m->n = a.n;
+  m->e = a.e;
+  m->d = a.d;
+  m->row_ptr.assign(a.row_ptr, a.row_ptr + a.n + 1);
+  m->in_ptr.assign(a.in_ptr, a.in_ptr + a.n + 1);
+  m->code.assign(a.excitatory, a.excitatory + a.n);
+  m->post.assign(a.post, a.post + a.e);
+  m->in_syn.assign(a.in_syn, a.in_syn + a.e);
+  if (a.d > 1) m->delay.assign(a.delay, a.delay + a.e);
+  m->in_syn_checked = plastic;
+  m->rows_sorted = a.rows_sorted;
+  m->rows_distinct = a.rows_distinct;
+  m->has_lin = has_lin;
+  m->lin = std::move(lin);
+  std::shared_ptr<const NetworkMemo> kept = std::move(m);
+  std::lock_guard<std::mutex> lock(MemoMutex());
+  MemoSlot() = kept;
+  return kept;
+}
+
 template <typename T, typename W>
 ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
   RunStepsArgs<T, W> a;
@@ -246,24 +327,35 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     }
     return true;
   };
+  // Long plastic runs (indices checked): each in-list entry's pre (4 B per synapse; no slot -> pre search per
+  // visit), and when some presynaptic neurons are static a learning in-list without their synapses (their
+  // dw is 0), so the incoming-synapse pass skips them.
+  const bool plastic = a.mode != PlasticityMode::kOff;
+  const bool want_lin = plastic && a.t_steps >= kInPreMinSteps;
+  InList lin;
+  std::shared_ptr<const NetworkMemo> memo;  // held until the kernel is done with its in-list
   if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
-    if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
-    if (!CheckRows(a.row_ptr, a.post, a.n, &a.rows_sorted, &a.rows_distinct)) return bad_index();
-    if (a.d > 1 && !AllWithin(a.delay, a.e, 1, a.d)) {
-      return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
+    memo = MatchingMemo(a, plastic, want_lin);
+    if (memo) {
+      a.rows_sorted = memo->rows_sorted;
+      a.rows_distinct = memo->rows_distinct;
+    } else {
+      if (!valid_ptr(a.row_ptr) || !valid_ptr(a.in_ptr)) return bad_ptr();
+      if (!CheckRows(a.row_ptr, a.post, a.n, &a.rows_sorted, &a.rows_distinct)) return bad_index();
+      if (a.d > 1 && !AllWithin(a.delay, a.e, 1, a.d)) {
+        return ffi::Error::InvalidArgument("fumjax_run_steps: a synapse delay is outside [1, ring slots]");
+      }
+      if (plastic && !AllWithin(a.in_syn, a.e, 0, a.e - 1)) return bad_index();
+      if (want_lin) lin = BuildInList(a.row_ptr, a.in_ptr, a.in_syn, a.excitatory, a.n, a.e);
+      if (a.e <= kMemoMaxSynapses) memo = KeepMemo(a, plastic, std::move(lin), want_lin);
     }
-    if (a.mode != PlasticityMode::kOff && !AllWithin(a.in_syn, a.e, 0, a.e - 1)) return bad_index();
     a.validated = true;
   }
-  // Long plastic runs (indices checked above): each in-list entry's pre (4 B per synapse for the call; no
-  // slot -> pre search per visit), and when some presynaptic neurons are static a learning in-list without
-  // their synapses (their dw is 0), so the incoming-synapse pass skips them.
-  InList lin;
-  if (a.mode != PlasticityMode::kOff && a.t_steps >= kInPreMinSteps) {
-    lin = BuildInList(a.row_ptr, a.in_ptr, a.in_syn, a.excitatory, a.n, a.e);
-    a.lin_ptr = lin.ptr ? lin.ptr.get() : a.in_ptr;
-    a.lin_syn = lin.syn ? lin.syn.get() : a.in_syn;
-    a.lin_pre = lin.pre.get();
+  if (want_lin) {
+    const InList& l = memo ? memo->lin : lin;
+    a.lin_ptr = l.ptr ? l.ptr.get() : a.in_ptr;
+    a.lin_syn = l.syn ? l.syn.get() : a.in_syn;
+    a.lin_pre = l.pre.get();
   }
 
   return KernelCodeError(RunStepsHost<T, W>(a), "fumjax_run_steps");

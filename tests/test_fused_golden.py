@@ -437,6 +437,36 @@ def test_short_calls_check_indices_in_the_loops():
             _assert_same(ref, got, s_ref, s_got, f"20-step calls delays={delays} mode={mode} seed={seed}")
 
 
+def test_checks_and_in_list_kept_only_for_the_same_network():
+    """A checked call (>= 32 steps) keeps its index checks and learning in-list for the next call on
+    byte-identical network arrays (cpp/run_steps.cc, NetworkMemo). Networks of the same shapes in the same
+    jitted program must not get another's: all plastic, then excitatory-only plastic (another in-list), the
+    rows reordered (another in-list and row check; 2 threads bisect sorted rows and filter unsorted ones),
+    then the first again; every 50-step call matches the reference. A bad post after a kept good network is
+    still an error."""
+    seed = fresh_seed()
+    n = 300
+    cfg = FumConfig().replace(neuron={"n_neurons": n}, plasticity={"gamma": 0.8})
+    cfg2 = cfg.replace(run={"threads": 2})
+    a = _network(n, 0.8, "one", seed)
+    b = dataclasses.replace(a, plastic_pre=a.excitatory_pre)
+    c = _unsorted_rows(a, seed)
+    i_ext = _drive(n, 50, seed, jnp.float32)
+    for name, net in (("all plastic", a), ("exc plastic", b), ("unsorted", c), ("all plastic", a)):
+        state = fumjax.init_state(net, cfg)
+        for mode in ("stdp", "rstdp"):
+            ref, s_ref = _simulate(state, net, i_ext, cfg, mode, "reference")
+            for conf in (cfg, cfg2):
+                got, s_got = _simulate(state, net, i_ext, conf, mode, "fused")
+                msg = f"{name} mode={mode} threads={conf.run.threads} seed={seed}"
+                _assert_same(ref, got, s_ref, s_got, msg)
+    post = np.asarray(a.post).copy()
+    post[len(post) // 2] = n
+    with pytest.raises(Exception, match="out of range"):
+        bad = dataclasses.replace(a, post=jnp.asarray(post))
+        jax.block_until_ready(_simulate(fumjax.init_state(a, cfg), bad, i_ext, cfg, "stdp", "fused"))
+
+
 def test_threads_from_config():
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n}, run={"threads": 2})
