@@ -89,6 +89,8 @@ struct Scalars {
 // Calls of at least this many steps check every index once (O(E)) and build the learning in-list with each
 // entry's pre (O(E)); shorter ones check inside the loops and search each visited entry's pre. The setup
 // pays for itself after ~25 steps at ~10 Hz (it was 1000: FUM's 50-step windows were 10-16% slower).
+// Plastic calls of a network the memo below keeps do so at any length: after the first call they only
+// compare the arrays (the searches made a 31-step FUM-1k call ~2x slower per step than a 32-step one).
 constexpr int64_t kInPreMinSteps = 32;
 // The (T, N) spike raster is a fresh output buffer of every call, written once, a row per step: on Linux
 // each 4 KiB page of it costs a page fault at its first write (measured: ~25,000 faults, ~13% of a
@@ -202,8 +204,15 @@ InList BuildInList(const uint32_t* row_ptr, const uint32_t* in_ptr, const uint32
 // derived from is byte-identical to the copy kept beside them (compared on every call, ~8 bytes per synapse
 // read), so a changed network, even in the same buffers, is checked and built afresh. One memo for the
 // process (the last network checked), shared by calls on any thread: a call holds its own reference while
-// it runs. Networks above kMemoMaxSynapses are not kept (the copies cost ~16 bytes per synapse).
+// it runs. Networks above kMemoMaxSynapses are not kept (the copies cost ~16 bytes per synapse), nor any
+// while the environment sets FUMJAX_CPU_NETWORK_MEMO=0 (read on every call).
 constexpr int64_t kMemoMaxSynapses = int64_t{1} << 21;
+
+bool MemoAllowed(int64_t e) {
+  if (e > kMemoMaxSynapses) return false;
+  const char* env = std::getenv("FUMJAX_CPU_NETWORK_MEMO");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
 
 struct NetworkMemo {
   int64_t n = 0, e = 0;
@@ -317,9 +326,10 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
         "fumjax_run_steps: pre_bucket does not match row_ptr (entry b must be the pre neuron whose row "
         "holds CSR slot b << pre_shift)");
   }
-  // Long calls and threaded calls check every index array once here (O(E)), so the step loops run
-  // without checks; several threads split each row by post, by bisection when the posts of every row
-  // ascend (as Network builds them), which would also skip a bad post index.
+  // Long calls, threaded calls and plastic calls of a network the memo keeps check every index array once
+  // here (O(E), or a comparison with the memo), so the step loops run without checks; several threads split
+  // each row by post, by bisection when the posts of every row ascend (as Network builds them), which would
+  // also skip a bad post index.
   const auto valid_ptr = [&](const uint32_t* ptr) {
     if (ptr[0] > a.e) return false;
     for (int64_t i = 0; i < a.n; ++i) {
@@ -327,15 +337,16 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
     }
     return true;
   };
-  // Long plastic runs (indices checked): each in-list entry's pre (4 B per synapse; no slot -> pre search per
-  // visit), and when some presynaptic neurons are static a learning in-list without their synapses (their
-  // dw is 0), so the incoming-synapse pass skips them.
+  // The same plastic calls, long ones always: each in-list entry's pre (4 B per synapse; no slot -> pre
+  // search per visit), and when some presynaptic neurons are static a learning in-list without their
+  // synapses (their dw is 0), so the incoming-synapse pass skips them.
   const bool plastic = a.mode != PlasticityMode::kOff;
-  const bool want_lin = plastic && a.t_steps >= kInPreMinSteps;
+  const bool keep = MemoAllowed(a.e);
+  const bool want_lin = plastic && (a.t_steps >= kInPreMinSteps || keep);
   InList lin;
   std::shared_ptr<const NetworkMemo> memo;  // held until the kernel is done with its in-list
-  if (a.threads > 1 || a.t_steps >= kInPreMinSteps) {
-    memo = MatchingMemo(a, plastic, want_lin);
+  if (a.threads > 1 || a.t_steps >= kInPreMinSteps || want_lin) {
+    if (keep) memo = MatchingMemo(a, plastic, want_lin);
     if (memo) {
       a.rows_sorted = memo->rows_sorted;
       a.rows_distinct = memo->rows_distinct;
@@ -347,7 +358,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
       }
       if (plastic && !AllWithin(a.in_syn, a.e, 0, a.e - 1)) return bad_index();
       if (want_lin) lin = BuildInList(a.row_ptr, a.in_ptr, a.in_syn, a.excitatory, a.n, a.e);
-      if (a.e <= kMemoMaxSynapses) memo = KeepMemo(a, plastic, std::move(lin), want_lin);
+      if (keep) memo = KeepMemo(a, plastic, std::move(lin), want_lin);
     }
     a.validated = true;
   }

@@ -416,10 +416,14 @@ def test_validated_rows_masked_tails():
             _assert_same(ref, got, s_ref, s_got, f"validated rows mode={mode} threads={threads} seed={seed}")
 
 
-def test_short_calls_check_indices_in_the_loops():
-    """Calls of fewer than 32 steps skip the once-per-call index checks and the in-list scratch: the loops
-    check each index and search each in-list entry's pre. Back-to-back 20-step calls (and one of 5) stay
-    identical to the reference's whole run, with delays 1 and mixed 1-4."""
+@pytest.mark.parametrize("memo", ["0", "1"])
+def test_short_calls_check_indices_in_the_loops(memo, monkeypatch):
+    """Calls of fewer than 32 steps skip the once-per-call index checks and the in-list scratch where no
+    network memo may be kept (FUMJAX_CPU_NETWORK_MEMO=0, or networks above 2^21 synapses): the loops check
+    each index and search each in-list entry's pre. With the memo (the default), plastic ones check once and
+    keep the in-list like long calls. Either way back-to-back 20-step calls (and one of 5) stay identical to
+    the reference's whole run, with delays 1 and mixed 1-4."""
+    monkeypatch.setenv("FUMJAX_CPU_NETWORK_MEMO", memo)
     seed = fresh_seed()
     n = 300
     cfg = FumConfig().replace(neuron={"n_neurons": n}, plasticity={"gamma": 0.8})
