@@ -17,6 +17,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxRunStepsCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSynapseStepCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxSpikeMessageCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxWindowEndCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FumjaxAllFiniteCpu);
 
 namespace {
 
@@ -38,6 +39,7 @@ NB_MODULE(_core, m) {
     d["fumjax_synapse_step"] = EncapsulateFfiHandler(FumjaxSynapseStepCpu);
     d["fumjax_spike_message"] = EncapsulateFfiHandler(FumjaxSpikeMessageCpu);
     d["fumjax_window_end"] = EncapsulateFfiHandler(FumjaxWindowEndCpu);
+    d["fumjax_all_finite"] = EncapsulateFfiHandler(FumjaxAllFiniteCpu);
     return d;
   });
   fumjax::RegisterSpikeCodec(m);

@@ -436,16 +436,27 @@ def _check_array(name: str, x: Array, *, ndim: int, last: int, floating: bool) -
 
 
 @jax.jit
-def _finite_flags(xs: tuple[Array, ...]) -> Array:
+def _finite_flags_xla(xs: tuple[Array, ...]) -> Array:
     """(k,) bool: whether each array holds no NaN/Inf, in one device program."""
     return jnp.stack([jnp.isfinite(x).all() for x in xs])
 
 
+def _finite_flags(xs: tuple[Array, ...]) -> Array:
+    """(k,) bool: whether each array holds no NaN/Inf. On the CPU one fumjax_all_finite call scans them all
+    (FUM-1k state + a window's input: ~25 against ~110 us for XLA's reductions); else one XLA program."""
+    if "run_steps" in fused_ops():
+        from fumjax.kernels import fused
+
+        if fused.all_finite_supported(xs):
+            return fused.all_finite(xs)
+    return _finite_flags_xla(xs)
+
+
 def _check_all_finite(named: list[tuple[str, Array]]) -> None:
-    """Raise ValueError naming the first array that holds NaN or Inf. One jitted program and one read
-    back for all of them (an eager check per array cost ~0.5 ms of each FUM-1k `simulate` call); tracers
-    (under a user's jit or vmap) are skipped, as are arrays on devices a single program cannot take
-    together, which are then checked one by one."""
+    """Raise ValueError naming the first array that holds NaN or Inf. One jitted program (_finite_flags)
+    and one read back for all of them (an eager check per array cost ~0.5 ms of each FUM-1k `simulate`
+    call); tracers (under a user's jit or vmap) are skipped, as are arrays on devices a single program
+    cannot take together, which are then checked one by one."""
     named = [(name, x) for name, x in named if _is_concrete(x)]
     if not named:
         return

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from types import ModuleType
 
 import jax
@@ -64,6 +65,7 @@ SYNAPSE_STEP_TARGET = "fumjax_synapse_step"
 SPIKE_MESSAGE_TARGET = "fumjax_spike_message"
 WINDOW_REWARD_TARGET = "fumjax_window_reward"  # GPU only (hip/run_steps.hip)
 WINDOW_END_TARGET = "fumjax_window_end"  # cpp/window_end.cc, hip/run_steps.hip
+ALL_FINITE_TARGET = "fumjax_all_finite"  # cpp/all_finite.cc: the API's NaN/Inf scan on the CPU
 #: Kernels this backend implements natively (see fumjax.kernels.fused_ops()).
 OPS = ("lif_step", "run_steps", "synapse_step", "window_end")
 
@@ -511,6 +513,30 @@ def _in_place_call(target: str, operands: tuple, n_state: int, aliased: tuple[in
 # counters (2, 7): the GPU kernel's threads read them while one thread writes the new values.
 _WINDOW_END_FIELDS = ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start")
 _WINDOW_END_ALIASED = (0, 1, 3, 4, 5, 6)
+
+
+_FINITE_DTYPES = frozenset(np.dtype(t) for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+
+
+def all_finite_supported(xs: Sequence[Array]) -> bool:
+    """True when fumjax_all_finite can scan these concrete arrays: the CPU target is registered and every
+    array is a float16/bfloat16/float32/float64 jax.Array on CPU devices."""
+    if not available() or ALL_FINITE_TARGET not in _cpu_targets:
+        return False
+    for x in xs:
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.dtype not in _FINITE_DTYPES:
+            return False
+        if any(d.platform != "cpu" for d in x.devices()):
+            return False
+    return True
+
+
+@jax.jit
+def all_finite(xs: tuple[Array, ...]) -> Array:
+    """(k,) bool: whether each array of xs holds no NaN or Inf, one fumjax_all_finite call over all of them
+    (CPU; check all_finite_supported first). Same answer as jnp.isfinite(x).all() per array."""
+    flags = jax.ffi.ffi_call(ALL_FINITE_TARGET, jax.ShapeDtypeStruct((len(xs),), jnp.uint8))(*xs)
+    return flags.astype(bool)
 
 
 def window_end_platforms() -> tuple[str, ...]:
