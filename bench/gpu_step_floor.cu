@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace cg = cooperative_groups;
@@ -685,30 +686,30 @@ int main(int argc, char** argv) {
       CHECK(cudaMemcpy(d_w, w.data(), kTable * 2, cudaMemcpyHostToDevice));
     }
     const size_t smem = 4 * kTable + (kN + 4) * 4 + 2 * kN * 4;
-    using K = void (*)(const float*, uint8_t*, float*, const __nv_bfloat16*, __nv_bfloat16*, Out*);
     const char* ring_names[] = {"smem float CAS", "L2 RED", "smem int fixed point"};
-    const K k1[3][2] = {{OnChipSkeleton<0, false, 1>, OnChipSkeleton<0, true, 1>},
-                        {OnChipSkeleton<1, false, 1>, OnChipSkeleton<1, true, 1>},
-                        {OnChipSkeleton<2, false, 1>, OnChipSkeleton<2, true, 1>}};
-    const K k2[3][2] = {{OnChipSkeleton<0, false, 2>, OnChipSkeleton<0, true, 2>},
-                        {OnChipSkeleton<1, false, 2>, OnChipSkeleton<1, true, 2>},
-                        {OnChipSkeleton<2, false, 2>, OnChipSkeleton<2, true, 2>}};
-    const K k4[3][2] = {{OnChipSkeleton<0, false, 4>, OnChipSkeleton<0, true, 4>},
-                        {OnChipSkeleton<1, false, 4>, OnChipSkeleton<1, true, 4>},
-                        {OnChipSkeleton<2, false, 4>, OnChipSkeleton<2, true, 4>}};
-    for (int ring = 0; ring < 3; ++ring) {
-      for (int win = 0; win < 2; ++win) {
-        char name[96];
-        std::snprintf(name, sizeof name, "on chip: ring %s%s", ring_names[ring], win ? ", win end" : "");
-        const int ts[3] = {1024, 512, 256};
-        const K ks[3] = {k1[ring][win], k2[ring][win], k4[ring][win]};
-        for (int q = 0; q < 3; ++q) {
-          line(name, 1, ts[q],
-               Median(1, ts[q], smem, ks[q], d_out, static_cast<const float*>(d_iext), d_raster, d_ring,
-                      static_cast<const __nv_bfloat16*>(d_e), d_w));
-        }
+    // One variant at 1024, 512 and 256 threads (1, 2 and 4 neurons a thread).
+    auto on_chip = [&](auto ring, auto win) {
+      constexpr int kRing = decltype(ring)::value;
+      constexpr bool kWindow = decltype(win)::value;
+      using K = void (*)(const float*, uint8_t*, float*, const __nv_bfloat16*, __nv_bfloat16*, Out*);
+      const K ks[3] = {OnChipSkeleton<kRing, kWindow, 1>, OnChipSkeleton<kRing, kWindow, 2>,
+                       OnChipSkeleton<kRing, kWindow, 4>};
+      const int ts[3] = {1024, 512, 256};
+      char name[96];
+      std::snprintf(name, sizeof name, "on chip: ring %s%s", ring_names[kRing], kWindow ? ", win end" : "");
+      for (int q = 0; q < 3; ++q) {
+        line(name, 1, ts[q],
+             Median(1, ts[q], smem, ks[q], d_out, static_cast<const float*>(d_iext), d_raster, d_ring,
+                    static_cast<const __nv_bfloat16*>(d_e), d_w));
       }
-    }
+    };
+    using std::false_type, std::true_type;
+    on_chip(std::integral_constant<int, 0>{}, false_type{});
+    on_chip(std::integral_constant<int, 0>{}, true_type{});
+    on_chip(std::integral_constant<int, 1>{}, false_type{});
+    on_chip(std::integral_constant<int, 1>{}, true_type{});
+    on_chip(std::integral_constant<int, 2>{}, false_type{});
+    on_chip(std::integral_constant<int, 2>{}, true_type{});
     CHECK(cudaFree(d_iext));
     CHECK(cudaFree(d_raster));
     CHECK(cudaFree(d_ring));

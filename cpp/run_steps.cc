@@ -201,8 +201,8 @@ InList BuildInList(const uint32_t* row_ptr, const uint32_t* in_ptr, const uint32
 // The index checks and the learning in-list of the last checked call, kept for the next one. A call of one
 // FUM window (50 steps) re-derived both from network arrays that do not change between windows: O(E) work,
 // ~90 us of a ~300 us call at FUM-1k (bench/RESULTS.md). A call takes them only when every array they are
-// derived from is byte-identical to the copy kept beside them (compared on every call, ~8 bytes per synapse
-// read), so a changed network, even in the same buffers, is checked and built afresh. One memo for the
+// derived from is byte-identical to the copy kept beside them (compared on every call: post and in_syn,
+// 8 bytes per synapse, against their copies), so a changed network, even in the same buffers, is checked and built afresh. One memo for the
 // process (the last network checked), shared by calls on any thread: a call holds its own reference while
 // it runs. Networks above kMemoMaxSynapses are not kept (the copies cost ~16 bytes per synapse), nor any
 // while the environment sets FUMJAX_CPU_NETWORK_MEMO=0 (read on every call).
@@ -222,8 +222,7 @@ struct NetworkMemo {
   std::vector<uint8_t> code;
   bool in_syn_checked = false;  // checked by a plastic call (calls with plasticity off never read in_syn)
   bool rows_sorted = false, rows_distinct = false;
-  bool has_lin = false;  // built by a long plastic call
-  InList lin;
+  InList lin;  // empty (no pre) unless built by a call that wanted it
 };
 
 std::mutex& MemoMutex() {
@@ -242,7 +241,7 @@ bool SameAs(const std::vector<U>& kept, const U* p, int64_t m) {
 }
 
 // The memo, if it was made from exactly these arrays and holds what this call needs (the in_syn check for a
-// plastic call, the learning in-list for a long plastic one); else null.
+// plastic call, the learning in-list where the call wants one); else null.
 template <typename T, typename W>
 std::shared_ptr<const NetworkMemo> MatchingMemo(const RunStepsArgs<T, W>& a, bool plastic, bool want_lin) {
   std::shared_ptr<const NetworkMemo> m;
@@ -251,7 +250,7 @@ std::shared_ptr<const NetworkMemo> MatchingMemo(const RunStepsArgs<T, W>& a, boo
     m = MemoSlot();
   }
   if (!m || m->n != a.n || m->e != a.e || m->d != a.d || (plastic && !m->in_syn_checked) ||
-      (want_lin && !m->has_lin)) {
+      (want_lin && !m->lin.pre)) {
     return nullptr;
   }
   const bool same = SameAs(m->row_ptr, a.row_ptr, a.n + 1) && SameAs(m->in_ptr, a.in_ptr, a.n + 1) &&
@@ -262,7 +261,7 @@ std::shared_ptr<const NetworkMemo> MatchingMemo(const RunStepsArgs<T, W>& a, boo
 
 // A memo of this call's arrays, checks and in-list (moved in), made the process's memo.
 template <typename T, typename W>
-std::shared_ptr<const NetworkMemo> KeepMemo(const RunStepsArgs<T, W>& a, bool plastic, InList lin, bool has_lin) {
+std::shared_ptr<const NetworkMemo> KeepMemo(const RunStepsArgs<T, W>& a, bool plastic, InList lin) {
   auto m = std::make_shared<NetworkMemo>();
   m->n = a.n;
   m->e = a.e;
@@ -276,7 +275,6 @@ std::shared_ptr<const NetworkMemo> KeepMemo(const RunStepsArgs<T, W>& a, bool pl
   m->in_syn_checked = plastic;
   m->rows_sorted = a.rows_sorted;
   m->rows_distinct = a.rows_distinct;
-  m->has_lin = has_lin;
   m->lin = std::move(lin);
   std::shared_ptr<const NetworkMemo> kept = std::move(m);
   std::lock_guard<std::mutex> lock(MemoMutex());
@@ -358,7 +356,7 @@ ffi::Error RunStepsTyped(Operands& o, Results& r, const Scalars& c) {
       }
       if (plastic && !AllWithin(a.in_syn, a.e, 0, a.e - 1)) return bad_index();
       if (want_lin) lin = BuildInList(a.row_ptr, a.in_ptr, a.in_syn, a.excitatory, a.n, a.e);
-      if (keep) memo = KeepMemo(a, plastic, std::move(lin), want_lin);
+      if (keep) memo = KeepMemo(a, plastic, std::move(lin));
     }
     a.validated = true;
   }

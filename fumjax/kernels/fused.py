@@ -185,6 +185,30 @@ def spike_message(spikes: Array, members: Array, step_now: Array, n_total: int) 
     )
 
 
+_FINITE_DTYPES = frozenset(np.dtype(t) for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
+
+
+def all_finite_supported(xs: Sequence[Array]) -> bool:
+    """True when fumjax_all_finite can scan these concrete arrays: the CPU target is registered and every
+    array is a float16/bfloat16/float32/float64 jax.Array on CPU devices."""
+    if not available() or ALL_FINITE_TARGET not in _cpu_targets:
+        return False
+    for x in xs:
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.dtype not in _FINITE_DTYPES:
+            return False
+        if any(d.platform != "cpu" for d in x.devices()):
+            return False
+    return True
+
+
+@jax.jit
+def all_finite(xs: tuple[Array, ...]) -> Array:
+    """(k,) bool: whether each array of xs holds no NaN or Inf, one fumjax_all_finite call over all of them
+    (CPU; check all_finite_supported first). Same answer as jnp.isfinite(x).all() per array."""
+    flags = jax.ffi.ffi_call(ALL_FINITE_TARGET, jax.ShapeDtypeStruct((len(xs),), jnp.uint8))(*xs)
+    return flags.astype(bool)
+
+
 def gpu_available() -> bool:
     """True when ``fumjax._core_gpu`` is importable and JAX sees a GPU device."""
     _register()
@@ -513,30 +537,6 @@ def _in_place_call(target: str, operands: tuple, n_state: int, aliased: tuple[in
 # counters (2, 7): the GPU kernel's threads read them while one thread writes the new values.
 _WINDOW_END_FIELDS = ("w", "elig", "elig_t0", "tau_ms", "v_th_mV", "rate_hz", "window_spikes", "window_start")
 _WINDOW_END_ALIASED = (0, 1, 3, 4, 5, 6)
-
-
-_FINITE_DTYPES = frozenset(np.dtype(t) for t in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64))
-
-
-def all_finite_supported(xs: Sequence[Array]) -> bool:
-    """True when fumjax_all_finite can scan these concrete arrays: the CPU target is registered and every
-    array is a float16/bfloat16/float32/float64 jax.Array on CPU devices."""
-    if not available() or ALL_FINITE_TARGET not in _cpu_targets:
-        return False
-    for x in xs:
-        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.dtype not in _FINITE_DTYPES:
-            return False
-        if any(d.platform != "cpu" for d in x.devices()):
-            return False
-    return True
-
-
-@jax.jit
-def all_finite(xs: tuple[Array, ...]) -> Array:
-    """(k,) bool: whether each array of xs holds no NaN or Inf, one fumjax_all_finite call over all of them
-    (CPU; check all_finite_supported first). Same answer as jnp.isfinite(x).all() per array."""
-    flags = jax.ffi.ffi_call(ALL_FINITE_TARGET, jax.ShapeDtypeStruct((len(xs),), jnp.uint8))(*xs)
-    return flags.astype(bool)
 
 
 def window_end_platforms() -> tuple[str, ...]:
